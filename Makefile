@@ -1,0 +1,35 @@
+# Two commands for people: `make demo` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench gallery clean
+
+install: $(STAMP)
+
+# Re-installs only when the project's metadata changes; torch comes from the local wheel cache where
+# pip is configured with one, otherwise from PyPI.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64,<81" wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	mkdir -p out
+	$(BIN)/clipasso sketch examples/chelsea.jpg -o out/demo.svg --preview out/demo.png --encoder lite0
+	@echo "Wrote out/demo.svg and out/demo.png"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/render.py
+	$(BIN)/python benchmarks/sketch.py
+
+gallery: $(STAMP)
+	$(BIN)/python benchmarks/gallery.py -o out/gallery.png
+
+clean:
+	rm -rf out build *.egg-info
