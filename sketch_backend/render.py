@@ -123,79 +123,136 @@ def _segment_counts(ctrl: Tensor) -> Tensor:
 
 def _render_tiles(points: Tensor, widths: Tensor, alphas: Tensor, height: int, width: int) -> Tensor:
     b, n = points.shape[:2]
-    dev, dtype = points.device, points.dtype
     m = b * n
-    ctrl = points.reshape(m, 4, 2)
+    tiles_y, tiles_x = -(-height // TILE), -(-width // TILE)
     half = (widths.reshape(m) * 0.5).clamp(min=0)
-    alpha = alphas.reshape(m)
+    img = _Raster.apply(points.reshape(m, 4, 2), half, alphas.reshape(m), b, tiles_y, tiles_x)
+    img = img.reshape(b, tiles_y, tiles_x, TILE, TILE).permute(0, 1, 3, 2, 4)
+    return img.reshape(b, tiles_y * TILE, tiles_x * TILE)[:, :height, :width]
 
-    # Flatten: stroke m gets K_m segments, K_m + 1 vertices at t = j / K_m.
+
+def _bernstein(t: Tensor) -> Tensor:
+    """Cubic Bernstein weights (S, 4) at parameters t (S,)."""
+    s = 1 - t
+    return torch.stack([s * s * s, 3 * s * s * t, 3 * s * t * t, t * t * t], dim=1)
+
+
+def _flatten(ctrl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut each cubic into its polyline: the stroke of each segment and the Bernstein weights (S, 4)
+    of the segment's start and end, so that start = w0 @ ctrl[stroke] and end = w1 @ ctrl[stroke]."""
     k = _segment_counts(ctrl)
-    n_seg = int(k.sum())
-    stroke_of_seg = torch.repeat_interleave(torch.arange(m, device=dev), k)
-    seg_start = torch.cumsum(k, 0) - k
-    j = torch.arange(n_seg, device=dev) - seg_start[stroke_of_seg]
-    kf = k.to(dtype)[stroke_of_seg]
-    t0 = j.to(dtype) / kf
-    t1 = (j + 1).to(dtype) / kf
-    seg_ctrl = ctrl[stroke_of_seg]  # (S, 4, 2)
-    a = _bezier(seg_ctrl, t0)
-    e = _bezier(seg_ctrl, t1) - a  # segment direction
+    stroke_of_seg = torch.repeat_interleave(torch.arange(ctrl.shape[0], device=ctrl.device), k)
+    j = torch.arange(stroke_of_seg.numel(), device=ctrl.device) - (torch.cumsum(k, 0) - k)[stroke_of_seg]
+    kf = k.to(ctrl.dtype)[stroke_of_seg]
+    return stroke_of_seg, _bernstein(j.to(ctrl.dtype) / kf), _bernstein((j + 1).to(ctrl.dtype) / kf)
 
-    # Tiles each segment's padded bounding box touches.
-    tiles_y = -(-height // TILE)
-    tiles_x = -(-width // TILE)
-    pad = (half.detach() + 0.5)[stroke_of_seg]
-    lo = torch.minimum(a, a + e).detach() - pad[:, None]
-    hi = torch.maximum(a, a + e).detach() + pad[:, None]
-    lim = torch.tensor([tiles_x - 1, tiles_y - 1], device=dev)
+
+def _tile_pairs(
+    a: Tensor, end: Tensor, pad: Tensor, tiles_y: int, tiles_x: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (segment, tile) pair where the segment's bounding box, grown by pad, touches the tile:
+    the segment index and the tile's column and row, one entry per pair."""
+    lo = torch.minimum(a, end) - pad[:, None]
+    hi = torch.maximum(a, end) + pad[:, None]
+    lim = torch.tensor([tiles_x - 1, tiles_y - 1], device=a.device)
     t_lo = torch.floor(lo / TILE).long().clamp(min=0)
     t_hi = torch.minimum(torch.floor(hi / TILE).long(), lim)
     span = (t_hi - t_lo + 1).clamp(min=0)
     count = span[:, 0] * span[:, 1]
-    seg_of_pair = torch.repeat_interleave(torch.arange(n_seg, device=dev), count)
-    local = torch.arange(seg_of_pair.numel(), device=dev) - (torch.cumsum(count, 0) - count)[seg_of_pair]
-    nx = span[seg_of_pair, 0]
-    tx = t_lo[seg_of_pair, 0] + local % nx.clamp(min=1)
-    ty = t_lo[seg_of_pair, 1] + local // nx.clamp(min=1)
-    stroke_of_pair = stroke_of_seg[seg_of_pair]
-    key = stroke_of_pair * (tiles_y * tiles_x) + ty * tiles_x + tx
-    uniq, cell_of_pair = torch.unique(key, return_inverse=True)  # (stroke, tile) cells
-    n_cells = uniq.numel()
-
-    # Distance from each tile pixel to each segment, then the nearest segment per (stroke, tile) cell.
-    oy, ox = torch.meshgrid(torch.arange(TILE, device=dev), torch.arange(TILE, device=dev), indexing="ij")
-    px = (tx * TILE)[:, None].to(dtype) + ox.reshape(1, -1).to(dtype) + 0.5
-    py = (ty * TILE)[:, None].to(dtype) + oy.reshape(1, -1).to(dtype) + 0.5
-    ax, ay = a[seg_of_pair, 0, None], a[seg_of_pair, 1, None]
-    ex, ey = e[seg_of_pair, 0, None], e[seg_of_pair, 1, None]
-    dx, dy = px - ax, py - ay
-    inv = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
-    t = ((dx * ex + dy * ey) * inv).clamp(0, 1)
-    qx, qy = dx - t * ex, dy - t * ey
-    dist = torch.sqrt((qx * qx + qy * qy).clamp(min=1e-12))
-    cell_dist = torch.full((n_cells, TILE * TILE), float("inf"), dtype=dtype, device=dev)
-    cell_dist = cell_dist.scatter_reduce(
-        0, cell_of_pair[:, None].expand(-1, TILE * TILE), dist, reduce="amin", include_self=False
-    )
-
-    # Coverage per cell, then the "over" composite of all strokes as a sum of log transmissions.
-    cell_stroke = uniq // (tiles_y * tiles_x)
-    cell_tile = (cell_stroke // n) * (tiles_y * tiles_x) + uniq % (tiles_y * tiles_x)
-    cover = (half[cell_stroke, None] + 0.5 - cell_dist).clamp(0, 1) * alpha[cell_stroke, None]
-    log_t = torch.log((1 - cover).clamp(min=_MIN_TRANSMISSION))
-    total = torch.zeros((b * tiles_y * tiles_x, TILE * TILE), dtype=dtype, device=dev)
-    total = total.index_add(0, cell_tile, log_t)
-    img = torch.exp(total).reshape(b, tiles_y, tiles_x, TILE, TILE)
-    img = img.permute(0, 1, 3, 2, 4).reshape(b, tiles_y * TILE, tiles_x * TILE)
-    return img[:, :height, :width]
+    seg = torch.repeat_interleave(torch.arange(a.shape[0], device=a.device), count)
+    local = torch.arange(seg.numel(), device=a.device) - (torch.cumsum(count, 0) - count)[seg]
+    nx = span[seg, 0]  # at least 1 wherever a pair exists
+    return seg, t_lo[seg, 0] + local % nx, t_lo[seg, 1] + local // nx
 
 
-def _bezier(ctrl: Tensor, t: Tensor) -> Tensor:
-    """Points at parameters t (S,) on cubics ctrl (S, 4, 2)."""
-    s = 1 - t
-    w = torch.stack([s * s * s, 3 * s * s * t, 3 * s * t * t, t * t * t], dim=1)  # (S, 4)
-    return (w[:, :, None] * ctrl).sum(dim=1)
+class _Raster(torch.autograd.Function):
+    """Forward: nearest-segment distance per (stroke, tile) cell, coverage, product of transmissions.
+
+    Backward is analytic and sparse: only pixels on a stroke's 1 px anti-aliasing ramp move with its
+    points or width, so it touches those pixels and their nearest segment (and, for opacity, the
+    covered pixels), instead of replaying every (segment, pixel) distance through autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, ctrl: Tensor, half: Tensor, alpha: Tensor, b: int, tiles_y: int, tiles_x: int):
+        dev, dtype = ctrl.device, ctrl.dtype
+        n_tiles = tiles_y * tiles_x
+        strokes_per_image = ctrl.shape[0] // b
+        stroke_of_seg, w0, w1 = _flatten(ctrl)
+        seg_ctrl = ctrl[stroke_of_seg]
+        a = torch.einsum("sk,skd->sd", w0, seg_ctrl)
+        e = torch.einsum("sk,skd->sd", w1, seg_ctrl) - a
+        seg, tx, ty = _tile_pairs(a, a + e, (half + 0.5)[stroke_of_seg], tiles_y, tiles_x)
+        key = stroke_of_seg[seg] * n_tiles + ty * tiles_x + tx
+        cells, cell_of_pair = torch.unique(key, return_inverse=True)  # (stroke, tile) cells
+        cell_stroke = cells // n_tiles
+        cell_tile = (cell_stroke // strokes_per_image) * n_tiles + cells % n_tiles
+
+        # Squared distance from each pixel of each pair's tile to its segment.
+        pix = torch.arange(TILE, device=dev, dtype=dtype) + 0.5
+        gx, gy = pix.repeat(TILE), pix.repeat_interleave(TILE)  # row-major pixel centres in a tile
+        ax = (a[seg, 0] - tx * TILE)[:, None]
+        ay = (a[seg, 1] - ty * TILE)[:, None]
+        ex, ey = e[seg, 0, None], e[seg, 1, None]
+        inv = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
+        dx, dy = gx - ax, gy - ay
+        t = torch.addcmul(dx * ex, dy, ey).mul_(inv).clamp_(0, 1)
+        qx = torch.addcmul(dx, t, ex, value=-1)
+        qy = torch.addcmul(dy, t, ey, value=-1)
+        d2 = torch.addcmul(qx * qx, qy, qy)
+        del dx, dy, t, qx, qy
+        cell_d2 = torch.full((cells.numel(), TILE * TILE), float("inf"), dtype=dtype, device=dev)
+        index = cell_of_pair[:, None].expand(-1, TILE * TILE)
+        cell_d2.scatter_reduce_(0, index, d2, reduce="amin", include_self=False)
+
+        cover = (half[cell_stroke, None] + 0.5 - cell_d2.sqrt()).clamp_(0, 1)
+        trans = 1 - alpha[cell_stroke, None] * cover
+        image = torch.ones((b * n_tiles, TILE * TILE), dtype=dtype, device=dev)
+        image.scatter_reduce_(0, cell_tile[:, None].expand(-1, TILE * TILE), trans, reduce="prod")
+
+        # Pixels on an anti-aliasing ramp and the segment nearest to each (ties share the gradient).
+        ramp = (cover > 0) & (cover < 1)
+        win_pair, win_pix = torch.nonzero((d2 == cell_d2[cell_of_pair]) & ramp[cell_of_pair], as_tuple=True)
+        win_cell = cell_of_pair[win_pair]
+        ties = torch.zeros_like(cover).index_put_((win_cell, win_pix), torch.ones_like(win_pix, dtype=dtype), True)
+        ctx.save_for_backward(
+            ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, image,
+            seg[win_pair], tx[win_pair] * TILE + gx[win_pix].long(), ty[win_pair] * TILE + gy[win_pix].long(),
+            win_cell, win_pix, ties[win_cell, win_pix],
+        )
+        return image
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_image: Tensor):
+        (ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, image,
+         w_seg, w_px, w_py, w_cell, w_pix, w_ties) = ctx.saved_tensors
+        # d image / d (alpha * cover) of a stroke = -(product of the other strokes' transmissions).
+        others = image[cell_tile] / trans.clamp(min=_MIN_TRANSMISSION)
+        g_ac = -grad_image[cell_tile] * others  # dL / d(alpha * cover), per cell pixel
+        grad_ctrl = grad_half = grad_alpha = None
+        if ctx.needs_input_grad[2]:
+            grad_alpha = torch.zeros_like(alpha).index_add_(0, cell_stroke, (g_ac * cover).sum(dim=1))
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # On the ramp d cover / d half-width = 1 and d cover / d distance = -1.
+            g_cover = (g_ac * alpha[cell_stroke, None])[w_cell, w_pix] / w_ties
+            stroke = cell_stroke[w_cell]
+            if ctx.needs_input_grad[1]:
+                grad_half = torch.zeros_like(alpha).index_add_(0, stroke, g_cover)
+            if ctx.needs_input_grad[0]:
+                sa, se = a[w_seg], e[w_seg]
+                p = torch.stack([w_px, w_py], dim=1).to(a.dtype) + 0.5
+                t = (((p - sa) * se).sum(1) / (se * se).sum(1).clamp(min=1e-12)).clamp(0, 1)
+                q = p - sa - t[:, None] * se
+                unit = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                # distance = |p - a - t e| with t at its minimum: d/da = -unit, d/de = -t unit.
+                g_end = (g_cover * t)[:, None] * unit  # dL/d(segment end) = -g_dist * (-t unit)
+                g_start = g_cover[:, None] * unit - g_end
+                g_a = torch.zeros_like(a).index_add_(0, w_seg, g_start)
+                g_b = torch.zeros_like(a).index_add_(0, w_seg, g_end)
+                per_seg = w0[:, :, None] * g_a[:, None, :] + w1[:, :, None] * g_b[:, None, :]
+                grad_ctrl = torch.zeros_like(ctrl).index_add_(0, stroke_of_seg, per_seg)
+        return grad_ctrl, grad_half, grad_alpha, None, None, None
 
 
 def _render_diffvg(
