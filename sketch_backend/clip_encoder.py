@@ -145,13 +145,12 @@ def load_clip(
     path = Path(weights)
     state_dict = _read_state_dict(path)
     try:
-        model = clip_model.build_model(state_dict)
+        visual = _build_visual(state_dict)
     except KeyError as exc:
         raise InputError(f"{path}: not a CLIP checkpoint (it has no {exc} entry)") from None
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
         raise InputError(f"{path}: not a CLIP checkpoint ({_one_line(exc)})") from None
-    visual = model.visual
-    del model, state_dict  # the text tower is not needed
+    del state_dict  # with it goes the text tower, which is not needed
     shape = _shape(visual)
     expected = ARCH_SHAPES[arch]
     if shape != expected and (check_arch or shape[0] != expected[0]):
@@ -177,6 +176,17 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise InputError(f"{path}: not a CLIP checkpoint (no state dict of tensors in it)")
     return dict(state_dict)
+
+
+def _build_visual(state_dict: dict[str, Tensor]) -> nn.Module:
+    """`build_model`'s architecture inference and classes without its random initialisation, which
+    costs seconds and a second copy of the weights: the model is laid out on the meta device, then
+    takes the checkpoint's tensors as they are."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # loading into meta parameters is a no-op there
+        model = clip_model.build_model(state_dict)
+    model.load_state_dict(state_dict, assign=True)
+    return model.visual
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -50,6 +50,16 @@ def test_loads_both_file_formats_into_a_frozen_float32_visual_tower(checkpoints,
     assert sum(p.numel() for p in params) == sum(p.numel() for p in tiny_clip(kind).visual.parameters())
 
 
+@pytest.mark.parametrize("kind", ["RN", "ViT"])
+def test_the_tower_holds_exactly_the_checkpoints_tensors(encoders, kind):
+    saved = tiny_clip(kind).visual.state_dict()  # same seed as the saved checkpoint
+    loaded = encoders[kind].visual.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert loaded[name].device.type == "cpu"
+        torch.testing.assert_close(loaded[name], tensor.to(loaded[name].dtype), msg=name)
+
+
 def test_both_file_formats_give_the_same_model(checkpoints):
     x = torch.rand(1, 3, 224, 224)
     plain = load_clip("RN101", "cpu", checkpoints["RN", False], check_arch=False)
