@@ -22,13 +22,11 @@ from torch import Tensor
 #: Longest polyline segment, px: short segments keep their bounding boxes (the work) small.
 SEGMENT_LENGTH = 8.0
 #: Largest distance between the polyline and the true curve, px.
-FLATTEN_TOLERANCE = 0.05
+FLATTEN_TOLERANCE = 0.1
 #: Most segments one stroke is cut into (bounds the work for huge, wildly curved strokes).
 MAX_SEGMENTS = 256
 #: Tile side, px.
 TILE = 8
-#: Smallest 1 - coverage kept before the log, so fully covered pixels keep finite gradients.
-_MIN_TRANSMISSION = 1e-6
 
 BACKENDS = ("torch", "diffvg")
 
@@ -205,49 +203,66 @@ class _Raster(torch.autograd.Function):
         index = cell_of_pair[:, None].expand(-1, TILE * TILE)
         cell_d2.scatter_reduce_(0, index, d2, reduce="amin", include_self=False)
 
-        cover = (half[cell_stroke, None] + 0.5 - cell_d2.sqrt()).clamp_(0, 1)
-        trans = 1 - alpha[cell_stroke, None] * cover
-        image = torch.ones((b * n_tiles, TILE * TILE), dtype=dtype, device=dev)
-        image.scatter_reduce_(0, cell_tile[:, None].expand(-1, TILE * TILE), trans, reduce="prod")
+        # Area coverage of a band of half width r by a 1 px box at distance d: the overlap of
+        # [d - 0.5, d + 0.5] with [-r, r]. Its far-edge term ramps where 0 < r + 0.5 - d < 1 and, for
+        # strokes thinner than a pixel, its near-edge term where 0 < 0.5 - r - d < 1.
+        r, d = half[cell_stroke, None], cell_d2.sqrt()
+        outer, inner = r + 0.5 - d, 0.5 - r - d
+        cover = outer.clamp(0, 1) - inner.clamp(0, 1)
+        on_outer, on_inner = (outer > 0) & (outer < 1), (inner > 0) & (inner < 1)
 
-        # Pixels on an anti-aliasing ramp and the segment nearest to each (ties share the gradient).
-        ramp = (cover > 0) & (cover < 1)
-        win_pair, win_pix = torch.nonzero((d2 == cell_d2[cell_of_pair]) & ramp[cell_of_pair], as_tuple=True)
+        # "Over" composite: the product of transmissions per pixel, with fully opaque factors counted
+        # apart so that the backward pass can still divide one stroke out of the product.
+        trans = 1 - alpha[cell_stroke, None] * cover
+        opaque = trans <= 0
+        tile_index = cell_tile[:, None].expand(-1, TILE * TILE)
+        clear = torch.ones((b * n_tiles, TILE * TILE), dtype=dtype, device=dev)
+        clear.scatter_reduce_(0, tile_index, torch.where(opaque, 1.0, trans), reduce="prod")
+        n_opaque = torch.zeros_like(clear).scatter_add_(0, tile_index, opaque.to(dtype))
+        image = clear * (n_opaque == 0)
+
+        # Pixels on a ramp and the segment nearest to each (exact ties share the gradient).
+        ramp_d2 = torch.where(on_outer | on_inner, cell_d2, -1.0)
+        win_pair, win_pix = torch.nonzero(d2 == ramp_d2[cell_of_pair], as_tuple=True)
         win_cell = cell_of_pair[win_pair]
         ties = torch.zeros_like(cover).index_put_((win_cell, win_pix), torch.ones_like(win_pix, dtype=dtype), True)
+        on_outer, on_inner = on_outer[win_cell, win_pix].to(dtype), on_inner[win_cell, win_pix].to(dtype)
         ctx.save_for_backward(
-            ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, image,
+            ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, clear, n_opaque,
             seg[win_pair], tx[win_pair] * TILE + gx[win_pix].long(), ty[win_pair] * TILE + gy[win_pix].long(),
-            win_cell, win_pix, ties[win_cell, win_pix],
+            win_cell, win_pix, ties[win_cell, win_pix], on_outer, on_inner,
         )
         return image
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image: Tensor):
-        (ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, image,
-         w_seg, w_px, w_py, w_cell, w_pix, w_ties) = ctx.saved_tensors
+        (ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, clear, n_opaque,
+         w_seg, w_px, w_py, w_cell, w_pix, w_ties, on_outer, on_inner) = ctx.saved_tensors
         # d image / d (alpha * cover) of a stroke = -(product of the other strokes' transmissions).
-        others = image[cell_tile] / trans.clamp(min=_MIN_TRANSMISSION)
+        clear, n_opaque = clear[cell_tile], n_opaque[cell_tile]
+        opaque = trans <= 0
+        others = torch.where(opaque, clear * (n_opaque == 1), clear / torch.where(opaque, 1.0, trans) * (n_opaque == 0))
         g_ac = -grad_image[cell_tile] * others  # dL / d(alpha * cover), per cell pixel
         grad_ctrl = grad_half = grad_alpha = None
         if ctx.needs_input_grad[2]:
             grad_alpha = torch.zeros_like(alpha).index_add_(0, cell_stroke, (g_ac * cover).sum(dim=1))
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # On the ramp d cover / d half-width = 1 and d cover / d distance = -1.
             g_cover = (g_ac * alpha[cell_stroke, None])[w_cell, w_pix] / w_ties
             stroke = cell_stroke[w_cell]
-            if ctx.needs_input_grad[1]:
-                grad_half = torch.zeros_like(alpha).index_add_(0, stroke, g_cover)
+            if ctx.needs_input_grad[1]:  # d cover / d half width: +1 on either ramp
+                grad_half = torch.zeros_like(alpha).index_add_(0, stroke, g_cover * (on_outer + on_inner))
             if ctx.needs_input_grad[0]:
+                g_dist = g_cover * (on_inner - on_outer)  # d cover / d distance: -1 far edge, +1 near
                 sa, se = a[w_seg], e[w_seg]
                 p = torch.stack([w_px, w_py], dim=1).to(a.dtype) + 0.5
                 t = (((p - sa) * se).sum(1) / (se * se).sum(1).clamp(min=1e-12)).clamp(0, 1)
                 q = p - sa - t[:, None] * se
                 unit = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
-                # distance = |p - a - t e| with t at its minimum: d/da = -unit, d/de = -t unit.
-                g_end = (g_cover * t)[:, None] * unit  # dL/d(segment end) = -g_dist * (-t unit)
-                g_start = g_cover[:, None] * unit - g_end
+                # distance = |p - a - t e| at its minimising t: d/da = -unit, d/de = -t unit; the
+                # segment's end is a + e.
+                g_end = -(g_dist * t)[:, None] * unit
+                g_start = -g_dist[:, None] * unit - g_end
                 g_a = torch.zeros_like(a).index_add_(0, w_seg, g_start)
                 g_b = torch.zeros_like(a).index_add_(0, w_seg, g_end)
                 per_seg = w0[:, :, None] * g_a[:, None, :] + w1[:, :, None] * g_b[:, None, :]

@@ -57,7 +57,7 @@ def test_gradients_match_finite_differences() -> None:
     weights = torch.rand(20, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     moving = _strokes()[:2].clone().requires_grad_()
     dot = _strokes()[2:]
-    widths = torch.tensor([2.6, 3.4, 4.1], dtype=torch.float64, requires_grad=True)
+    widths = torch.tensor([2.6, 0.7, 4.1], dtype=torch.float64, requires_grad=True)  # one under 1 px
     opacity = torch.tensor([0.9, 0.6, 0.8], dtype=torch.float64, requires_grad=True)
     shift = torch.tensor([0.31, -0.27], dtype=torch.float64, requires_grad=True)
 
@@ -69,7 +69,9 @@ def test_gradients_match_finite_differences() -> None:
     assert torch.autograd.gradcheck(loss, (moving, shift, widths, opacity), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
-def test_zero_opacity_strokes_leave_paper_white_and_gradients_finite() -> None:
+def test_opacity_gradients_at_both_ends_of_the_range() -> None:
+    """Zero opacity: paper stays white, points get no gradient, opacity does. Opacity 1 over fully
+    inked pixels: the gradient matches a one-sided difference (the product divides out an exact 0)."""
     points = _strokes().clone().requires_grad_()
     opacity = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     image = render(points, 20, 24, 3.0, opacity)
@@ -82,6 +84,15 @@ def test_zero_opacity_strokes_leave_paper_white_and_gradients_finite() -> None:
         return render(_strokes(), 20, 24, 3.0, opacity).sum()
 
     assert torch.autograd.gradcheck(dark, (torch.zeros(3, dtype=torch.float64, requires_grad=True),))
+
+    ones = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    dark(ones).backward()
+    for i in range(3):
+        lighter = ones.detach().clone()
+        lighter[i] -= 1e-7
+        slope = (dark(ones.detach()) - dark(lighter)) / 1e-7
+        assert ones.grad[i].item() == pytest.approx(slope.item(), rel=1e-4)
+        assert slope < -1, "each stroke has fully inked pixels that opacity lightens"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -98,13 +109,16 @@ def test_degenerate_and_overlapping_strokes_have_finite_gradients(dtype: torch.d
 
 
 def test_dot_and_line_have_the_expected_ink() -> None:
-    """A straight 3 px line ink covers about length x width pixels; a dot about pi r^2 (round caps)."""
+    """A straight line inks about length x width pixels plus its round caps; a dot about pi r^2."""
     line = torch.tensor([[[10.0, 20.0], [20.0, 20.0], [30.0, 20.0], [40.0, 20.0]]])
     ink = (1 - render(line, 40, 50, 3.0)).sum().item()
     assert ink == pytest.approx(30 * 3 + torch.pi * 1.5**2, rel=0.02)
     dot = torch.full((1, 4, 2), 20.0)
     ink = (1 - render(dot, 40, 40, 6.0)).sum().item()
     assert ink == pytest.approx(torch.pi * 9, rel=0.03)
+    # Thinner than a pixel: the ink still follows the width.
+    ink = (1 - render(line, 40, 50, 0.5)).sum().item()
+    assert ink == pytest.approx(30 * 0.5, rel=0.05)
     # Outside the canvas nothing is drawn, and the image is the right size.
     far = torch.full((1, 4, 2), -50.0)
     assert torch.equal(render(far, 13, 17), torch.ones(13, 17))
