@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -20,7 +21,7 @@ CONFIGS = [(8, 224), (16, 224), (32, 224), (64, 224), (16, 448)]
 DIFFVG_CPU_MS = {(8, 224): 806, (16, 224): 1462, (32, 224): 2495, (64, 224): 4786, (16, 448): 6208}
 
 
-def _median_ms(fn, runs: int, warmup: int) -> float:
+def _times_ms(fn, runs: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -28,7 +29,7 @@ def _median_ms(fn, runs: int, warmup: int) -> float:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return times
 
 
 def bench(strokes: int, size: int, runs: int, warmup: int, device: str) -> dict:
@@ -51,8 +52,8 @@ def bench(strokes: int, size: int, runs: int, warmup: int, device: str) -> dict:
         (render(points, size, size, 3.0) * weights).mean().backward()
         sync()
 
-    fwd = _median_ms(forward, runs, warmup)
-    fwd_bwd = _median_ms(forward_backward, runs, warmup)
+    fwd = _times_ms(forward, runs, warmup)
+    fwd_bwd = _times_ms(forward_backward, runs, warmup)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         forward_backward()
@@ -67,10 +68,13 @@ def bench(strokes: int, size: int, runs: int, warmup: int, device: str) -> dict:
         "size": size,
         "device": device,
         "threads": torch.get_num_threads(),
-        "forward_ms": round(fwd, 2),
-        "forward_backward_ms": round(fwd_bwd, 2),
+        "forward_ms": round(statistics.median(fwd), 2),
+        "forward_backward_ms": round(statistics.median(fwd_bwd), 2),
+        # The fastest run shows the cost without interference from other jobs on a shared machine.
+        "forward_backward_min_ms": round(min(fwd_bwd), 2),
         "saved_for_backward_mb": round(peak_mb, 2),
-        "speedup_vs_diffvg_cpu": round(diffvg / fwd_bwd, 1) if diffvg and device == "cpu" else None,
+        "speedup_vs_diffvg_cpu": round(diffvg / statistics.median(fwd_bwd), 1) if diffvg and device == "cpu" else None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 

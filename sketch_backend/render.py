@@ -193,12 +193,13 @@ class _Raster(torch.autograd.Function):
         ay = (a[seg, 1] - ty * TILE)[:, None]
         ex, ey = e[seg, 0, None], e[seg, 1, None]
         inv = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
+        # In place where possible: these are the largest tensors, and fresh ones cost page faults.
         dx, dy = gx - ax, gy - ay
-        t = torch.addcmul(dx * ex, dy, ey).mul_(inv).clamp_(0, 1)
-        qx = torch.addcmul(dx, t, ex, value=-1)
-        qy = torch.addcmul(dy, t, ey, value=-1)
-        d2 = torch.addcmul(qx * qx, qy, qy)
-        del dx, dy, t, qx, qy
+        t = torch.mul(dx, ex).addcmul_(dy, ey).mul_(inv).clamp_(0, 1)
+        dx.addcmul_(t, ex, value=-1)
+        dy.addcmul_(t, ey, value=-1)
+        d2 = dx.mul_(dx).addcmul_(dy, dy)
+        del dy, t
         cell_d2 = torch.full((cells.numel(), TILE * TILE), float("inf"), dtype=dtype, device=dev)
         index = cell_of_pair[:, None].expand(-1, TILE * TILE)
         cell_d2.scatter_reduce_(0, index, d2, reduce="amin", include_self=False)
