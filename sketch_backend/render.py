@@ -223,8 +223,12 @@ class _Raster(torch.autograd.Function):
         image = clear * (n_opaque == 0)
 
         # Pixels on a ramp and the segment nearest to each (exact ties share the gradient).
-        ramp_d2 = torch.where(on_outer | on_inner, cell_d2, -1.0)
-        win_pair, win_pix = torch.nonzero(d2 == ramp_d2[cell_of_pair], as_tuple=True)
+        # Only needed for gradients of points or widths: skipped for a plain forward pass.
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ramp_d2 = torch.where(on_outer | on_inner, cell_d2, -1.0)
+            win_pair, win_pix = torch.nonzero(d2 == ramp_d2[cell_of_pair], as_tuple=True)
+        else:
+            win_pair = win_pix = torch.zeros(0, dtype=torch.long, device=dev)
         win_cell = cell_of_pair[win_pair]
         ties = torch.zeros_like(cover).index_put_((win_cell, win_pix), torch.ones_like(win_pix, dtype=dtype), True)
         on_outer, on_inner = on_outer[win_cell, win_pix].to(dtype), on_inner[win_cell, win_pix].to(dtype)
