@@ -4,17 +4,17 @@ CLIPasso needs an image of its strokes with gradients back to the control points
 is a compiled extension that is hard to install; this module needs only torch ops, so it runs wherever
 torch does (CPU, CUDA, Apple MPS).
 
-Method: each cubic is flattened into a polyline fine enough to stay within a small fraction of a pixel
-of the curve. The image is cut into square tiles; each line segment is evaluated only on the tiles its
-padded bounding box touches, so the work grows with the strokes' covered area, not with N x pixels.
-A stroke covers a pixel by a 1 px linear ramp of (distance to the stroke - half width), which is the
-exact area coverage of a straight edge and matches diffvg's 2x2 supersampled box filter closely.
-Strokes are black and composited "over" white paper: image = prod_i (1 - opacity_i * coverage_i).
+Method: each cubic is flattened into a polyline within FLATTEN_TOLERANCE px of the curve. The image is
+cut into square tiles; each line segment is evaluated only on the tiles its padded bounding box touches,
+so the work grows with the strokes' covered area, not with N x pixels. A stroke's coverage of a pixel is
+the overlap of a 1 px box, centred at the pixel's distance to the stroke, with the stroke's cross-section
+[-w/2, w/2]: the exact area coverage of a straight edge (round caps and joins, as in diffvg), which
+matches diffvg's 2x2 supersampled box filter closely. Strokes are black and composited "over" white
+paper: image = prod_i (1 - opacity_i * coverage_i). The backward pass is analytic and sparse (see
+_Raster), which is what makes it fast on a CPU.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -48,16 +48,10 @@ def render(
     """
     if points.dim() != 3:
         raise ValueError(f"points must be (N, 4, 2), got {tuple(points.shape)}")
-    if backend == "diffvg":
-        return _render_diffvg(points, height, width, stroke_width, opacity)
-    return render_batch(
-        points[None],
-        height,
-        width,
-        stroke_width if not isinstance(stroke_width, Tensor) else stroke_width[None],
-        None if opacity is None else opacity[None],
-        backend,
-    )[0]
+    n = points.shape[0]
+    widths = _per_stroke(stroke_width, 1, n, points)
+    alphas = None if opacity is None else _per_stroke(opacity, 1, n, points)
+    return render_batch(points[None], height, width, widths, alphas, backend)[0]
 
 
 def render_batch(
@@ -124,7 +118,7 @@ def _render_tiles(points: Tensor, widths: Tensor, alphas: Tensor, height: int, w
     m = b * n
     tiles_y, tiles_x = -(-height // TILE), -(-width // TILE)
     half = (widths.reshape(m) * 0.5).clamp(min=0)
-    img = _Raster.apply(points.reshape(m, 4, 2), half, alphas.reshape(m), b, tiles_y, tiles_x)
+    img = _Raster.apply(points.reshape(m, 4, 2), half, alphas.reshape(m), b, n, tiles_y, tiles_x)
     img = img.reshape(b, tiles_y, tiles_x, TILE, TILE).permute(0, 1, 3, 2, 4)
     return img.reshape(b, tiles_y * TILE, tiles_x * TILE)[:, :height, :width]
 
@@ -172,10 +166,9 @@ class _Raster(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, ctrl: Tensor, half: Tensor, alpha: Tensor, b: int, tiles_y: int, tiles_x: int):
+    def forward(ctx, ctrl: Tensor, half: Tensor, alpha: Tensor, b: int, n: int, tiles_y: int, tiles_x: int):
         dev, dtype = ctrl.device, ctrl.dtype
         n_tiles = tiles_y * tiles_x
-        strokes_per_image = ctrl.shape[0] // b
         stroke_of_seg, w0, w1 = _flatten(ctrl)
         seg_ctrl = ctrl[stroke_of_seg]
         a = torch.einsum("sk,skd->sd", w0, seg_ctrl)
@@ -184,7 +177,7 @@ class _Raster(torch.autograd.Function):
         key = stroke_of_seg[seg] * n_tiles + ty * tiles_x + tx
         cells, cell_of_pair = torch.unique(key, return_inverse=True)  # (stroke, tile) cells
         cell_stroke = cells // n_tiles
-        cell_tile = (cell_stroke // strokes_per_image) * n_tiles + cells % n_tiles
+        cell_tile = (cell_stroke // max(n, 1)) * n_tiles + cells % n_tiles
 
         # Squared distance from each pixel of each pair's tile to its segment.
         pix = torch.arange(TILE, device=dev, dtype=dtype) + 0.5
@@ -272,7 +265,7 @@ class _Raster(torch.autograd.Function):
                 g_b = torch.zeros_like(a).index_add_(0, w_seg, g_end)
                 per_seg = w0[:, :, None] * g_a[:, None, :] + w1[:, :, None] * g_b[:, None, :]
                 grad_ctrl = torch.zeros_like(ctrl).index_add_(0, stroke_of_seg, per_seg)
-        return grad_ctrl, grad_half, grad_alpha, None, None, None
+        return grad_ctrl, grad_half, grad_alpha, None, None, None, None
 
 
 def _render_diffvg(

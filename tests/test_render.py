@@ -161,3 +161,16 @@ def test_diffvg_backend_agrees_with_torch_backend() -> None:
     ours = render(points, 96, 96, 3.0)
     theirs = render(points, 96, 96, 3.0, backend="diffvg")
     assert (ours - theirs).abs().mean().item() <= 0.015
+
+
+def test_width_and_opacity_accept_numbers_scalars_and_per_stroke_tensors() -> None:
+    points = torch.rand(4, 4, 2, generator=torch.Generator().manual_seed(4)) * 32
+    reference = render(points, 32, 32, 2.5, torch.full((4,), 0.7))
+    assert torch.equal(render(points, 32, 32, torch.tensor(2.5), torch.full((4,), 0.7)), reference)
+    assert torch.equal(render(points, 32, 32, torch.full((4,), 2.5), torch.tensor(0.7)), reference)
+
+
+def test_no_strokes_empty_batch_and_nan_points_give_white_paper() -> None:
+    assert torch.equal(render(torch.zeros(0, 4, 2), 10, 12), torch.ones(10, 12))
+    assert render_batch(torch.zeros(0, 3, 4, 2), 10, 12).shape == (0, 10, 12)
+    assert torch.equal(render(torch.full((2, 4, 2), float("nan")), 10, 12), torch.ones(10, 12))
