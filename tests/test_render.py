@@ -40,6 +40,25 @@ def test_matches_diffvg_image_and_gradient(path: Path) -> None:
     assert abs(loss.item() - float(fx["loss"])) <= 0.01 * float(fx["loss"])
 
 
+def test_matches_a_brute_force_supersampled_reference() -> None:
+    """Independent of diffvg: 6x6 point samples per pixel, each inked when within w/2 of the curve
+    (the curve densely sampled); checks flattening, round caps and coverage together."""
+    size, sub, width = 48, 6, 3.0
+    points = torch.rand(4, 4, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * size
+    t = torch.linspace(0, 1, 600, dtype=torch.float64)[:, None, None]
+    curves = ((1 - t) ** 3 * points[:, 0] + 3 * (1 - t) ** 2 * t * points[:, 1]
+              + 3 * (1 - t) * t**2 * points[:, 2] + t**3 * points[:, 3]).reshape(-1, 2)
+    centres = (torch.arange(size * sub, dtype=torch.float64) + 0.5) / sub
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    samples = torch.stack([xs.flatten(), ys.flatten()], dim=1)
+    inked = torch.cat([torch.cdist(chunk, curves).amin(dim=1) for chunk in samples.split(8192)]) <= width / 2
+    reference = 1 - inked.to(torch.float64).reshape(size, sub, size, sub).mean(dim=(1, 3))
+
+    image = render(points, size, size, width)
+    assert (image - reference).abs().mean().item() <= 0.006
+    assert (1 - image).sum().item() == pytest.approx((1 - reference).sum().item(), rel=0.02)
+
+
 def _strokes() -> torch.Tensor:
     """Three strokes on a 24x20 canvas: a curve, one crossing the right border, one degenerate dot."""
     return torch.tensor(
