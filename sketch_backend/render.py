@@ -166,7 +166,9 @@ class _Raster(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, ctrl: Tensor, half: Tensor, alpha: Tensor, b: int, n: int, tiles_y: int, tiles_x: int):
+    def forward(
+        ctx, ctrl: Tensor, half: Tensor, alpha: Tensor, b: int, n: int, tiles_y: int, tiles_x: int
+    ) -> Tensor:
         dev, dtype = ctrl.device, ctrl.dtype
         n_tiles = tiles_y * tiles_x
         stroke_of_seg, w0, w1 = _flatten(ctrl)
@@ -223,12 +225,14 @@ class _Raster(torch.autograd.Function):
         else:
             win_pair = win_pix = torch.zeros(0, dtype=torch.long, device=dev)
         win_cell = cell_of_pair[win_pair]
-        ties = torch.zeros_like(cover).index_put_((win_cell, win_pix), torch.ones_like(win_pix, dtype=dtype), True)
-        on_outer, on_inner = on_outer[win_cell, win_pix].to(dtype), on_inner[win_cell, win_pix].to(dtype)
+        ones = torch.ones_like(win_pix, dtype=dtype)
+        ties = torch.zeros_like(cover).index_put_((win_cell, win_pix), ones, accumulate=True)
+        win_x, win_y = tx[win_pair] * TILE + gx[win_pix], ty[win_pair] * TILE + gy[win_pix]
+        win_centre = torch.stack([win_x, win_y], dim=1)
         ctx.save_for_backward(
             ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, clear, n_opaque,
-            seg[win_pair], tx[win_pair] * TILE + gx[win_pix].long(), ty[win_pair] * TILE + gy[win_pix].long(),
-            win_cell, win_pix, ties[win_cell, win_pix], on_outer, on_inner,
+            seg[win_pair], win_centre, win_cell, win_pix, ties[win_cell, win_pix],
+            on_outer[win_cell, win_pix].to(dtype), on_inner[win_cell, win_pix].to(dtype),
         )
         return image
 
@@ -236,11 +240,13 @@ class _Raster(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image: Tensor):
         (ctrl, alpha, w0, w1, stroke_of_seg, a, e, cell_stroke, cell_tile, cover, trans, clear, n_opaque,
-         w_seg, w_px, w_py, w_cell, w_pix, w_ties, on_outer, on_inner) = ctx.saved_tensors
+         w_seg, p, w_cell, w_pix, w_ties, on_outer, on_inner) = ctx.saved_tensors
         # d image / d (alpha * cover) of a stroke = -(product of the other strokes' transmissions).
         clear, n_opaque = clear[cell_tile], n_opaque[cell_tile]
         opaque = trans <= 0
-        others = torch.where(opaque, clear * (n_opaque == 1), clear / torch.where(opaque, 1.0, trans) * (n_opaque == 0))
+        others = torch.where(
+            opaque, clear * (n_opaque == 1), clear / torch.where(opaque, 1.0, trans) * (n_opaque == 0)
+        )
         g_ac = -grad_image[cell_tile] * others  # dL / d(alpha * cover), per cell pixel
         grad_ctrl = grad_half = grad_alpha = None
         if ctx.needs_input_grad[2]:
@@ -253,7 +259,6 @@ class _Raster(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 g_dist = g_cover * (on_inner - on_outer)  # d cover / d distance: -1 far edge, +1 near
                 sa, se = a[w_seg], e[w_seg]
-                p = torch.stack([w_px, w_py], dim=1).to(a.dtype) + 0.5
                 t = (((p - sa) * se).sum(1) / (se * se).sum(1).clamp(min=1e-12)).clamp(0, 1)
                 q = p - sa - t[:, None] * se
                 unit = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
