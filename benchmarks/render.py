@@ -41,6 +41,8 @@ def bench(strokes: int, size: int, runs: int, warmup: int, device: str) -> dict:
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+        elif device == "mps":
+            torch.mps.synchronize()
 
     def forward() -> None:
         with torch.no_grad():
