@@ -1,0 +1,495 @@
+"""Durable sketch jobs: a store on disk and one worker thread that runs them one at a time.
+
+Each job lives in `DATA/jobs/<id>/`: `upload` (the bytes as received), `job.json` (parameters and state),
+`preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final sketch). Every file is
+written atomically, so a crash leaves either the old or the new version. After a restart, finished jobs
+are served as they were; queued jobs are queued again; a job that was stopped by a clean shutdown is
+queued again too, while one that was running when the process died is marked failed with the reason
+(it may be what killed the process, so it is not retried blindly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .files import write_atomic
+from .images import Letterbox, load_image
+from .sketch import CANVAS, CANVAS_STROKE_WIDTH, SketchOptions, SketchResult, sketch
+from .svg import strokes_to_svg
+
+log = logging.getLogger("clipasso.jobs")
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+#: What `secrets.token_urlsafe(16)` gives; anything else is refused before it can name a path.
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+#: A running job's state and preview go to disk at most this often (state changes go at once).
+CHECKPOINT_SECONDS = 2.0
+
+Engine = Callable[..., SketchResult]
+
+
+class QueueFull(Exception):
+    """Too many jobs are waiting; the client should retry later (HTTP 429)."""
+
+
+class UnknownJob(LookupError):
+    """No job has this id, or the id is not one we could have made (HTTP 404)."""
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows this (HTTP 409)."""
+
+
+def new_job_id() -> str:
+    """An unguessable id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:300]
+    return text or type(exc).__name__
+
+
+@dataclass
+class Job:
+    """One sketch request. Mutated only under the store's lock; `version` counts changes for watchers."""
+
+    id: str
+    options: SketchOptions  # validated, with the server's device
+    width: int
+    height: int
+    created: float
+    state: str = "queued"
+    started: float | None = None
+    finished: float | None = None
+    iteration: int = 0
+    loss: float | None = None
+    error: str | None = None
+    encoder: str | None = None  # the encoder that ran, once known; the requested one before
+    encoder_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    version: int = 0
+    strokes: np.ndarray | None = None  # latest strokes in image pixels (kept in memory only)
+    cancel_requested: bool = False
+
+    @property
+    def iterations(self) -> int:
+        """Planned iterations over all seeds (the engine may stop early when the loss settles)."""
+        return int(self.options.iterations) * int(self.options.seeds)
+
+    @property
+    def stroke_width(self) -> float:
+        """The stroke width the engine draws with, in image pixels (as sketch() computes it)."""
+        if self.options.stroke_width is not None:
+            return float(self.options.stroke_width)
+        return CANVAS_STROKE_WIDTH / min(Letterbox(self.width, self.height, CANVAS).scale)
+
+    def public(self) -> dict:
+        """The fields clients see (GET /jobs/{id} and each server-sent event)."""
+        if self.state == "succeeded":
+            progress = 1.0
+        else:
+            progress = min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        return {
+            "id": self.id,
+            "state": self.state,
+            "progress": round(progress, 4),
+            "iteration": self.iteration,
+            "iterations": self.iterations,
+            "loss": None if self.loss is None or not np.isfinite(self.loss) else round(float(self.loss), 6),
+            "error": self.error,
+            "encoder": self.encoder or self.options.encoder,
+            "created": _iso(self.created),
+            "finished": _iso(self.finished),
+        }
+
+    def to_record(self) -> dict:
+        """What job.json holds: enough to serve the job and to run it again after a restart."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "options": self.options.to_dict(),
+            "width": self.width,
+            "height": self.height,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "iteration": self.iteration,
+            "loss": self.loss if self.loss is None or np.isfinite(self.loss) else None,
+            "error": self.error,
+            "encoder": self.encoder,
+            "encoder_reason": self.encoder_reason,
+            "timings": self.timings,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Job":
+        return cls(
+            id=str(record["id"]),
+            options=SketchOptions(**record["options"]),
+            width=int(record["width"]),
+            height=int(record["height"]),
+            created=float(record["created"]),
+            state=str(record["state"]),
+            started=record.get("started"),
+            finished=record.get("finished"),
+            iteration=int(record.get("iteration") or 0),
+            loss=record.get("loss"),
+            error=record.get("error"),
+            encoder=record.get("encoder"),
+            encoder_reason=record.get("encoder_reason"),
+            timings=dict(record.get("timings") or {}),
+        )
+
+
+class JobStore:
+    """All jobs, their files and the queue. Thread-safe: HTTP handlers and the worker share it."""
+
+    def __init__(self, data_dir: str | os.PathLike, device: str = "cpu", weights: str | None = None,
+                 max_queued: int = 100) -> None:
+        self.root = Path(data_dir) / "jobs"
+        self.device = device
+        self.weights = weights
+        self.max_queued = max_queued
+        self._lock = threading.Lock()  # guards job state and the queue; held briefly, never over I/O
+        self._write_lock = threading.Lock()  # orders job.json writes
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[str] = deque()
+        self._reserved = 0
+        self._closed = False
+        self._last_checkpoint: dict[str, float] = {}
+        self._preview_cache: dict[str, tuple[int, str]] = {}
+
+    # ----- files -----------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder; the id is checked against JOB_ID first, so it cannot name another path."""
+        if not JOB_ID.fullmatch(job_id):
+            raise UnknownJob(job_id)
+        return self.root / job_id
+
+    def _persist(self, job: Job, preview: np.ndarray | None = None) -> None:
+        """Write job.json (and a preview) from the job's state as it is now, outside the state lock.
+
+        Writers queue on their own lock and each takes a fresh copy of the state, so an older state can
+        never overwrite a newer one, and readers of the state never wait for the disk.
+        """
+        folder = self.job_dir(job.id)
+        with self._write_lock:
+            if preview is not None:
+                write_atomic(folder / "preview.svg", strokes_to_svg(preview, job.width, job.height, job.stroke_width))
+            with self._lock:
+                record = job.to_record()
+            write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True))
+
+    def load(self) -> None:
+        """Read every job on disk and queue again the ones that had not finished (see module notes)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for entry in self.root.iterdir():
+            if not entry.is_dir() or not JOB_ID.fullmatch(entry.name):
+                continue
+            try:
+                job = Job.from_record(json.loads((entry / "job.json").read_text("utf-8")))
+                if job.id != entry.name:
+                    raise ValueError("id does not match its folder")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping job folder %s: unreadable job.json (%s)", entry.name, _one_line(exc))
+                continue
+            jobs.append(job)
+        requeued = failed = 0
+        for job in sorted(jobs, key=lambda j: j.created):
+            if job.state == "running":
+                job.state, job.finished = "failed", time.time()
+                job.error = (
+                    f"the server stopped while this job was running (at iteration {job.iteration} of "
+                    f"{job.iterations}); submit it again"
+                )
+                self._persist(job)
+                failed += 1
+            elif job.state == "queued":
+                job.iteration, job.loss = 0, None
+                self._queue.append(job.id)
+                requeued += 1
+            self._jobs[job.id] = job
+        log.info("loaded %d jobs from %s: %d queued again, %d interrupted marked failed",
+                 len(jobs), self.root, requeued, failed)
+
+    # ----- client side -----------------------------------------------------------------------------
+
+    def check_options(self, options: SketchOptions) -> SketchOptions:
+        """The options as the worker will run them (server device and weights); InputError if invalid."""
+        return replace(options, device=self.device, weights=self.weights).validated()
+
+    def submit(self, upload: bytes, options: SketchOptions) -> dict:
+        """Check the options and the image, write them to disk and queue the job; its public fields.
+
+        Raises InputError for bad input and QueueFull when too many jobs wait. Blocking (decodes the
+        image and writes files): call it from a worker thread, not the event loop.
+        """
+        opts = self.check_options(options)
+        image = load_image(upload)
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            waiting = len(self._queue) + self._reserved
+            if waiting >= self.max_queued:
+                raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")
+            self._reserved += 1  # holds a place in the queue while the files are written
+        job = Job(id=new_job_id(), options=opts, width=image.width, height=image.height, created=time.time())
+        folder = self.job_dir(job.id)
+        try:
+            folder.mkdir(parents=True)
+            write_atomic(folder / "upload", upload)
+            self._persist(job)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        with self._lock:
+            self._jobs[job.id] = job
+            self._queue.append(job.id)
+            self._wake.notify_all()
+            view = job.public()
+        log.info("job %s queued: %dx%d image, %d strokes, %d iterations, encoder %s",
+                 job.id, job.width, job.height, opts.strokes, job.iterations, opts.encoder)
+        return view
+
+    def get(self, job_id: str) -> Job:
+        """The job; UnknownJob if the id is malformed or unknown."""
+        job = self._jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
+
+    def snapshot(self, job_id: str) -> tuple[int, dict]:
+        """(version, public fields) of one job, read consistently."""
+        with self._lock:
+            job = self.get(job_id)
+            return job.version, job.public()
+
+    def list(self) -> list[dict]:
+        """Every job's public fields, newest first."""
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+            return [j.public() for j in jobs]
+
+    def queued_count(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued job at once, or ask a running one to stop at its next iteration.
+
+        Raises UnknownJob for an unknown job and JobStateError for one that already finished.
+        """
+        with self._lock:
+            job = self.get(job_id)
+            if job.state in FINAL_STATES:
+                raise JobStateError(f"job {job_id} already finished ({job.state}); there is nothing to cancel")
+            job.cancel_requested = True
+            queued = job.state == "queued"
+            if queued:
+                self._queue.remove(job_id)
+                job.state, job.finished, job.error = "cancelled", time.time(), "cancelled before it started"
+                job.version += 1
+        if queued:
+            self._persist(job)
+        log.info("job %s: cancel requested (%s)", job_id, "cancelled" if queued else "stopping")
+        return self.snapshot(job_id)[1]
+
+    def preview_svg(self, job_id: str) -> str:
+        """The strokes as they are now: live while running, else the result or the last checkpoint."""
+        with self._lock:
+            job = self.get(job_id)
+            version, strokes = job.version, job.strokes
+            cached = self._preview_cache.get(job_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if strokes is None:
+            folder = self.job_dir(job_id)
+            for name in ("result.svg", "preview.svg"):
+                try:
+                    return (folder / name).read_text("utf-8")
+                except FileNotFoundError:
+                    continue
+            strokes = np.zeros((0, 4, 2))
+        svg = strokes_to_svg(strokes, job.width, job.height, job.stroke_width)
+        self._preview_cache[job_id] = (version, svg)
+        return svg
+
+    def result_svg(self, job_id: str) -> str:
+        """The final SVG; JobStateError while the job runs or when it ended without strokes."""
+        with self._lock:
+            job = self.get(job_id)
+            state, error = job.state, job.error
+        if state not in FINAL_STATES:
+            raise JobStateError(f"job {job_id} is {state}; its result is ready when it has finished")
+        try:
+            return (self.job_dir(job_id) / "result.svg").read_text("utf-8")
+        except FileNotFoundError:
+            raise JobStateError(f"job {job_id} {state} without a result: {error}") from None
+
+    # ----- worker side -----------------------------------------------------------------------------
+
+    def next_job(self, timeout: float) -> Job | None:
+        """Take the oldest queued job and mark it running; None after `timeout` or once closed."""
+        with self._wake:
+            if not self._queue and not self._closed:
+                self._wake.wait(timeout)
+            if self._closed or not self._queue:
+                return None
+            job = self._jobs[self._queue.popleft()]
+            job.state, job.started, job.iteration, job.loss = "running", time.time(), 0, None
+            job.version += 1
+            self._last_checkpoint[job.id] = time.monotonic()
+        self._persist(job)
+        return job
+
+    def should_stop(self, job: Job) -> bool:
+        return job.cancel_requested or self._closed
+
+    def progress(self, job: Job, iteration: int, loss: float, strokes: np.ndarray) -> None:
+        """Record one iteration; checkpoint state and preview to disk every CHECKPOINT_SECONDS."""
+        now = time.monotonic()
+        with self._lock:
+            job.iteration, job.loss, job.strokes = int(iteration), float(loss), np.array(strokes, dtype=np.float64)
+            job.version += 1
+            due = now - self._last_checkpoint.get(job.id, 0.0) >= CHECKPOINT_SECONDS
+            if due:
+                self._last_checkpoint[job.id] = now
+        if due:
+            self._persist(job, preview=job.strokes)
+
+    def finish(self, job: Job, result: SketchResult | None = None, error: str | None = None) -> None:
+        """Write the result (if any) and the final state. A run stopped by shutdown is queued again."""
+        # Stopped by shutdown, not by the user: it runs again from the start after the restart.
+        requeue = result is not None and result.cancelled and not job.cancel_requested
+        if result is not None and not requeue:
+            write_atomic(self.job_dir(job.id) / "result.svg", result.svg)
+        with self._lock:
+            self._last_checkpoint.pop(job.id, None)
+            if requeue:
+                job.state, job.started, job.iteration, job.loss, job.strokes = "queued", None, 0, None, None
+            elif result is None:
+                job.state, job.error, job.finished = "failed", error, time.time()
+            else:
+                job.strokes = result.strokes
+                job.iteration, job.loss = result.iterations, float(result.loss)
+                job.encoder, job.encoder_reason = result.encoder, result.encoder_reason
+                job.timings = {k: round(v, 4) for k, v in result.timings.items()}
+                job.state, job.finished = ("cancelled" if result.cancelled else "succeeded"), time.time()
+                if result.cancelled:
+                    job.error = f"cancelled at iteration {result.iterations} of {job.iterations}"
+            job.version += 1
+        self._persist(job)
+        log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
+
+    def close(self) -> None:
+        """Stop handing out jobs and ask the running one to stop (it is queued again, see finish)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Worker:
+    """One thread per device that runs the store's jobs in order, so jobs never compete for it."""
+
+    def __init__(self, store: JobStore, engine: Engine = sketch, preload: str | None = None) -> None:
+        self.store = store
+        self.engine = engine
+        self.preload = preload
+        self._thread = threading.Thread(target=self._loop, name="clipasso-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the running job to stop; True if the worker has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        if self.preload:
+            self._warm_up(self.preload)
+        while not self.store.closed:
+            job = self.store.next_job(timeout=1.0)
+            if job is not None:
+                self.run_job(job)
+
+    def _warm_up(self, name: str) -> None:
+        """Load the encoder before the first job, so that job does not pay for it."""
+        from .encoders import load_encoder
+
+        t = time.perf_counter()
+        try:
+            _, reason = load_encoder(name, self.store.device, self.store.weights)
+        except Exception as exc:  # a missing model must not stop the server: jobs report it themselves
+            log.warning("could not preload encoder %s: %s", name, _one_line(exc))
+            return
+        log.info("preloaded %s on %s in %.1f s", reason, self.store.device, time.perf_counter() - t)
+
+    def run_job(self, job: Job) -> None:
+        """Run one job; any failure marks only this job failed, with the reason in one line."""
+        store = self.store
+        log.info("job %s running", job.id)
+        try:
+            image = load_image(store.job_dir(job.id) / "upload")
+        except InputError as exc:
+            store.finish(job, error=f"the stored upload could not be read ({exc})")
+            return
+        try:
+            result = self.engine(
+                image,
+                job.options,
+                on_progress=lambda i, n, loss, strokes: store.progress(job, i, loss, strokes),
+                should_stop=lambda: store.should_stop(job),
+            )
+        except InputError as exc:
+            store.finish(job, error=str(exc))
+        except MemoryError:
+            store.finish(job, error="out of memory; try fewer strokes, a smaller image or another device")
+        except Exception as exc:
+            if "out of memory" in str(exc).lower():  # torch.cuda.OutOfMemoryError and the like
+                _free_device_memory()
+                store.finish(job, error=f"out of memory on {store.device}: {_one_line(exc)}")
+            else:
+                log.exception("job %s failed", job.id)
+                store.finish(job, error=f"{type(exc).__name__}: {_one_line(exc)}")
+        else:
+            store.finish(job, result=result)
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
