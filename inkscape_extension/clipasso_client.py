@@ -1,0 +1,258 @@
+"""A client of the `clipasso serve` HTTP API, and starting the local backend when it does not answer.
+
+Standard library only (urllib): this runs in Inkscape's own Python on Linux, Windows and macOS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+from urllib.request import ProxyHandler, Request, build_opener
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+#: How long a freshly started backend may take to answer /health (it imports PyTorch, loads weights).
+START_WAIT_S = 180.0
+REQUEST_TIMEOUT_S = 60.0
+
+
+class BackendError(Exception):
+    """Anything that went wrong talking to the backend; the message is shown to the user as it is."""
+
+
+class Unreachable(BackendError):
+    """Nothing answers at the backend URL."""
+
+
+class JobTimeout(BackendError):
+    """The job did not finish in the time allowed; it is still on the backend."""
+
+
+class Backend:
+    """One backend URL (and token): the calls the extension makes, with errors as one readable line."""
+
+    def __init__(self, url: str, token: str = "") -> None:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendError(f"the backend URL {url!r} is not an http:// or https:// address, e.g. http://127.0.0.1:8765")
+        self.url = url.strip().rstrip("/")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.token = token.strip()
+        # Proxies from the environment would intercept 127.0.0.1; a remote backend may need them.
+        self._opener = build_opener(ProxyHandler({})) if self.is_local else build_opener()
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the URL points to this machine (the only case where the extension starts a backend)."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    def health(self, timeout: float = 5.0) -> dict:
+        return self._json("GET", "/health", timeout=timeout)
+
+    def submit(self, image: bytes, filename: str, mime: str, fields: dict) -> str:
+        """Queue a job for the image; returns its id."""
+        body, content_type = _multipart(fields, "image", filename, mime, image)
+        job = self._json("POST", "/jobs", body, {"Content-Type": content_type})
+        return str(job["id"])
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def result_svg(self, job_id: str) -> bytes:
+        return self._request("GET", f"/jobs/{job_id}/result.svg")
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the backend to stop a job; best effort (used while giving up anyway)."""
+        try:
+            self._request("DELETE", f"/jobs/{job_id}", timeout=5.0)
+        except BackendError:
+            pass
+
+    def wait(self, job_id: str, deadline: float) -> dict:
+        """Poll the job until it reaches a final state; JobTimeout once `deadline` (time.monotonic) passes."""
+        delay = 0.2
+        while True:
+            job = self.job(job_id)
+            if job.get("state") in FINAL_STATES:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobTimeout(
+                    f"job {job_id} is still {job.get('state', 'running')} "
+                    f"({float(job.get('progress') or 0):.0%} done)"
+                )
+            time.sleep(min(delay, left))
+            delay = min(delay * 1.5, 2.0)
+
+    def _json(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+              timeout: float = REQUEST_TIMEOUT_S) -> dict:
+        raw = self._request(method, path, body, headers, timeout)
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise BackendError(f"{self.url}{path} did not answer with JSON; is this a CLIPasso backend?") from None
+        if not isinstance(value, dict):
+            raise BackendError(f"{self.url}{path} answered with unexpected JSON; is this a CLIPasso backend?")
+        return value
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                 timeout: float = REQUEST_TIMEOUT_S) -> bytes:
+        request = Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                return response.read()
+        except HTTPError as exc:
+            message = _error_message(exc)
+            if exc.code == 401:
+                raise BackendError(
+                    f"the backend at {self.url} refused the token ({message}); set Token on the Backend page "
+                    "to the one the backend was started with"
+                ) from None
+            raise BackendError(message if 400 <= exc.code < 500 else f"the backend failed ({exc.code}: {message})") from None
+        except (URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unreachable(f"nothing answers at {self.url} ({reason})") from None
+
+
+def _error_message(exc: HTTPError) -> str:
+    """The backend's one-line message: {"error": ...}, or FastAPI's {"detail": ...} (a string or a list)."""
+    try:
+        body = json.loads(exc.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        body = None
+    if isinstance(body, dict):
+        detail = body.get("error") or body.get("detail")
+        if isinstance(detail, list):
+            detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        if detail:
+            return " ".join(str(detail).split())
+    return f"HTTP {exc.code} {exc.reason}"
+
+
+def _multipart(fields: dict, file_field: str, filename: str, mime: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body (the standard library has no encoder for it)."""
+    boundary = f"----clipasso-{uuid.uuid4().hex}"
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode("utf-8")
+        )
+    safe_name = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{safe_name}"\r\n'
+        f"Content-Type: {mime}\r\n\r\n".encode("utf-8")
+    )
+    parts.append(data)
+    parts.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+# ----- starting the local backend ---------------------------------------------------------------------
+
+
+def read_config(path: str) -> list[str] | None:
+    """The backend command that `clipasso install-inkscape` recorded next to the extension, if any."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            command = json.load(f).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        return command
+    return None
+
+
+def start_command(backend: Backend, command: list[str]) -> list[str]:
+    """The recorded command, told to serve at the backend URL's address."""
+    return list(command) + ["--host", backend.host, "--port", str(backend.port)]
+
+
+def how_to_start(backend: Backend, command: list[str] | None) -> str:
+    """The exact command a user types to start the backend the extension expects."""
+    argv = start_command(backend, command or ["clipasso", "serve"])
+    argv += ["--token", backend.token] if backend.token else []
+    return subprocess.list2cmdline(argv) if sys.platform == "win32" else shlex.join(argv)
+
+
+def ensure_backend(backend: Backend, config_path: str, log_path: str, pid_path: str) -> None:
+    """Make sure the backend answers; start the recorded local one if it does not.
+
+    A remote URL is never started: the user's message says to check it. A local one is started detached
+    (it outlives Inkscape's run of the extension and serves the next runs), logs to `log_path`, and is
+    waited for with a bounded poll of /health.
+    """
+    try:
+        backend.health()
+        return
+    except Unreachable as exc:
+        reason = str(exc)
+    if not backend.is_local:
+        raise BackendError(
+            f"The CLIPasso backend does not answer: {reason}. Check the Backend URL and the network, and that "
+            "`clipasso serve --host 0.0.0.0 --token ...` runs on that machine."
+        )
+    command = read_config(config_path)
+    if command is None:
+        raise BackendError(
+            f"The CLIPasso backend does not answer: {reason}. Start it in a terminal with\n\n"
+            f"    {how_to_start(backend, None)}\n\n"
+            "and run the extension again (or run `clipasso install-inkscape` so that the extension can start it)."
+        )
+    failure = _start_and_wait(backend, start_command(backend, command), log_path, pid_path)
+    if failure:
+        raise BackendError(
+            f"The CLIPasso backend does not answer at {backend.url} and starting it failed: {failure}\n"
+            f"Start it in a terminal with\n\n    {how_to_start(backend, command)}\n\nand run the extension again."
+        )
+
+
+def _start_and_wait(backend: Backend, argv: list[str], log_path: str, pid_path: str) -> str | None:
+    """Start the backend detached and wait for /health; None when it answers, else why not."""
+    # Inkscape points PYTHONPATH (and, in its bundles, PYTHONHOME) at its own Python; the backend has its own.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE")}
+    env.pop("CLIPASSO_TOKEN", None)
+    if backend.token:
+        env["CLIPASSO_TOKEN"] = backend.token  # not on the command line, where other users could read it
+    options: dict = {"start_new_session": True}
+    if sys.platform == "win32":
+        options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    try:
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=os.path.expanduser("~"), close_fds=True, **options,
+            )
+    except OSError as exc:
+        return f"{argv[0]}: {exc.strerror or exc}"
+    try:
+        with open(pid_path, "w", encoding="ascii") as f:
+            f.write(f"{process.pid}\n")
+    except OSError:
+        pass  # the pid file only helps to stop the backend by hand
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"it exited with code {process.returncode}; its log {log_path} ends with:\n{_tail(log_path)}"
+        try:
+            backend.health(timeout=2.0)
+            return None
+        except Unreachable:
+            time.sleep(0.5)
+    return f"it did not answer within {START_WAIT_S:.0f} s (it is still starting, or stuck: see {log_path})"
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return "(no log)"

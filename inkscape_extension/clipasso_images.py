@@ -1,0 +1,226 @@
+"""The pixels behind an SVG <image>: its href to bytes, and the format and pixel size from the header.
+
+Standard library only: this runs in Inkscape's own Python, which has no Pillow on every platform. The
+pixel size is the one Inkscape displays (a JPEG's EXIF orientation applied), because that is the size
+the image's preserveAspectRatio is worked out with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import struct
+from dataclasses import dataclass
+from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.request import url2pathname
+
+FORMATS = "PNG, JPEG, GIF, BMP or WebP"
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
+
+
+class ImageError(Exception):
+    """An image the extension cannot sketch; the message is shown to the user as it is."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image's file content with what the extension needs to know about it."""
+
+    data: bytes
+    mime: str
+    width: int  # pixels, as displayed
+    height: int
+    filename: str  # for the upload, e.g. "photo.jpg" or "embedded.png"
+
+
+def load_picture(href: str | None, label: str, base_dirs: list[str], absref: str | None = None) -> Picture:
+    """Read and identify the image an <image> element shows.
+
+    `href` is a data: URI or a linked file (a path relative to one of `base_dirs`, an absolute path or a
+    file: URI); `absref` is Inkscape's sodipodi:absref, tried when the link itself is missing.
+    """
+    if not href or not href.strip():
+        raise ImageError(f"{label} has no pixels: its href is empty")
+    href = href.strip()
+    if href[:5].lower() == "data:":
+        return _identify(decode_data_uri(href, label), label, None)
+    path = _linked_path(href, label, base_dirs, absref)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot read the linked file {path} ({exc.strerror or exc})") from None
+    return _identify(data, label, os.path.basename(path))
+
+
+def decode_data_uri(uri: str, label: str) -> bytes:
+    """The bytes of a `data:[<mediatype>][;base64],<data>` URI."""
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        raise ImageError(f"{label}: its embedded data: URI is corrupt (no comma before the data)")
+    if header.lower().endswith(";base64"):
+        compact = re.sub(r"\s+", "", unquote_to_bytes(payload).decode("latin-1"))
+        try:
+            data = base64.b64decode(compact, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError(f"{label}: its embedded data: URI is corrupt (not valid base64)") from None
+    else:
+        data = unquote_to_bytes(payload)
+    if not data:
+        raise ImageError(f"{label}: its embedded data: URI is empty")
+    return data
+
+
+def _linked_path(href: str, label: str, base_dirs: list[str], absref: str | None) -> str:
+    """The existing file a link points to, or an ImageError that names the missing one."""
+    if href[:5].lower() == "file:":
+        path = url2pathname(urlparse(href).path)
+    elif _SCHEME.match(href) and not re.match(r"^[a-zA-Z]:[\\/]", href):
+        raise ImageError(
+            f"{label} is linked from {href.split(':', 1)[0]}: (not a local file); "
+            "embed the image or save it to a file and link that"
+        )
+    else:
+        path = href
+    candidates: list[str] = []
+    for p in dict.fromkeys([path, unquote(path)]):  # links may be written %-escaped or not
+        p = os.path.expanduser(p)
+        candidates += [p] if os.path.isabs(p) else [os.path.join(d, p) for d in base_dirs]
+    if not candidates:
+        raise ImageError(
+            f"{label} links to the relative path {path!r} but the document has not been saved; "
+            "save the document or embed the image"
+        )
+    for candidate in candidates + ([absref] if absref else []):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise ImageError(f"{label}: the linked file {candidates[0]} is missing")
+
+
+_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/bmp": ".bmp", "image/webp": ".webp"}
+
+
+def _sniff_mime(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _is_svg(data: bytes) -> bool:
+    head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return data.startswith(b"\x1f\x8b") or (head.startswith(b"<") and b"<svg" in head)
+
+
+def _identify(data: bytes, label: str, filename: str | None) -> Picture:
+    """Check that the bytes are a bitmap we can send, and read its displayed pixel size."""
+    mime = _sniff_mime(data)
+    if mime is None:
+        if _is_svg(data):
+            raise ImageError(
+                f"{label} is an SVG (vector) image; CLIPasso sketches photos: select a bitmap ({FORMATS}) image"
+            )
+        raise ImageError(f"{label} is not a supported image; CLIPasso reads {FORMATS} images")
+    try:
+        width, height = _SIZE_READERS[mime](data)
+    except (struct.error, IndexError, ValueError):
+        width = height = 0
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{label}: the {_EXT[mime][1:].upper()} data is corrupt or truncated (no valid size)")
+    return Picture(data, mime, width, height, filename or "embedded" + _EXT[mime])
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if data[12:16] != b"IHDR":
+        raise ValueError("no IHDR")
+    return struct.unpack(">II", data[16:24])
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack("<HH", data[6:10])
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return width, abs(height)  # a negative height means top-down rows
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ValueError("no VP8 start code")
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise ValueError("no VP8L signature")
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    raise ValueError("unknown WebP chunk")
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the JPEG markers up to the frame header; orientations 5 to 8 swap width and height."""
+    i, orientation = 2, 1
+    while True:
+        if data[i] != 0xFF:
+            raise ValueError("not a JPEG marker")
+        while data[i + 1] == 0xFF:  # fill bytes
+            i += 1
+        marker = data[i + 1]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("no frame header before the image data")
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        segment = data[i + 4 : i + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
+            orientation = _exif_orientation(segment[6:])
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", segment[1:5])
+            return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        i += 2 + length
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 when absent or unreadable."""
+    try:
+        order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (ifd,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+        for n in range(count):
+            entry = ifd + 2 + 12 * n
+            tag, _type, _count, value = struct.unpack(order + "HHIH", tiff[entry : entry + 10])
+            if tag == 0x0112:
+                return value
+    except (KeyError, struct.error):
+        pass
+    return 1
+
+
+_SIZE_READERS = {
+    "image/png": _png_size,
+    "image/jpeg": _jpeg_size,
+    "image/gif": _gif_size,
+    "image/bmp": _bmp_size,
+    "image/webp": _webp_size,
+}
