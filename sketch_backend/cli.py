@@ -15,13 +15,12 @@ from .errors import InputError
 
 def build_parser() -> argparse.ArgumentParser:
     from . import install, service
-    from . import sketch_cli
 
     parser = argparse.ArgumentParser(prog="clipasso", description="CLIPasso line sketches from photos.")
     parser.add_argument("--version", action="version", version=f"clipasso {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, text in (
-        ("sketch", sketch_cli, "sketch a photo into an SVG of strokes"),
+        ("sketch", sys.modules[__name__], "sketch a photo into an SVG of strokes"),
         ("serve", service, "run the HTTP backend that the Inkscape extension talks to"),
         ("install-inkscape", install, "install the extension into Inkscape"),
     ):
@@ -29,6 +28,100 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `clipasso sketch`."""
+    from .encoders import ENCODER_NAMES
+    from .sketch import PRESETS
+
+    p.add_argument("input", help="the photo (PNG, JPEG, WebP, TIFF, GIF, BMP ...)")
+    p.add_argument("-o", "--output", required=True, help="the SVG to write")
+    p.add_argument("--strokes", type=int, default=16, help="number of strokes, 1..512 (default 16)")
+    p.add_argument("--iterations", type=int, help="optimisation steps per seed (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", type=int, help="independent runs, the best kept (default: the preset's)")
+    p.add_argument("--encoder", default="auto", choices=ENCODER_NAMES, metavar="ENCODER",
+                   help=f"one of {', '.join(ENCODER_NAMES)} (default auto: CLIP when its weights can be had, "
+                   "else the built-in lite0)")
+    p.add_argument("--weights", help="a CLIP checkpoint file to use instead of the cache or a download")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="default (fast) or paper")
+    p.add_argument("--stroke-width", type=float, help="stroke width in the photo's pixels "
+                   "(default: 3 px per 224 px of the photo's longest side)")
+    p.add_argument("--preview", help="also write a PNG of the strokes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`clipasso sketch`: check every argument before the slow part, write outputs atomically."""
+    import json
+    import signal
+    from pathlib import Path
+
+    from .files import write_atomic
+    from .images import load_image
+    from .sketch import SketchOptions, sketch
+
+    outputs = [Path(args.output)] + ([Path(args.preview)] if args.preview else [])
+    for out in outputs:
+        if not out.parent.is_dir():
+            raise InputError(f"{out}: the folder {out.parent} does not exist")
+        if out.is_dir():
+            raise InputError(f"{out}: is a folder, not a file name")
+    if Path(args.output).suffix.lower() != ".svg":
+        raise InputError(f"{args.output}: the output must be an .svg file")
+    options = SketchOptions(
+        strokes=args.strokes, iterations=args.iterations, seed=args.seed, seeds=args.seeds,
+        encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
+        stroke_width=args.stroke_width,
+    ).validated()
+    image = load_image(args.input)
+
+    stop = {"asked": False}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nclipasso: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = iteration
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.refresh()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = sketch(image, options, on_progress=on_progress, should_stop=lambda: stop["asked"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    write_atomic(args.output, result.svg)
+    if args.preview:
+        import io
+
+        buf = io.BytesIO()
+        result.preview().save(buf, format="PNG")
+        write_atomic(args.preview, buf.getvalue())
+    if not args.quiet:
+        state = "cancelled, best so far" if result.cancelled else "done"
+        print(f"clipasso: {result.encoder_reason}", file=sys.stderr)
+        print(f"clipasso: {state}: {len(result.strokes)} strokes, {result.iterations} iterations, "
+              f"{result.timings['total']:.1f} s -> {args.output}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

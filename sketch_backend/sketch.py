@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MAX_STROKES = 512
 MAX_ITERATIONS = 10_000
@@ -22,13 +26,14 @@ class Preset:
     seeds: int
     augmentations: int
     encoder: str  # what "auto" prefers when CLIP weights are at hand
+    init: str  # "traced": strokes laid along salient contours; "paper": short random strokes
 
 
 PRESETS: dict[str, Preset] = {
     # The fast recipe: tuned on the built-in encoder for a laptop CPU.
-    "default": Preset(iterations=200, seeds=1, augmentations=1, encoder="clip:RN101"),
+    "default": Preset(iterations=200, seeds=1, augmentations=1, encoder="clip:RN101", init="traced"),
     # The reference settings, for comparison.
-    "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101"),
+    "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init="paper"),
 }
 
 ProgressCallback = Callable[[int, int, float, np.ndarray], None]
@@ -100,6 +105,32 @@ class SketchResult:
 
         return strokes_to_svg(self.strokes, self.width, self.height, self.stroke_width, self.metadata())
 
+    def preview(self, max_side: int = 1024) -> "Image.Image":
+        """The strokes drawn on white at the image's size (longest side at most `max_side`)."""
+        import torch
+        from PIL import Image
+
+        from .render import render
+
+        scale = min(1.0, max_side / max(self.width, self.height))
+        w, h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        with torch.no_grad():
+            ink = render(
+                torch.tensor(self.strokes * scale, dtype=torch.float32), h, w, stroke_width=self.stroke_width * scale
+            )
+        return Image.fromarray((ink.clamp(0, 1).numpy() * 255).round().astype(np.uint8), "L")
+
+    def summary(self) -> dict:
+        """One-line JSON summary for `clipasso sketch --json` and the benchmarks."""
+        return {
+            **self.metadata(),
+            "width": self.width,
+            "height": self.height,
+            "stroke_width": round(self.stroke_width, 4),
+            "encoder_reason": self.encoder_reason,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
     def metadata(self) -> dict:
         """Settings and provenance, for the SVG's <metadata> and JSON summaries."""
         return {
@@ -108,7 +139,146 @@ class SketchResult:
             "strokes": int(self.strokes.shape[0]),
             "iterations": self.iterations,
             "best_seed": self.best_seed,
-            "loss": round(float(self.loss), 6),
+            "loss": round(float(self.loss), 6) if np.isfinite(self.loss) else None,
             "cancelled": self.cancelled,
             "options": self.options.to_dict(),
         }
+
+
+#: Least weight of the loss anywhere on the photo: the subject map only tilts it.
+FOCUS_FLOOR = 0.25
+#: Size of the fixed augmentation bank whose photo features are computed once.
+AUGMENTATION_BANK = 24
+#: Early stop: the plain-view loss must improve by this fraction of itself within PATIENCE iterations.
+MIN_IMPROVEMENT = 0.002
+PATIENCE = 40
+#: The first iterations always run, whatever the loss does: strokes are still finding their contours.
+MIN_ITERATIONS = 60
+
+
+def traced_length(strokes: int) -> float:
+    """Initial stroke length in canvas pixels: fewer strokes must each cover more of the contours."""
+    return float(np.clip(108.0 / np.sqrt(strokes), 10.0, 60.0))
+
+
+def sketch(
+    image: "Image.Image",
+    options: SketchOptions = SketchOptions(),
+    on_progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SketchResult:
+    """Optimise `options.strokes` Bezier strokes so the encoder sees the photo in them.
+
+    `image` is an RGB PIL image (see images.load_image). Runs `seeds` independent optimisations and
+    keeps the one with the lowest loss on the plain (un-augmented) view. Cancelling through
+    `should_stop` returns the best strokes so far with `cancelled=True`.
+    """
+    import torch
+
+    from .encoders import load_encoder
+    from .images import Letterbox
+    from .losses import SketchLoss, augmentation_bank
+    from .render import render
+    from .saliency import edge_tangents, init_distribution, initial_strokes, traced_strokes, xdog_edges
+
+    opts = options.validated()
+    preset = PRESETS[opts.preset]
+    timings = {"init": 0.0, "render": 0.0, "forward": 0.0, "backward": 0.0}
+    t_start = time.perf_counter()
+
+    encoder, reason = load_encoder(opts.encoder, opts.device, opts.weights, preferred=preset.encoder)
+    device = next(encoder.parameters()).device
+    timings["load"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    box = Letterbox(image.width, image.height, CANVAS)
+    placed = box.place(image)
+    photo = torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)
+    mask = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+    (ox, oy), (pw, ph) = box.offset, box.placed
+    mask[oy : oy + ph, ox : ox + pw] = 1.0
+    sx, sy = box.scale
+    if opts.stroke_width is None:
+        width_canvas = CANVAS_STROKE_WIDTH
+    else:
+        width_canvas = opts.stroke_width * min(sx, sy)
+    with torch.no_grad():
+        saliency = encoder.saliency(photo).cpu().numpy()
+    prob = init_distribution(saliency, xdog_edges(placed, (ox, oy, pw, ph)), mask)
+    tangents = edge_tangents(placed) if preset.init == "traced" else None
+    bank_gen = torch.Generator().manual_seed(opts.seed)
+    grids = augmentation_bank(AUGMENTATION_BANK, bank_gen, CANVAS).to(device)
+    focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
+    loss_fn = SketchLoss(encoder, photo, grids, focus)
+    low = torch.tensor([ox, oy], dtype=torch.float32, device=device)
+    high = torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device)
+    timings["init"] = time.perf_counter() - t0
+
+    total = opts.iterations * opts.seeds
+    done = 0
+    best_loss, best_points, best_seed = float("inf"), None, opts.seed
+    cancelled = False
+    for k in range(opts.seeds):
+        seed = opts.seed + 1000 * k
+        gen = torch.Generator().manual_seed(seed)
+        if tangents is not None:
+            start = traced_strokes(prob, tangents, opts.strokes, traced_length(opts.strokes), gen)
+        else:
+            start = initial_strokes(prob, opts.strokes, gen)
+        points = start.to(device).requires_grad_(True)
+        optimiser = torch.optim.Adam([points], lr=1.0)
+        seed_best, seed_points, last_gain_at = float("inf"), points.detach().clone(), 0
+        for it in range(opts.iterations):
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            t = time.perf_counter()
+            ink = render(points, CANVAS, CANVAS, stroke_width=width_canvas)
+            sketch_img = ink[None, None].expand(1, 3, CANVAS, CANVAS)
+            views = torch.cat(
+                [torch.tensor([-1]), torch.randint(0, AUGMENTATION_BANK, (preset.augmentations,), generator=gen)]
+            ).to(device)
+            t1 = time.perf_counter()
+            loss, plain = loss_fn(sketch_img, views)
+            t2 = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = time.perf_counter()
+            timings["render"] += t1 - t
+            timings["forward"] += t2 - t1
+            timings["backward"] += t3 - t2
+            # The plain view's loss belongs to the points before this step: keep them if they are best.
+            plain_value = float(plain.detach())
+            if plain_value < seed_best * (1 - MIN_IMPROVEMENT):
+                last_gain_at = it
+            if plain_value < seed_best:
+                seed_best, seed_points = plain_value, points.detach().clone()
+            optimiser.step()
+            with torch.no_grad():
+                points.copy_(torch.maximum(torch.minimum(points, high), low))
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total, plain_value, box.to_image(points.detach().cpu().numpy()))
+            if it >= MIN_ITERATIONS and it - last_gain_at >= PATIENCE:
+                break
+        if best_points is None or seed_best < best_loss:
+            best_loss, best_points, best_seed = seed_best, seed_points, seed
+        if cancelled:
+            break
+
+    strokes = box.to_image(best_points.cpu().numpy().astype(np.float64))
+    timings["total"] = time.perf_counter() - t_start
+    return SketchResult(
+        strokes=strokes,
+        width=image.width,
+        height=image.height,
+        stroke_width=width_canvas / min(sx, sy),
+        loss=best_loss,
+        encoder=encoder.name,
+        encoder_reason=reason,
+        options=opts,
+        iterations=done,
+        best_seed=best_seed,
+        cancelled=cancelled,
+        timings=timings,
+    )
