@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoders import CLIP_ARCHS, Encoder
+from .encoders import CLIP_ARCHS, Encoder, unit_map
 from .errors import InputError
 from .images import _one_line
 
@@ -79,8 +79,7 @@ class ClipEncoder(Encoder):
         else:
             cls_row = self._attnpool_attention(self._resnet_stages(x)[2])
         grid = round(cls_row.numel() ** 0.5)
-        heat = F.interpolate(cls_row.view(1, 1, grid, grid), size=size, mode="bicubic", align_corners=False)
-        return _min_max(heat[0, 0])
+        return unit_map(cls_row.view(grid, grid), size[-1])
 
     def _prepare(self, x: Tensor) -> Tensor:
         """Resize to the tower's resolution where needed, then CLIP's normalisation."""
@@ -216,11 +215,3 @@ def _describe(shape: tuple) -> str:
         return f"a CLIP ViT with {blocks} blocks, width {width}, patch {patch}, {size} px"
     _, blocks, width, size = shape
     return f"a CLIP ResNet with blocks {'-'.join(map(str, blocks))}, width {width}, {size} px"
-
-
-def _min_max(heat: Tensor) -> Tensor:
-    """Stretch to [0, 1]; a flat map (nothing stands out) becomes all ones, i.e. no preference."""
-    lo, hi = heat.min(), heat.max()
-    if float(hi - lo) <= 1e-12:
-        return torch.ones_like(heat)
-    return (heat - lo) / (hi - lo)
