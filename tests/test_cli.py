@@ -1,0 +1,93 @@
+"""`clipasso sketch` as a person runs it: real files in, SVG and PNG out, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data
+
+from sketch_backend.cli import main
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("in") / "coffee.jpg"
+    Image.fromarray(data.coffee()).save(p, quality=90)
+    return p
+
+
+def test_sketch_command_writes_svg_preview_and_json(photo, tmp_path):
+    svg, png = tmp_path / "out.svg", tmp_path / "out.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "sketch_backend.cli", "sketch", str(photo), "-o", str(svg), "--preview", str(png),
+         "--strokes", "6", "--iterations", "4", "--encoder", "lite0", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)  # stdout is the JSON line alone
+    assert summary["strokes"] == 6 and summary["encoder"] == "lite0" and summary["output"] == str(svg)
+    assert svg.read_text().count("<path") == 6
+    with Image.open(png) as im:
+        assert im.size == (600, 400)
+        assert im.getextrema()[0] < 128  # some ink
+    assert "encoder lite0" in run.stderr and "Traceback" not in run.stderr
+    assert not list(tmp_path.glob("*.part"))
+
+
+def bad(tmp_path: Path, photo: Path) -> dict:
+    notimg = tmp_path / "notes.png"
+    notimg.write_text("hello")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(photo.read_bytes()[:5000])
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    out = str(tmp_path / "o.svg")
+    return {
+        "missing file": ([str(tmp_path / "none.jpg"), "-o", out], "no such file"),
+        "not an image": ([str(notimg), "-o", out], "not an image"),
+        "truncated": ([str(truncated), "-o", out], "corrupt or truncated"),
+        "1x1": ([str(tiny), "-o", out], "too small"),
+        "strokes 0": ([str(photo), "-o", out, "--strokes", "0"], "strokes must be between 1 and 512"),
+        "strokes 513": ([str(photo), "-o", out, "--strokes", "513"], "strokes must be between 1 and 512"),
+        "iterations 0": ([str(photo), "-o", out, "--iterations", "0"], "iterations must be between 1"),
+        "no such folder": ([str(photo), "-o", str(tmp_path / "nope" / "o.svg")], "does not exist"),
+        "not svg": ([str(photo), "-o", str(tmp_path / "o.png")], "must be an .svg"),
+        "cuda absent": ([str(photo), "-o", out, "--device", "cuda"], "no CUDA GPU"),
+    }
+
+
+CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
+         "no such folder", "not svg", "cuda absent"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_exit_2(case, photo, tmp_path, capsys):
+    if case == "cuda absent":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    argv, message = bad(tmp_path, photo)[case]
+    assert main(["sketch", *argv, "--encoder", "lite0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipasso: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o.svg").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_unknown_encoder_is_refused_by_argparse(photo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--encoder", "clip:ViT-L/14"])
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_failed_run_keeps_the_old_output(photo, tmp_path, capsys):
+    out = tmp_path / "o.svg"
+    out.write_text("<svg>my earlier sketch</svg>")
+    assert main(["sketch", str(photo), "-o", str(out), "--strokes", "9999"]) == 2
+    assert out.read_text() == "<svg>my earlier sketch</svg>"

@@ -1,0 +1,129 @@
+"""Every kind of user image load_image meets: good ones converted, bad ones refused in one line."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from sketch_backend.errors import InputError
+from sketch_backend.images import Letterbox, load_image
+
+
+def png_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def raw_png(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (for sizes Pillow will not write)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_real_photo_loads_as_rgb():
+    im = load_image(png_bytes(Image.fromarray(data.chelsea())))
+    assert im.mode == "RGB" and im.size == (451, 300)
+
+
+def test_transparency_becomes_white_paper():
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (0, 0, 0, 255))
+    im = load_image(png_bytes(rgba))
+    assert im.getpixel((5, 5)) == (255, 255, 255)
+    assert im.getpixel((0, 0)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "I;16", "LA", "1"])
+def test_modes_are_converted(mode):
+    base = Image.fromarray(data.camera()[:64, :64])
+    if mode == "I;16":
+        im = Image.fromarray(np.asarray(base).astype(np.uint16) * 257)
+        raw = png_bytes(im)
+    elif mode == "CMYK":
+        buf = io.BytesIO()
+        base.convert("CMYK").save(buf, format="JPEG")
+        raw = buf.getvalue()
+    else:
+        raw = png_bytes(base.convert(mode))
+    out = load_image(raw)
+    assert out.mode == "RGB" and out.size == (64, 64)
+    if mode in ("L", "I;16", "P"):
+        # Darks stay dark and lights stay light: the conversion keeps the picture.
+        grey = np.asarray(out.convert("L"), dtype=float)
+        assert np.corrcoef(grey.ravel(), np.asarray(base, dtype=float).ravel())[0, 1] > 0.95
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((0, 0, 0), (255, 255, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert load_image(buf.getvalue()).getpixel((8, 8)) == (0, 0, 0)
+
+
+def test_multipage_tiff_uses_first_page():
+    pages = [Image.new("RGB", (16, 16), c) for c in ((10, 20, 30), (200, 200, 200))]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    assert load_image(buf.getvalue()).getpixel((8, 8)) == (10, 20, 30)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(InputError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_not_an_image(tmp_path: Path):
+    p = tmp_path / "notes.png"
+    p.write_text("this is text, not pixels")
+    with pytest.raises(InputError, match="not an image"):
+        load_image(p)
+
+
+def test_truncated_image():
+    raw = png_bytes(Image.fromarray(data.chelsea()))
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_image(raw[: len(raw) // 2])
+
+
+def test_empty_upload():
+    with pytest.raises(InputError, match="empty"):
+        load_image(b"")
+
+
+@pytest.mark.parametrize("size", [(0, 0), (1, 1), (1, 500)])
+def test_too_small(size):
+    raw = raw_png(*size) if 0 in size else png_bytes(Image.new("RGB", size))
+    with pytest.raises(InputError) as err:
+        load_image(raw)
+    assert "\n" not in str(err.value)
+
+
+def test_over_the_pixel_limit_is_refused_with_the_limit():
+    with pytest.raises(InputError, match="limit is 100 megapixels"):
+        load_image(raw_png(12000, 9000))
+
+
+def test_letterbox_round_trip_and_no_stretch():
+    box = Letterbox(451, 300, 224)
+    assert box.placed == (224, 149)
+    sx, sy = box.scale
+    assert abs(sx - sy) < 0.01  # aspect kept
+    pts = np.array([[0.0, 0.0], [451.0, 300.0], [100.5, 20.25]])
+    assert np.allclose(box.to_image(box.to_canvas(pts)), pts)
+    corner = box.to_canvas(np.array([[0.0, 0.0]]))[0]
+    assert corner[0] == 0 and corner[1] == box.offset[1]
+    placed = box.place(Image.new("RGB", (451, 300), (0, 0, 0)))
+    assert placed.shape == (224, 224, 3)
+    assert placed[0, 0, 0] == 1.0 and placed[112, 112, 0] == 0.0  # white border, photo in the middle
