@@ -233,6 +233,8 @@ class JobStore:
                 self._persist(job)
                 failed += 1
             elif job.state == "queued":
+                # It runs on this server's device, which may not be the one it was submitted to.
+                job.options = replace(job.options, device=self.device, weights=self.weights)
                 job.iteration, job.loss = 0, None
                 self._queue.append(job.id)
                 requeued += 1

@@ -344,3 +344,21 @@ def test_fuzz_the_api_from_its_schema(server_token: ServerProcess) -> None:
         case.call_and_validate(headers=server_token.headers, excluded_checks=[positive_data_acceptance], timeout=30)
 
     call()
+
+
+def test_reload_runs_queued_jobs_on_the_new_device_and_skips_broken_folders(tmp_path: Path,
+                                                                            server_photo_png: bytes) -> None:
+    before = JobStore(tmp_path, device="cpu")
+    before.load()
+    queued = before.submit(server_photo_png, SketchOptions(strokes=2, iterations=1, encoder="lite0"))
+    broken = tmp_path / "jobs" / ("B" * 22)
+    broken.mkdir()
+    (broken / "job.json").write_text("{not json")
+    (tmp_path / "jobs" / "not-a-job-id").mkdir()
+
+    after = JobStore(tmp_path, device="cuda:1", weights="/models/clip")
+    after.load()
+    job = after.next_job(timeout=0)
+    assert job is not None and job.id == queued["id"]
+    assert (job.options.device, job.options.weights, job.options.strokes) == ("cuda:1", "/models/clip", 2)
+    assert [j["id"] for j in after.list()] == [queued["id"]]
