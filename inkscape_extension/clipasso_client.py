@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
@@ -225,6 +226,8 @@ def _start_and_wait(backend: Backend, argv: list[str], log_path: str, pid_path: 
     options: dict = {"start_new_session": True}
     if sys.platform == "win32":
         options = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    # The backend outlives this script on purpose; Python would warn on stderr, which Inkscape shows.
+    warnings.filterwarnings("ignore", "subprocess .* is still running", ResourceWarning)
     try:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
