@@ -1,0 +1,40 @@
+"""The .inx file: inkex's own check (parameters, types and defaults match the script's arguments), and
+what the issue asks of the dialog."""
+
+from __future__ import annotations
+
+import os
+
+from extension_support import EXTENSION_DIR, import_extension
+
+import_extension()
+
+from inkex.inx import InxFile  # noqa: E402
+from inkex.tester import TestCase  # noqa: E402
+from inkex.tester.inx import InxMixin  # noqa: E402
+
+INX = str(EXTENSION_DIR / "clipasso.inx")
+
+
+class TestInx(InxMixin, TestCase):
+    def test_inx_matches_the_script(self) -> None:
+        cwd = os.getcwd()
+        os.chdir(EXTENSION_DIR)  # InxFile imports the script by its path relative to the .inx
+        try:
+            self.assertInxIsGood(INX)
+        finally:
+            os.chdir(cwd)
+
+    def test_menu_pages_and_parameters(self) -> None:
+        inx = InxFile(INX)
+        assert inx.ident == "org.clipasso.sketch"
+        assert inx.menu == ["CLIPasso", "Line sketch"]
+        assert inx.metadata["type"] == "effect" and inx.metadata["preview"] is False
+        pages = [p.get("name") for p in inx.xml.xpath("//page")]
+        assert pages == ["options", "backend", "help"]
+        params = {p.name: p for p in inx.params}
+        assert (params["strokes"].get("min"), params["strokes"].get("max"), params["strokes"].text) == ("1", "512", "16")
+        assert params["iterations"].text == "0"
+        assert params["backend_url"].text == "http://127.0.0.1:8765"
+        assert params["encoder"].options == ["auto", "lite0", "clip:RN101", "clip:RN50", "clip:ViT-B/32"]
+        assert {"seed", "stroke_width", "token", "timeout"} <= set(params)
