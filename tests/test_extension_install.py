@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from extension_support import DATA, EXTENSION_DIR, INKSCAPE, extension_env, free_port, import_extension
 
 from sketch_backend import __version__
