@@ -118,3 +118,27 @@ class SketchLoss:
         for m, pm, w in zip(maps, self.photo_maps, self.weights):
             per_view = per_view + ((_unit(m) - pm[idx]).square().sum(dim=1) * w[idx]).sum(dim=(1, 2))
         return per_view.sum(), per_view[0]
+
+    @torch.no_grad()
+    def stroke_drop_losses(self, renders: Tensor) -> Tensor:
+        """Plain-view loss of each image in (B, S, S) sketch renders, e.g. the sketch minus one stroke."""
+        out = []
+        for chunk in renders.split(16):
+            x = chunk[:, None].expand(-1, 3, -1, -1)
+            maps, emb = self.encoder.features(x)
+            loss = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[:1]).sum(-1))
+            for m, pm, w in zip(maps, self.photo_maps, self.weights):
+                loss = loss + ((_unit(m) - pm[:1]).square().sum(dim=1) * w[:1]).sum(dim=(1, 2))
+            out.append(loss)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def error_map(self, render: Tensor) -> Tensor:
+        """(S, S) map of where the plain sketch differs most from the photo, weighted by the subject."""
+        size = render.shape[-1]
+        maps, _ = self.encoder.features(render[None, None].expand(1, 3, -1, -1))
+        total = torch.zeros(1, 1, size, size, device=render.device)
+        for m, pm, w in zip(maps, self.photo_maps, self.weights):
+            err = ((_unit(m) - pm[:1]).square().sum(dim=1) * w[:1])[:, None]
+            total = total + F.interpolate(err / err.sum().clamp_min(1e-12), size=(size, size), mode="bilinear")
+        return total[0, 0]

@@ -11,7 +11,10 @@ import numpy as np
 from .errors import InputError
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
+
+    from .losses import SketchLoss
 
 MAX_STROKES = 512
 MAX_ITERATIONS = 10_000
@@ -152,8 +155,51 @@ AUGMENTATION_BANK = 24
 #: Early stop: the plain-view loss must improve by this fraction of itself within PATIENCE iterations.
 MIN_IMPROVEMENT = 0.002
 PATIENCE = 40
+#: Fractions of the iterations at which the least useful strokes are laid again elsewhere.
+REPLACE_AT = (0.25, 0.5)
+#: Above this many strokes, judging each one's worth costs more than it gains.
+MAX_REPLACE_STROKES = 64
 #: The first iterations always run, whatever the loss does: strokes are still finding their contours.
 MIN_ITERATIONS = 60
+
+
+def replace_weak_strokes(
+    points: "torch.Tensor",
+    loss_fn: "SketchLoss",
+    prob: np.ndarray,
+    tangents: np.ndarray,
+    width: float,
+    generator: "torch.Generator",
+) -> int:
+    """Move the strokes that matter least to where the sketch misses most of the subject.
+
+    A stroke's worth is how much the plain-view loss rises without it. The weakest quarter (those
+    worth less than half the median stroke) are laid again, along contours, where the
+    subject-weighted feature error is largest. Returns how many strokes moved.
+    """
+    import torch
+
+    from .render import render, render_batch
+    from .saliency import traced_strokes
+
+    n = points.shape[0]
+    if n < 4:
+        return 0
+    full = render(points, CANVAS, CANVAS, stroke_width=width)
+    without = torch.stack([torch.cat([points[:i], points[i + 1 :]]) for i in range(n)])
+    drops = loss_fn.stroke_drop_losses(render_batch(without, CANVAS, CANVAS, stroke_width=width))
+    base = loss_fn.stroke_drop_losses(full[None])[0]
+    worth = (drops - base).cpu()
+    threshold = 0.5 * float(worth.median())
+    weak = [i for i in worth.argsort()[: n // 4].tolist() if float(worth[i]) < threshold]
+    if not weak:
+        return 0
+    error = loss_fn.error_map(full).cpu().numpy()
+    target = prob * error
+    target = target / target.sum() if target.sum() > 0 else prob
+    fresh = traced_strokes(target, tangents, len(weak), traced_length(n), generator).to(points)
+    points[weak] = fresh
+    return len(weak)
 
 
 def traced_length(strokes: int) -> float:
@@ -227,6 +273,7 @@ def sketch(
             start = initial_strokes(prob, opts.strokes, gen)
         points = start.to(device).requires_grad_(True)
         optimiser = torch.optim.Adam([points], lr=1.0)
+        replace_at = {int(opts.iterations * f) for f in REPLACE_AT} if tangents is not None else set()
         seed_best, seed_points, last_gain_at = float("inf"), points.detach().clone(), 0
         for it in range(opts.iterations):
             if should_stop is not None and should_stop():
@@ -256,6 +303,12 @@ def sketch(
             optimiser.step()
             with torch.no_grad():
                 points.copy_(torch.maximum(torch.minimum(points, high), low))
+            if it in replace_at and opts.strokes <= MAX_REPLACE_STROKES:
+                with torch.no_grad():
+                    moved = replace_weak_strokes(points, loss_fn, prob, tangents, width_canvas, gen)
+                if moved:
+                    optimiser = torch.optim.Adam([points], lr=1.0)
+                    last_gain_at = it  # give the moved strokes time to settle before stopping
             done += 1
             if on_progress is not None:
                 on_progress(done, total, plain_value, box.to_image(points.detach().cpu().numpy()))
