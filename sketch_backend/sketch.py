@@ -271,7 +271,7 @@ def sketch(
             start = traced_strokes(prob, tangents, opts.strokes, traced_length(opts.strokes), gen)
         else:
             start = initial_strokes(prob, opts.strokes, gen)
-        points = start.to(device).requires_grad_(True)
+        points = torch.maximum(torch.minimum(start.to(device), high), low).requires_grad_(True)
         optimiser = torch.optim.Adam([points], lr=1.0)
         replace_at = {int(opts.iterations * f) for f in REPLACE_AT} if tangents is not None else set()
         seed_best, seed_points, last_gain_at = float("inf"), points.detach().clone(), 0
@@ -301,14 +301,14 @@ def sketch(
             if plain_value < seed_best:
                 seed_best, seed_points = plain_value, points.detach().clone()
             optimiser.step()
-            with torch.no_grad():
-                points.copy_(torch.maximum(torch.minimum(points, high), low))
             if it in replace_at and opts.strokes <= MAX_REPLACE_STROKES:
                 with torch.no_grad():
                     moved = replace_weak_strokes(points, loss_fn, prob, tangents, width_canvas, gen)
                 if moved:
                     optimiser = torch.optim.Adam([points], lr=1.0)
                     last_gain_at = it  # give the moved strokes time to settle before stopping
+            with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
+                points.copy_(torch.maximum(torch.minimum(points, high), low))
             done += 1
             if on_progress is not None:
                 on_progress(done, total, plain_value, box.to_image(points.detach().cpu().numpy()))
