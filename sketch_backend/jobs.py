@@ -29,8 +29,8 @@ import numpy as np
 
 from .errors import InputError
 from .files import write_atomic
-from .images import Letterbox, load_image
-from .sketch import CANVAS, CANVAS_STROKE_WIDTH, SketchOptions, SketchResult, sketch
+from .images import load_image
+from .sketch import SketchOptions, SketchResult, image_stroke_width, sketch
 from .svg import strokes_to_svg
 
 log = logging.getLogger("clipasso.jobs")
@@ -104,9 +104,7 @@ class Job:
     @property
     def stroke_width(self) -> float:
         """The stroke width the engine draws with, in image pixels (as sketch() computes it)."""
-        if self.options.stroke_width is not None:
-            return float(self.options.stroke_width)
-        return CANVAS_STROKE_WIDTH / min(Letterbox(self.width, self.height, CANVAS).scale)
+        return image_stroke_width(self.options, self.width, self.height)
 
     def public(self) -> dict:
         """The fields clients see (GET /jobs/{id} and each server-sent event)."""

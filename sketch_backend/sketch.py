@@ -202,6 +202,15 @@ def replace_weak_strokes(
     return len(weak)
 
 
+def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:
+    """Stroke width in the image's pixels: the asked one, or 3 px at 224 px scaled to the image."""
+    from .images import Letterbox
+
+    if options.stroke_width is not None:
+        return float(options.stroke_width)
+    return CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
+
+
 def traced_length(strokes: int) -> float:
     """Initial stroke length in canvas pixels: fewer strokes must each cover more of the contours."""
     return float(np.clip(108.0 / np.sqrt(strokes), 10.0, 60.0))
@@ -243,11 +252,7 @@ def sketch(
     mask = np.zeros((CANVAS, CANVAS), dtype=np.float32)
     (ox, oy), (pw, ph) = box.offset, box.placed
     mask[oy : oy + ph, ox : ox + pw] = 1.0
-    sx, sy = box.scale
-    if opts.stroke_width is None:
-        width_canvas = CANVAS_STROKE_WIDTH
-    else:
-        width_canvas = opts.stroke_width * min(sx, sy)
+    width_canvas = image_stroke_width(opts, image.width, image.height) * min(box.scale)
     with torch.no_grad():
         saliency = encoder.saliency(photo).cpu().numpy()
     prob = init_distribution(saliency, xdog_edges(placed, (ox, oy, pw, ph)), mask)
@@ -325,7 +330,7 @@ def sketch(
         strokes=strokes,
         width=image.width,
         height=image.height,
-        stroke_width=width_canvas / min(sx, sy),
+        stroke_width=image_stroke_width(opts, image.width, image.height),
         loss=best_loss,
         encoder=encoder.name,
         encoder_reason=reason,
