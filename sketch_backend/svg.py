@@ -38,30 +38,15 @@ def strokes_to_svg(
         meta = etree.SubElement(root, f"{{{SVG_NS}}}metadata")
         data = etree.SubElement(meta, f"{{{CLIPASSO_NS}}}settings", nsmap={"clipasso": CLIPASSO_NS})
         data.text = json.dumps(metadata, sort_keys=True)
-    group = etree.SubElement(
-        root,
-        f"{{{SVG_NS}}}g",
-        id="clipasso-strokes",
-        fill="none",
-        stroke="#000000",
-        attrib={
-            "stroke-width": f"{stroke_width:.4g}",
-            "stroke-linecap": "round",
-            "stroke-linejoin": "round",
-        },
-    )
+    # Each path carries its own style, so that a stroke moved out of the group keeps its look.
+    style = {
+        "fill": "none",
+        "stroke": "#000000",
+        "stroke-width": f"{stroke_width:.4g}",
+        "stroke-linecap": "round",
+        "stroke-linejoin": "round",
+    }
+    group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-strokes")
     for i, stroke in enumerate(strokes):
-        etree.SubElement(
-            group,
-            f"{{{SVG_NS}}}path",
-            id=f"stroke-{i + 1}",
-            d=path_data(stroke),
-            fill="none",
-            stroke="#000000",
-            attrib={
-                "stroke-width": f"{stroke_width:.4g}",
-                "stroke-linecap": "round",
-                "stroke-linejoin": "round",
-            },
-        )
+        etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"stroke-{i + 1}", d=path_data(stroke), attrib=style)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True).decode("utf-8")
