@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py
 	$(BIN)/python benchmarks/sketch.py
+	$(BIN)/python benchmarks/serve.py
 
 gallery: $(STAMP)
 	$(BIN)/python benchmarks/gallery.py -o out/gallery.png
