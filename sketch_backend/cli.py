@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import InputError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage stays in --help)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import install, service
 
-    parser = argparse.ArgumentParser(prog="clipasso", description="CLIPasso line sketches from photos.")
+    parser = _Parser(prog="clipasso", description="CLIPasso line sketches from photos.")
     parser.add_argument("--version", action="version", version=f"clipasso {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, text in (

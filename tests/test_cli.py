@@ -83,7 +83,8 @@ def test_unknown_encoder_is_refused_by_argparse(photo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--encoder", "clip:ViT-L/14"])
     assert exit_.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "invalid choice" in err and "\n" not in err
 
 
 def test_failed_run_keeps_the_old_output(photo, tmp_path, capsys):
