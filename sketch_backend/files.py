@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a file so that readers see either the old file or the whole new one, never a part."""
+    """Write a file so that readers see either the old file or the whole new one, never a part.
+
+    The new file gets the old one's permissions, or those of a plain open() (0666 less the umask).
+    """
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

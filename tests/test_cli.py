@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,19 @@ def test_failed_run_keeps_the_old_output(photo, tmp_path, capsys):
     out.write_text("<svg>my earlier sketch</svg>")
     assert main(["sketch", str(photo), "-o", str(out), "--strokes", "9999"]) == 2
     assert out.read_text() == "<svg>my earlier sketch</svg>"
+
+
+def test_outputs_have_ordinary_permissions(tmp_path):
+    from sketch_backend.files import write_atomic
+
+    fresh = tmp_path / "fresh.svg"
+    write_atomic(fresh, "<svg/>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    kept = tmp_path / "kept.svg"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    write_atomic(kept, "<svg/>")
+    assert kept.read_text() == "<svg/>" and kept.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.svg", "kept.svg"]
