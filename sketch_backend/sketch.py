@@ -234,7 +234,14 @@ def sketch(
     from .images import Letterbox
     from .losses import SketchLoss, augmentation_bank
     from .render import render
-    from .saliency import edge_tangents, init_distribution, initial_strokes, traced_strokes, xdog_edges
+    from .saliency import (
+        THIN_EDGE_K,
+        edge_tangents,
+        init_distribution,
+        initial_strokes,
+        traced_strokes,
+        xdog_edges,
+    )
 
     opts = options.validated()
     preset = PRESETS[opts.preset]
@@ -255,8 +262,10 @@ def sketch(
     width_canvas = image_stroke_width(opts, image.width, image.height) * min(box.scale)
     with torch.no_grad():
         saliency = encoder.saliency(photo).cpu().numpy()
-    prob = init_distribution(saliency, xdog_edges(placed, (ox, oy, pw, ph)), mask)
-    tangents = edge_tangents(placed) if preset.init == "traced" else None
+    traced = preset.init == "traced"
+    edges = xdog_edges(placed, (ox, oy, pw, ph), **({"k": THIN_EDGE_K} if traced else {}))
+    prob = init_distribution(saliency, edges, mask)
+    tangents = edge_tangents(placed) if traced else None
     bank_gen = torch.Generator().manual_seed(opts.seed)
     grids = augmentation_bank(AUGMENTATION_BANK, bank_gen, CANVAS).to(device)
     focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
