@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .encoders import CLIP_ARCHS, Encoder, unit_map
-from .errors import InputError
-from .images import _one_line
+from .errors import InputError, one_line
 
 with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
     warnings.simplefilter("ignore")
@@ -148,7 +147,7 @@ def load_clip(
     except KeyError as exc:
         raise InputError(f"{path}: not a CLIP checkpoint (it has no {exc} entry)") from None
     except (RuntimeError, AssertionError, ValueError, IndexError) as exc:
-        raise InputError(f"{path}: not a CLIP checkpoint ({_one_line(exc)})") from None
+        raise InputError(f"{path}: not a CLIP checkpoint ({one_line(exc)})") from None
     del state_dict  # with it goes the text tower, which is not needed
     shape = _shape(visual)
     expected = ARCH_SHAPES[arch]
@@ -171,7 +170,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's readers raise many unrelated types on a corrupt or foreign file
-        raise InputError(f"{path}: not a CLIP checkpoint PyTorch can read ({_one_line(exc)})") from None
+        raise InputError(f"{path}: not a CLIP checkpoint PyTorch can read ({one_line(exc)})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise InputError(f"{path}: not a CLIP checkpoint (no state dict of tensors in it)")
     return dict(state_dict)

@@ -3,3 +3,9 @@
 
 class InputError(ValueError):
     """Bad input (file, image or parameter). The message is shown to the user as it is: one line."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (for a user message or a log), at most `limit` characters."""
+    text = " ".join(str(exc).split())[:limit]
+    return text or type(exc).__name__

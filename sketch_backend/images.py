@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 MAX_PIXELS = 100_000_000
 MIN_SIDE = 2
@@ -63,7 +63,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image Pillow can read (PNG, JPEG, WebP, TIFF, GIF, BMP ...)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
-        raise InputError(f"{name}: corrupt or truncated image ({_one_line(exc)})") from None
+        raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
     return rgb
 
 
@@ -83,11 +83,6 @@ def _to_rgb_on_white(im: Image.Image) -> Image.Image:
         paper.paste(im, mask=im.getchannel("A"))
         return paper
     return im.convert("RGB")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .files import write_atomic
 from .images import load_image
 from .sketch import SketchOptions, SketchResult, image_stroke_width, sketch
@@ -67,11 +67,6 @@ def _iso(t: float | None) -> str | None:
     if t is None:
         return None
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:300]
-    return text or type(exc).__name__
 
 
 @dataclass
@@ -217,7 +212,7 @@ class JobStore:
                 if job.id != entry.name:
                     raise ValueError("id does not match its folder")
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping job folder %s: unreadable job.json (%s)", entry.name, _one_line(exc))
+                log.warning("skipping job folder %s: unreadable job.json (%s)", entry.name, one_line(exc))
                 continue
             jobs.append(job)
         requeued = failed = 0
@@ -457,7 +452,7 @@ class Worker:
         try:
             _, reason = load_encoder(name, self.store.device, self.store.weights)
         except Exception as exc:  # a missing model must not stop the server: jobs report it themselves
-            log.warning("could not preload encoder %s: %s", name, _one_line(exc))
+            log.warning("could not preload encoder %s: %s", name, one_line(exc))
             return
         log.info("preloaded %s on %s in %.1f s", reason, self.store.device, time.perf_counter() - t)
 
@@ -484,10 +479,10 @@ class Worker:
         except Exception as exc:
             if "out of memory" in str(exc).lower():  # torch.cuda.OutOfMemoryError and the like
                 _free_device_memory()
-                store.finish(job, error=f"out of memory on {store.device}: {_one_line(exc)}")
+                store.finish(job, error=f"out of memory on {store.device}: {one_line(exc)}")
             else:
                 log.exception("job %s failed", job.id)
-                store.finish(job, error=f"{type(exc).__name__}: {_one_line(exc)}")
+                store.finish(job, error=f"{type(exc).__name__}: {one_line(exc)}")
         else:
             store.finish(job, result=result)
 

@@ -30,8 +30,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .encoders import CLIP_ARCHS
-from .errors import InputError
-from .images import _one_line
+from .errors import InputError, one_line
 
 try:
     import fcntl
@@ -176,7 +175,7 @@ def download(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WeightsUnavailable(f"cannot create the cache folder {_show(dest.parent)}: {_one_line(exc)}") from None
+        raise WeightsUnavailable(f"cannot create the cache folder {_show(dest.parent)}: {one_line(exc)}") from None
     with _exclusive(dest.with_name(dest.name + ".lock")):
         if dest.is_file():  # another process finished it while we waited
             return dest
@@ -313,7 +312,7 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(inner, socket.gaierror):
         return "no such host, or no network"
-    return _one_line(inner if isinstance(inner, BaseException) else exc)
+    return one_line(inner if isinstance(inner, BaseException) else exc)
 
 
 def _no_such_host(exc: BaseException) -> bool:
