@@ -30,13 +30,14 @@ class Preset:
     augmentations: int
     encoder: str  # what "auto" prefers when CLIP weights are at hand
     init: str  # "traced": strokes laid along salient contours; "paper": short random strokes
+    stop: str  # "plateau": our early stop; "reference": the reference's (see should_stop_early)
 
 
 PRESETS: dict[str, Preset] = {
     # The fast recipe: tuned on the built-in encoder for a laptop CPU.
-    "default": Preset(iterations=200, seeds=1, augmentations=1, encoder="clip:RN101", init="traced"),
+    "default": Preset(iterations=200, seeds=1, augmentations=1, encoder="clip:RN101", init="traced", stop="plateau"),
     # The reference settings, for comparison.
-    "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init="paper"),
+    "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init="paper", stop="reference"),
 }
 
 ProgressCallback = Callable[[int, int, float, np.ndarray], None]
@@ -159,6 +160,9 @@ PATIENCE = 40
 REPLACE_AT = (0.25, 0.5)
 #: Above this many strokes, judging each one's worth costs more than it gains.
 MAX_REPLACE_STROKES = 64
+#: The reference's stop: evaluate every EVAL_EVERY steps, stop after two changes below REFERENCE_TOLERANCE.
+EVAL_EVERY = 10
+REFERENCE_TOLERANCE = 1e-5
 #: The first iterations always run, whatever the loss does: strokes are still finding their contours.
 MIN_ITERATIONS = 60
 
@@ -200,6 +204,12 @@ def replace_weak_strokes(
     fresh = traced_strokes(target, tangents, len(weak), traced_length(n), generator).to(points)
     points[weak] = fresh
     return len(weak)
+
+
+def reference_converged(evals: list[float]) -> bool:
+    """The reference's stop rule: the last two evaluations each changed the loss by under 1e-5."""
+    steps = np.abs(np.diff(evals[-3:]))
+    return len(steps) == 2 and bool((steps < REFERENCE_TOLERANCE).all())
 
 
 def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:
@@ -289,6 +299,7 @@ def sketch(
         optimiser = torch.optim.Adam([points], lr=1.0)
         replace_at = {int(opts.iterations * f) for f in REPLACE_AT} if tangents is not None else set()
         seed_best, seed_points, last_gain_at = float("inf"), points.detach().clone(), 0
+        evals: list[float] = []
         for it in range(opts.iterations):
             if should_stop is not None and should_stop():
                 cancelled = True
@@ -326,7 +337,12 @@ def sketch(
             done += 1
             if on_progress is not None:
                 on_progress(done, total, plain_value, box.to_image(points.detach().cpu().numpy()))
-            if it >= MIN_ITERATIONS and it - last_gain_at >= PATIENCE:
+            if preset.stop == "reference":
+                if it % EVAL_EVERY == 0:
+                    evals.append(plain_value)
+                if reference_converged(evals):
+                    break
+            elif it >= MIN_ITERATIONS and it - last_gain_at >= PATIENCE:
                 break
         if best_points is None or seed_best < best_loss:
             best_loss, best_points, best_seed = seed_best, seed_points, seed

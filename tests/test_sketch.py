@@ -158,3 +158,12 @@ def test_clip_path_end_to_end_with_a_tiny_model(tmp_path, cat, kind, name, monke
     result = sketch(cat, SketchOptions(strokes=4, iterations=3, encoder=name, weights=str(path), device="cpu"))
     assert result.encoder == name and result.strokes.shape == (4, 4, 2)
     assert np.isfinite(result.strokes).all() and np.isfinite(result.loss)
+
+
+def test_reference_stop_rule():
+    from sketch_backend.sketch import reference_converged
+
+    assert not reference_converged([5.0, 4.0])
+    assert not reference_converged([5.0, 4.0, 4.0])
+    assert reference_converged([5.0, 4.0, 4.000001, 4.000002])
+    assert not reference_converged([4.0, 4.000001, 3.9])
