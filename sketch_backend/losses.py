@@ -112,33 +112,37 @@ class SketchLoss:
         parts = [sketch.expand(plain, -1, -1, -1)] if plain else []
         if aug.any():
             parts.append(warp(sketch.expand(int(aug.sum()), -1, -1, -1), self.grids[views[aug]]))
-        maps, emb = self.encoder.features(torch.cat(parts))
         idx = torch.cat([torch.zeros(plain, dtype=torch.long, device=views.device), views[aug] + 1])
-        per_view = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[idx]).sum(-1))
-        for m, pm, w in zip(maps, self.photo_maps, self.weights):
-            per_view = per_view + ((_unit(m) - pm[idx]).square().sum(dim=1) * w[idx]).sum(dim=(1, 2))
+        per_view = self._per_view(torch.cat(parts), idx)
         return per_view.sum(), per_view[0]
+
+    def _per_view(self, images: Tensor, idx: Tensor) -> Tensor:
+        """Loss of each of (B, 3, S, S) images against the photo's view idx[b] (0 = plain)."""
+        per_location, emb = self._geometric(images, idx)
+        semantic = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[idx]).sum(-1))
+        return semantic + sum(e.sum(dim=(1, 2)) for e in per_location)
+
+    def _geometric(self, images: Tensor, idx: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Per stage, the subject-weighted feature distance at each location (B, H_i, W_i); the embedding."""
+        maps, emb = self.encoder.features(images)
+        per_location = [
+            (_unit(m) - pm[idx]).square().sum(dim=1) * w[idx] for m, pm, w in zip(maps, self.photo_maps, self.weights)
+        ]
+        return per_location, emb
 
     @torch.no_grad()
     def stroke_drop_losses(self, renders: Tensor) -> Tensor:
         """Plain-view loss of each image in (B, S, S) sketch renders, e.g. the sketch minus one stroke."""
-        out = []
-        for chunk in renders.split(16):
-            x = chunk[:, None].expand(-1, 3, -1, -1)
-            maps, emb = self.encoder.features(x)
-            loss = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[:1]).sum(-1))
-            for m, pm, w in zip(maps, self.photo_maps, self.weights):
-                loss = loss + ((_unit(m) - pm[:1]).square().sum(dim=1) * w[:1]).sum(dim=(1, 2))
-            out.append(loss)
-        return torch.cat(out)
+        chunks = renders.split(16)
+        return torch.cat([self._per_view(c[:, None].expand(-1, 3, -1, -1), c.new_zeros(len(c), dtype=torch.long))
+                          for c in chunks])
 
     @torch.no_grad()
     def error_map(self, render: Tensor) -> Tensor:
         """(S, S) map of where the plain sketch differs most from the photo, weighted by the subject."""
         size = render.shape[-1]
-        maps, _ = self.encoder.features(render[None, None].expand(1, 3, -1, -1))
+        per_location, _ = self._geometric(render[None, None].expand(1, 3, -1, -1), render.new_zeros(1, dtype=torch.long))
         total = torch.zeros(1, 1, size, size, device=render.device)
-        for m, pm, w in zip(maps, self.photo_maps, self.weights):
-            err = ((_unit(m) - pm[:1]).square().sum(dim=1) * w[:1])[:, None]
-            total = total + F.interpolate(err / err.sum().clamp_min(1e-12), size=(size, size), mode="bilinear")
+        for err in per_location:
+            total = total + F.interpolate(err[:, None] / err.sum().clamp_min(1e-12), size=(size, size), mode="bilinear")
         return total[0, 0]
