@@ -96,8 +96,10 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             chunk = data[start:]
             if first_get and state.drop_first_get:
                 chunk = chunk[: len(chunk) // 2]  # then the connection closes (HTTP/1.0)
-            self.wfile.write(chunk)
+            # Recorded before writing: the client may finish reading, and the test check, before this
+            # thread runs again after the write.
             record.sent = len(chunk)
+            self.wfile.write(chunk)
 
     return Handler
 
