@@ -12,13 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sketch_backend.sketch import SketchOptions, sketch  # noqa: E402
+from clipasso.engine import preview_image, sketch  # noqa: E402
+from clipasso.options import SketchOptions  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "motorcycle", "camera", "rocket")
 CELL = 224
@@ -68,7 +68,7 @@ def main() -> None:
             print(json.dumps({"photo": name, "strokes": n, "seconds": round(wall, 2),
                               "iterations": result.iterations, "loss": round(result.loss, 4),
                               "encoder": result.encoder}), flush=True)
-            sheet.paste(fit(result.preview(max_side=2 * CELL)), ((c + 1) * CELL, y + 16))
+            sheet.paste(fit(preview_image(result, max_side=2 * CELL)), ((c + 1) * CELL, y + 16))
             draw.text(((c + 1) * CELL + 4, y + 2), f"{n} strokes, {wall:.0f} s", fill="black")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from sketch_backend.render import render
+from clipasso.engine.render import render
 
 CONFIGS = [(8, 224), (16, 224), (32, 224), (64, 224), (16, 448)]
 DIFFVG_CPU_MS = {(8, 224): 806, (16, 224): 1462, (32, 224): 2495, (64, 224): 4786, (16, 448): 6208}

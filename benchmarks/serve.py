@@ -113,7 +113,7 @@ def main() -> int:
         data = Path(tmp) / "data"
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "sketch_backend.cli", "serve", "--port", str(port), "--data-dir", str(data),
+        cmd = [sys.executable, "-m", "clipasso", "serve", "--port", str(port), "--data-dir", str(data),
                "--preload", "lite0", "--max-queue", str(max(100, args.jobs))]
         if args.threads:
             cmd += ["--threads", str(args.threads)]

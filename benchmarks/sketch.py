@@ -50,7 +50,8 @@ def run_one(config: str, threads: int, iterations: int | None, preset: str) -> d
     import torch
     from PIL import Image
 
-    from sketch_backend.sketch import PRESETS, SketchOptions, sketch
+    from clipasso.engine import sketch
+    from clipasso.options import PRESETS, SketchOptions
 
     torch.set_num_threads(threads)
     photo = Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB")
@@ -107,7 +108,7 @@ def main() -> None:
         results["rn101"] = child(["rn101", t, str(args.rn101_iterations), "default"])
         print(json.dumps(results["rn101"]), flush=True)
     if args.only in (None, "paper"):
-        from sketch_backend.sketch import PRESETS
+        from clipasso.options import PRESETS
 
         for config in ("lite0", "rn101"):
             paper = child([config, t, str(args.paper_iterations), "paper"])

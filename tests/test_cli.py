@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from sketch_backend.cli import main
+from clipasso.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def photo(tmp_path_factory) -> Path:
 def test_sketch_command_writes_svg_preview_and_json(photo, tmp_path):
     svg, png = tmp_path / "out.svg", tmp_path / "out.png"
     run = subprocess.run(
-        [sys.executable, "-m", "sketch_backend.cli", "sketch", str(photo), "-o", str(svg), "--preview", str(png),
+        [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--preview", str(png),
          "--strokes", "6", "--iterations", "4", "--encoder", "lite0", "--json"],
         capture_output=True, text=True, timeout=300,
     )
@@ -96,7 +96,7 @@ def test_failed_run_keeps_the_old_output(photo, tmp_path, capsys):
 
 
 def test_outputs_have_ordinary_permissions(tmp_path):
-    from sketch_backend.files import write_atomic
+    from clipasso.files import write_atomic
 
     fresh = tmp_path / "fresh.svg"
     write_atomic(fresh, "<svg/>")

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from sketch_backend.errors import InputError
-from sketch_backend.images import Letterbox, load_image
+from clipasso.errors import InputError
+from clipasso.images import Letterbox, load_image
 
 
 def png_bytes(im: Image.Image, **kw) -> bytes:

@@ -1,0 +1,145 @@
+"""The `clipasso` command: `sketch`, `serve` and `install-inkscape`.
+
+Each subcommand's module adds its own arguments and runs it; this module only dispatches and turns user
+errors into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from tqdm import tqdm
+
+from . import __version__, install
+from .errors import InputError
+from .files import write_atomic
+from .images import load_image
+from .options import ENCODER_NAMES, PRESETS, SketchOptions
+from .server import command
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage stays in --help)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clipasso", description="CLIPasso line sketches from photos.")
+    parser.add_argument("--version", action="version", version=f"clipasso {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, text in (
+        ("sketch", sys.modules[__name__], "sketch a photo into an SVG of strokes"),
+        ("serve", command, "run the HTTP backend that the Inkscape extension talks to"),
+        ("install-inkscape", install, "install the extension into Inkscape"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `clipasso sketch`."""
+    p.add_argument("input", help="the photo (PNG, JPEG, WebP, TIFF, GIF, BMP ...)")
+    p.add_argument("-o", "--output", required=True, help="the SVG to write")
+    p.add_argument("--strokes", type=int, default=16, help="number of strokes, 1..512 (default 16)")
+    p.add_argument("--iterations", type=int, help="optimisation steps per seed (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seeds", type=int, help="independent runs, the best kept (default: the preset's)")
+    p.add_argument("--encoder", default="auto", choices=ENCODER_NAMES, metavar="ENCODER",
+                   help=f"one of {', '.join(ENCODER_NAMES)} (default auto: CLIP when its weights can be had, "
+                   "else the built-in lite0)")
+    p.add_argument("--weights", help="a CLIP checkpoint file to use instead of the cache or a download")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="default (fast) or paper")
+    p.add_argument("--stroke-width", type=float, help="stroke width in the photo's pixels "
+                   "(default: 3 px per 224 px of the photo's longest side)")
+    p.add_argument("--preview", help="also write a PNG of the strokes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`clipasso sketch`: check every argument before the slow part, write outputs atomically."""
+    # Here, not at the top: PyTorch takes seconds to import, which `clipasso --help` should not pay.
+    from .engine import preview_image, sketch
+
+    outputs = [Path(args.output)] + ([Path(args.preview)] if args.preview else [])
+    for out in outputs:
+        if not out.parent.is_dir():
+            raise InputError(f"{out}: the folder {out.parent} does not exist")
+        if out.is_dir():
+            raise InputError(f"{out}: is a folder, not a file name")
+    if Path(args.output).suffix.lower() != ".svg":
+        raise InputError(f"{args.output}: the output must be an .svg file")
+    options = SketchOptions(
+        strokes=args.strokes, iterations=args.iterations, seed=args.seed, seeds=args.seeds,
+        encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
+        stroke_width=args.stroke_width,
+    ).validated()
+    image = load_image(args.input)
+
+    stop = {"asked": False}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nclipasso: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        bar = tqdm(total=1, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = iteration
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.refresh()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = sketch(image, options, on_progress=on_progress, should_stop=lambda: stop["asked"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    write_atomic(args.output, result.svg)
+    if args.preview:
+        buf = io.BytesIO()
+        preview_image(result).save(buf, format="PNG")
+        write_atomic(args.preview, buf.getvalue())
+    if not args.quiet:
+        state = "cancelled, best so far" if result.cancelled else "done"
+        print(f"clipasso: {result.encoder_reason}", file=sys.stderr)
+        print(f"clipasso: {state}: {len(result.strokes)} strokes, {result.iterations} iterations, "
+              f"{result.timings['total']:.1f} s -> {args.output}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except InputError as exc:
+        print(f"clipasso: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clipasso: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

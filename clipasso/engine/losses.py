@@ -1,0 +1,148 @@
+"""The sketch loss: geometric (intermediate features) plus semantic (embedding), over augmented views.
+
+The photo's side never needs gradients, so its features are computed once per augmentation in a fixed
+bank and reused: each step pays only for the sketch's forward and backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..encoders import Encoder
+
+SEMANTIC_WEIGHT = 0.1
+
+
+def augmentation_bank(count: int, generator: torch.Generator, size: int) -> Tensor:
+    """`count` random warps as (count, size, size, 2) sampling grids for `warp`.
+
+    Each is a random perspective distortion (scale 0.5) followed by a random square crop of 80-100 % of the
+    area, the reference's augmentation, applied identically to sketch and photo.
+    """
+    grids = []
+    for _ in range(count):
+        h = _perspective(generator, 0.5) @ _crop(generator, 0.8)
+        grids.append(_grid(h, size))
+    return torch.stack(grids)
+
+
+def _perspective(g: torch.Generator, distortion: float) -> Tensor:
+    """Homography (normalised coords, output -> input) moving each corner inward by up to distortion/2."""
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    shift = torch.rand(4, 2, generator=g, dtype=torch.float64) * distortion  # in [0, d] of the half-size 1
+    moved = corners - corners.sign() * shift
+    return _homography(corners, moved)
+
+
+def _crop(g: torch.Generator, min_scale: float) -> Tensor:
+    """Affine map (normalised coords, output -> input) of a random square crop of min_scale..1 of the area."""
+    area = min_scale + (1 - min_scale) * float(torch.rand(1, generator=g, dtype=torch.float64))
+    side = math.sqrt(area)
+    cx, cy = ((torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1) * (1 - side)).tolist()
+    return torch.tensor([[side, 0, cx], [0, side, cy], [0, 0, 1]], dtype=torch.float64)
+
+
+def _homography(src: Tensor, dst: Tensor) -> Tensor:
+    """3x3 H with H @ [src, 1] ~ [dst, 1] for four point pairs (direct linear transform)."""
+    rows = []
+    for (x, y), (u, v) in zip(src.tolist(), dst.tolist()):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    a = torch.tensor(rows, dtype=torch.float64)
+    b = dst.reshape(-1)
+    h = torch.linalg.solve(a, b)
+    return torch.cat([h, torch.ones(1, dtype=torch.float64)]).view(3, 3)
+
+
+def _grid(h: Tensor, size: int) -> Tensor:
+    """Sampling grid (size, size, 2) for grid_sample: output pixel -> input position through H."""
+    t = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    pts = torch.stack([xx, yy, torch.ones_like(xx)], dim=-1) @ h.T
+    return (pts[..., :2] / pts[..., 2:]).float()
+
+
+def warp(images: Tensor, grids: Tensor) -> Tensor:
+    """Warp (B, C, S, S) images on white paper with (B, S, S, 2) grids; outside is white."""
+    return F.grid_sample(images - 1.0, grids, mode="bilinear", padding_mode="zeros", align_corners=False) + 1.0
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Unit-normalise over channels at every location (as LPIPS does): compares patterns, not contrast."""
+    return t * torch.rsqrt(t.square().sum(dim=1, keepdim=True) + 1e-10)
+
+
+class SketchLoss:
+    """Loss of sketch views against the photo under the same views, with the photo's features cached.
+
+    The geometric term is a weighted mean over locations, the weight being the subject map `focus`:
+    photo texture in the background then pulls no strokes away from the subject.
+    """
+
+    def __init__(self, encoder: Encoder, photo: Tensor, grids: Tensor, focus: Tensor | None = None) -> None:
+        """photo: (1, 3, S, S); grids: (K, S, S, 2) augmentation bank; focus: (S, S) weights in [0, 1].
+        View 0 is the plain photo, view k + 1 the photo under grids[k]."""
+        self.encoder = encoder
+        self.grids = grids
+        with torch.no_grad():
+            views = torch.cat([photo, warp(photo.expand(len(grids), -1, -1, -1), grids)])
+            maps, emb = encoder.features(views)
+            if focus is None:
+                focus = torch.ones(photo.shape[-2:], device=photo.device)
+            f = focus[None, None].to(photo)
+            # warp() treats 0 as white: warp 1 - focus so that outside the photo has no weight.
+            fviews = torch.cat([f, 1 - warp(1 - f.expand(len(grids), -1, -1, -1), grids)])
+        self.photo_maps = [_unit(m) for m in maps]
+        self.weights = [F.adaptive_avg_pool2d(fviews, m.shape[-2:])[:, 0] for m in maps]
+        self.weights = [w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-8) for w in self.weights]
+        self.photo_emb = F.normalize(emb, dim=-1)
+
+    def __call__(self, sketch: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
+        """sketch: (1, 3, S, S) with gradients; views: indices into the bank, -1 for the plain view.
+
+        Returns the total loss over the views and the first view's loss alone (the plain view when
+        present: the caller evaluates on it).
+        """
+        aug = views >= 0
+        plain = int((~aug).sum())
+        parts = [sketch.expand(plain, -1, -1, -1)] if plain else []
+        if aug.any():
+            parts.append(warp(sketch.expand(int(aug.sum()), -1, -1, -1), self.grids[views[aug]]))
+        idx = torch.cat([torch.zeros(plain, dtype=torch.long, device=views.device), views[aug] + 1])
+        per_view = self._per_view(torch.cat(parts), idx)
+        return per_view.sum(), per_view[0]
+
+    def _per_view(self, images: Tensor, idx: Tensor) -> Tensor:
+        """Loss of each of (B, 3, S, S) images against the photo's view idx[b] (0 = plain)."""
+        per_location, emb = self._geometric(images, idx)
+        semantic = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[idx]).sum(-1))
+        return semantic + sum(e.sum(dim=(1, 2)) for e in per_location)
+
+    def _geometric(self, images: Tensor, idx: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Per stage, the subject-weighted feature distance at each location (B, H_i, W_i); the embedding."""
+        maps, emb = self.encoder.features(images)
+        per_location = [
+            (_unit(m) - pm[idx]).square().sum(dim=1) * w[idx] for m, pm, w in zip(maps, self.photo_maps, self.weights)
+        ]
+        return per_location, emb
+
+    @torch.no_grad()
+    def stroke_drop_losses(self, renders: Tensor) -> Tensor:
+        """Plain-view loss of each image in (B, S, S) sketch renders, e.g. the sketch minus one stroke."""
+        chunks = renders.split(16)
+        return torch.cat([self._per_view(c[:, None].expand(-1, 3, -1, -1), c.new_zeros(len(c), dtype=torch.long))
+                          for c in chunks])
+
+    @torch.no_grad()
+    def error_map(self, render: Tensor) -> Tensor:
+        """(S, S) map of where the plain sketch differs most from the photo, weighted by the subject."""
+        size = render.shape[-1]
+        per_location, _ = self._geometric(render[None, None].expand(1, 3, -1, -1), render.new_zeros(1, dtype=torch.long))
+        total = torch.zeros(1, 1, size, size, device=render.device)
+        for err in per_location:
+            total = total + F.interpolate(err[:, None] / err.sum().clamp_min(1e-12), size=(size, size), mode="bilinear")
+        return total[0, 0]

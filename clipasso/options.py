@@ -1,0 +1,180 @@
+"""The request contract: what a caller may ask of a sketch and what comes back. No torch here.
+
+The CLI, the HTTP service, the job store and the tests import this module without paying for PyTorch, and
+every limit that the CLI, the server and the extension's .inx state is defined once, here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .images import Letterbox
+from .svg import strokes_to_svg
+
+MAX_STROKES = 512
+MAX_ITERATIONS = 10_000
+MAX_SEEDS = 16
+MAX_SEED = 2**31 - 1
+#: Largest stroke width a caller may ask for, in the photo's pixels.
+MAX_STROKE_WIDTH = 1000.0
+#: The service's defaults for the largest upload and the most queued jobs (`clipasso serve` can change them).
+DEFAULT_MAX_UPLOAD_MB = 50
+DEFAULT_MAX_QUEUE = 100
+#: The square canvas the strokes are optimised on (the encoders' input size).
+CANVAS = 224
+#: Stroke width at the 224 px canvas; it scales with the image (3 px at 224 px, as in the paper's SVGs).
+CANVAS_STROKE_WIDTH = 3.0
+
+CLIP_ARCHS = ("RN101", "RN50", "ViT-B/32")
+ENCODER_NAMES = ("auto", "lite0") + tuple(f"clip:{a}" for a in CLIP_ARCHS)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class Init(str, enum.Enum):
+    """Where a seed's strokes start."""
+
+    TRACED = "traced"  #: laid along salient contours (our recipe)
+    PAPER = "paper"  #: short random strokes on salient edges (the reference's)
+
+
+class Stop(str, enum.Enum):
+    """When a seed's optimisation ends before its last iteration."""
+
+    PLATEAU = "plateau"  #: the plain-view loss stopped improving (our recipe)
+    REFERENCE = "reference"  #: the reference's rule: two evaluations in a row that barely changed
+
+
+@dataclass(frozen=True)
+class Preset:
+    iterations: int
+    seeds: int
+    augmentations: int  #: augmented views per step, besides the plain one
+    encoder: str  #: what "auto" prefers when CLIP weights are at hand
+    init: Init
+    stop: Stop
+    relay: bool  #: lay the least useful strokes again during the run
+
+
+PRESETS: dict[str, Preset] = {
+    # The fast recipe: tuned on the built-in encoder for a laptop CPU.
+    "default": Preset(iterations=200, seeds=1, augmentations=1, encoder="clip:RN101", init=Init.TRACED,
+                      stop=Stop.PLATEAU, relay=True),
+    # The reference settings, for comparison.
+    "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init=Init.PAPER,
+                    stop=Stop.REFERENCE, relay=False),
+}
+
+ProgressCallback = Callable[[int, int, float, np.ndarray], None]
+"""on_progress(iteration, total, loss, strokes): iteration counts over all seeds (1..total); strokes
+are (N, 4, 2) control points in the input image's pixel coordinates."""
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise InputError for an encoder name the engine does not know."""
+    if name not in ENCODER_NAMES:
+        raise InputError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
+
+
+def check_range(name: str, value: object, low: int, high: int) -> None:
+    """Raise InputError unless `value` is an int in low..high."""
+    if not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class SketchOptions:
+    """What a caller may ask for. `None` means the preset's value."""
+
+    strokes: int = 16
+    iterations: int | None = None
+    seed: int = 0
+    seeds: int | None = None
+    encoder: str = "auto"
+    device: str = "auto"
+    preset: str = "default"
+    weights: str | None = None
+    #: Stroke width in the input image's pixels; None scales 3 px at 224 px to the image size.
+    stroke_width: float | None = None
+
+    def validated(self) -> "SketchOptions":
+        """These options with the preset filled in; raises InputError on a value out of range."""
+        if self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        p = PRESETS[self.preset]
+        iterations = p.iterations if self.iterations is None else self.iterations
+        seeds = p.seeds if self.seeds is None else self.seeds
+        check_range("strokes", self.strokes, 1, MAX_STROKES)
+        check_range("iterations", iterations, 1, MAX_ITERATIONS)
+        check_range("seeds", seeds, 1, MAX_SEEDS)
+        check_range("seed", self.seed, 0, MAX_SEED)
+        if self.stroke_width is not None and not 0 < self.stroke_width <= MAX_STROKE_WIDTH:
+            raise InputError(f"stroke width must be above 0 and at most {MAX_STROKE_WIDTH:g} px, got {self.stroke_width}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
+        check_encoder_name(self.encoder)
+        return replace(self, iterations=iterations, seeds=seeds)
+
+    @property
+    def recipe(self) -> Preset:
+        return PRESETS[self.preset]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:
+    """Stroke width in the image's pixels: the asked one, or 3 px at 224 px scaled to the image."""
+    if options.stroke_width is not None:
+        return float(options.stroke_width)
+    return CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
+
+
+@dataclass
+class SketchResult:
+    """A finished (or cancelled) sketch: strokes in the photo's own pixels, and how they were made."""
+
+    strokes: np.ndarray  #: (N, 4, 2) control points in the input image's pixel coordinates
+    width: int
+    height: int
+    stroke_width: float  #: in the input image's pixels
+    loss: float
+    encoder: str  #: the encoder that ran, e.g. "lite0" or "clip:RN101"
+    encoder_reason: str  #: why that encoder (auto's choice, in one line)
+    options: SketchOptions
+    iterations: int  #: iterations run, over all seeds
+    best_seed: int
+    cancelled: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  #: seconds
+
+    @property
+    def svg(self) -> str:
+        return strokes_to_svg(self.strokes, self.width, self.height, self.stroke_width, self.metadata())
+
+    def summary(self) -> dict:
+        """One-line JSON summary for `clipasso sketch --json` and the benchmarks."""
+        return {
+            **self.metadata(),
+            "width": self.width,
+            "height": self.height,
+            "stroke_width": round(self.stroke_width, 4),
+            "encoder_reason": self.encoder_reason,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def metadata(self) -> dict:
+        """Settings and provenance, for the SVG's <metadata> and JSON summaries."""
+        return {
+            "generator": "clipasso-inkscape",
+            "encoder": self.encoder,
+            "strokes": int(self.strokes.shape[0]),
+            "iterations": self.iterations,
+            "best_seed": self.best_seed,
+            "loss": round(float(self.loss), 6) if np.isfinite(self.loss) else None,
+            "cancelled": self.cancelled,
+            "options": self.options.to_dict(),
+        }

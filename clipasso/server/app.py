@@ -1,0 +1,128 @@
+"""The service as an ASGI app: the routes, the guards, and every error as one line of JSON.
+
+Every error is JSON `{"error": "one line"}` with these statuses: 400 bad input (missing or malformed
+field, value out of range, unknown encoder or preset, not an image, corrupt image, too many pixels),
+401 missing or wrong token, 404 unknown job or path, 405 wrong method, 409 no result yet / already
+finished, 413 upload too large, 429 too many queued jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import InputError
+from ..options import DEFAULT_MAX_UPLOAD_MB
+from .jobs import JobStateError, JobStore, QueueFull, UnknownJob
+from .middleware import BearerAuth, UploadLimit, error_response
+from .routes import router
+from .worker import Worker
+
+log = logging.getLogger("clipasso.service")
+
+#: How long a clean shutdown waits for the running job to reach its next iteration.
+SHUTDOWN_WAIT_SECONDS = 30.0
+
+
+def create_app(
+    store: JobStore,
+    worker: Worker,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1_000_000,
+) -> FastAPI:
+    """The service as an ASGI app. The lifespan loads the store and runs the worker."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(store.load)
+        worker.start()
+        yield
+        store.close()
+        if not await run_in_threadpool(worker.join, SHUTDOWN_WAIT_SECONDS):
+            log.warning("the running job did not stop in %.0f s; it will be marked failed on restart",
+                        SHUTDOWN_WAIT_SECONDS)
+
+    app = FastAPI(
+        title="clipasso",
+        version=__version__,
+        description="CLIPasso line sketches from photos, as SVG strokes. Errors are JSON {\"error\": \"...\"}.",
+        lifespan=lifespan,
+        form_limits={"max_files": 1, "max_fields": 16, "max_part_size": 1024},
+    )
+    app.state.store = store
+    for kind, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(kind, handler)
+    app.include_router(router)
+    app.add_middleware(UploadLimit, limit=max_upload_bytes)
+    if token:
+        app.add_middleware(BearerAuth, token=token)  # outermost: nothing is read before the token is checked
+        schema = app.openapi()
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+    return app
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such path: {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(400, _validation_message(exc))
+
+
+async def input_error(request: Request, exc: InputError) -> JSONResponse:
+    return error_response(400, str(exc))
+
+
+async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+    return error_response(429, str(exc), {"Retry-After": "10"})
+
+
+async def conflict(request: Request, exc: JobStateError) -> JSONResponse:
+    return error_response(409, str(exc))
+
+
+async def unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
+    return error_response(404, "unknown job id")
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; the server log has the details")
+
+
+ERROR_HANDLERS: dict[type[Exception], Callable] = {
+    StarletteHTTPException: http_error,
+    RequestValidationError: validation_error,
+    InputError: input_error,
+    QueueFull: queue_full,
+    JobStateError: conflict,
+    UnknownJob: unknown_job,
+    Exception: internal_error,
+}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line, e.g. `strokes: input should be a valid integer`."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        if err.get("type") == "missing":
+            parts.append(f"missing field {field!r}" if field else "missing request body")
+        else:
+            msg = str(err.get("msg", "invalid value"))
+            parts.append(f"{field}: {msg[:1].lower()}{msg[1:]}" if field else msg)
+    return "; ".join(parts) or "invalid request"

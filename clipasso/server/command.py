@@ -1,0 +1,167 @@
+"""`clipasso serve`: the local HTTP backend that the Inkscape extension (and the page at `/`) talk to.
+
+Endpoints (JSON unless noted; the OpenAPI schema is at /openapi.json):
+  GET    /health                  status, version, device, encoders, queue length
+  GET    /jobs                    every job, newest first
+  POST   /jobs                    multipart: image (file), strokes, iterations, seed, seeds, encoder, preset
+                                  -> 202 {"id", "state": "queued", ...}
+  GET    /jobs/{id}               state, progress 0..1, iteration, iterations, loss, error, encoder, created,
+                                  finished
+  GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished
+  GET    /jobs/{id}/preview.svg   the strokes as they are now (SVG)
+  GET    /jobs/{id}/result.svg    the final SVG; 409 until the job has finished
+  DELETE /jobs/{id}               cancel: 200 when a queued job is cancelled at once, 202 when a running
+                                  job was asked to stop (it turns `cancelled` at its next iteration)
+  GET    /                        a page that lists the jobs and draws a running job's strokes live
+
+Security: binds to 127.0.0.1 by default; any other address needs a token, and once a token is set
+every request must carry `Authorization: Bearer TOKEN`, on localhost too. The one exception is the
+page at `/`, a static file with no data in it: browsers cannot add headers when opening a page, so
+the page takes the token from its URL fragment (`/#token=...`, never sent to the server) and sends it
+with each of its own requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import InputError
+from ..options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name
+
+log = logging.getLogger("clipasso.service")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MIN_TOKEN_LENGTH = 16
+
+
+def default_data_dir() -> Path:
+    """Where jobs are kept unless --data-dir says otherwise: the platform's per-user data folder."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "clipasso"
+
+
+def default_threads() -> int:
+    """All cores but one: the HTTP side and the desktop keep a core, and PyTorch threads do not fight
+    other busy processes (on a loaded 2-core machine 1 thread ran the engine 3-4x faster than 2)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}; any other needs --token)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"where jobs, results and serve.log are kept (default {default_data_dir()})")
+    parser.add_argument("--token", default=os.environ.get("CLIPASSO_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' on every request (default: $CLIPASSO_TOKEN)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--weights", default=None, help="CLIP weights file or folder, as for `clipasso sketch`")
+    parser.add_argument("--preload", default="auto", metavar="ENCODER",
+                        help="encoder to load at start so the first job is quick, or 'none' (default auto)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB})")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"queued jobs beyond which submissions get 429 (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for the engine (default: all cores but one, here %(default)s)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, so that a taken port is a one-line error rather than a uvicorn exit."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror} (is another server running there?)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _setup_logging(log_file: Path) -> None:
+    """Log lines go to the terminal and to DATA/serve.log; uvicorn's loggers share the same handlers."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, encoding="utf-8")]
+    root = logging.getLogger()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the settings, then serve until interrupted (Ctrl-C or SIGTERM shut down cleanly)."""
+    # Here, not at the top: `clipasso --help` and `clipasso sketch` should not pay for the server's imports.
+    import torch
+    import uvicorn
+
+    from ..encoders import resolve_device
+    from .app import create_app
+    from .jobs import JobStore
+    from .worker import Worker
+
+    token = args.token or None
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise InputError(f"--token must be at least {MIN_TOKEN_LENGTH} characters; "
+                         "`python -c 'import secrets; print(secrets.token_urlsafe())'` makes a good one")
+    if not _is_loopback(args.host) and token is None:
+        raise InputError(f"listening on {args.host} lets other machines in: set --token (or $CLIPASSO_TOKEN)")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_queue < 1:
+        raise InputError("--max-upload-mb must be above 0 and --max-queue at least 1")
+    if args.preload != "none":
+        check_encoder_name(args.preload)
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the data folder {data_dir}: {exc.strerror}") from None
+
+    sock = _bind(args.host, args.port)
+    _setup_logging(data_dir / "serve.log")
+    store = JobStore(data_dir, device=device, weights=args.weights, max_queued=args.max_queue)
+    worker = Worker(store, preload=None if args.preload == "none" else args.preload)
+    app = create_app(store, worker, token=token, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
+    host, port = sock.getsockname()[:2]
+    log.info("clipasso %s serving on http://%s:%d (device %s, %d engine threads, data in %s, token %s)",
+             __version__, host, port, device, args.threads, data_dir, "required" if token else "off")
+    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0

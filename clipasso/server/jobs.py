@@ -1,0 +1,407 @@
+"""Durable sketch jobs: the store on disk that HTTP handlers and the worker share. No torch here.
+
+Each job lives in `DATA/jobs/<id>/`: `upload` (the bytes as received), `job.json` (parameters and state),
+`preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final sketch). Every file is
+written atomically, so a crash leaves either the old or the new version. After a restart, finished jobs
+are served as they were; queued jobs are queued again; a job that was stopped by a clean shutdown is
+queued again too, while one that was running when the process died is marked failed with the reason
+(it may be what killed the process, so it is not retried blindly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import one_line
+from ..files import write_atomic
+from ..images import load_image
+from ..options import SketchOptions, SketchResult, image_stroke_width
+from ..svg import strokes_to_svg
+from .schemas import JobState, JobView
+
+log = logging.getLogger("clipasso.jobs")
+
+#: What `secrets.token_urlsafe(16)` gives; anything else is refused before it can name a path.
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+#: A running job's state and preview go to disk at most this often (state changes go at once).
+CHECKPOINT_SECONDS = 2.0
+
+class QueueFull(Exception):
+    """Too many jobs are waiting; the client should retry later (HTTP 429)."""
+
+
+class UnknownJob(LookupError):
+    """No job has this id, or the id is not one we could have made (HTTP 404)."""
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows this (HTTP 409)."""
+
+
+def new_job_id() -> str:
+    """An unguessable id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: Marks the fields of a Job that live in memory only (not in job.json).
+RUNTIME = {"runtime": True}
+
+
+@dataclass
+class Job:
+    """One sketch request. Mutated only under the store's lock; `version` counts changes for watchers.
+
+    job.json holds every field not marked RUNTIME (`to_record`/`from_record`); clients see `view()`.
+    """
+
+    id: str
+    options: SketchOptions  # validated, with the server's device
+    width: int
+    height: int
+    created: float
+    state: JobState = JobState.QUEUED
+    started: float | None = None
+    finished: float | None = None
+    iteration: int = 0
+    loss: float | None = None
+    error: str | None = None
+    encoder: str | None = None  # the encoder that ran, once known; the requested one before
+    encoder_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    version: int = field(default=0, metadata=RUNTIME)
+    strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
+    cancel_requested: bool = field(default=False, metadata=RUNTIME)
+
+    @property
+    def iterations(self) -> int:
+        """Planned iterations over all seeds (the engine may stop early when the loss settles)."""
+        return int(self.options.iterations) * int(self.options.seeds)
+
+    @property
+    def stroke_width(self) -> float:
+        """The stroke width the engine draws with, in image pixels."""
+        return image_stroke_width(self.options, self.width, self.height)
+
+    def svg(self, strokes: np.ndarray) -> str:
+        """Strokes as an SVG of this job's image size (previews; results carry their metadata too)."""
+        return strokes_to_svg(strokes, self.width, self.height, self.stroke_width)
+
+    def view(self) -> dict:
+        """The fields clients see (GET /jobs/{id} and each server-sent event), as JSON values."""
+        if self.state == JobState.SUCCEEDED:
+            progress = 1.0
+        else:
+            progress = min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        return JobView(
+            id=self.id,
+            state=self.state,
+            progress=round(progress, 4),
+            iteration=self.iteration,
+            iterations=self.iterations,
+            loss=None if self.loss is None or not np.isfinite(self.loss) else round(float(self.loss), 6),
+            error=self.error,
+            encoder=self.encoder or self.options.encoder,
+            created=_iso(self.created),
+            finished=_iso(self.finished),
+        ).model_dump(mode="json")
+
+    def to_record(self) -> dict:
+        """What job.json holds: enough to serve the job and to run it again after a restart."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("runtime")}
+        record["options"] = self.options.to_dict()
+        record["state"] = self.state.value
+        if record["loss"] is not None and not np.isfinite(record["loss"]):
+            record["loss"] = None
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Job":
+        """The job a job.json holds; KeyError, TypeError or ValueError for one that is not valid."""
+        kept = {f.name for f in fields(cls) if not f.metadata.get("runtime")}
+        values = {k: v for k, v in record.items() if k in kept}
+        values.update(
+            options=SketchOptions(**record["options"]),
+            state=JobState(record["state"]),
+            iteration=int(record.get("iteration") or 0),
+            timings=dict(record.get("timings") or {}),
+        )
+        return cls(**values)
+
+
+class JobStore:
+    """All jobs, their files and the queue. Thread-safe: HTTP handlers and the worker share it."""
+
+    def __init__(self, data_dir: str | os.PathLike, device: str = "cpu", weights: str | None = None,
+                 max_queued: int = 100) -> None:
+        self.root = Path(data_dir) / "jobs"
+        self.device = device
+        self.weights = weights
+        self.max_queued = max_queued
+        self._lock = threading.Lock()  # guards job state and the queue; held briefly, never over I/O
+        self._write_lock = threading.Lock()  # orders job.json writes
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._queue: deque[str] = deque()
+        self._reserved = 0
+        self._closed = False
+        self._last_checkpoint: dict[str, float] = {}
+        self._preview_cache: dict[str, tuple[int, str]] = {}
+
+    # ----- files -----------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder; the id is checked against JOB_ID first, so it cannot name another path."""
+        if not JOB_ID.fullmatch(job_id):
+            raise UnknownJob(job_id)
+        return self.root / job_id
+
+    def _persist(self, job: Job, preview: np.ndarray | None = None) -> None:
+        """Write job.json (and a preview) from the job's state as it is now, outside the state lock.
+
+        Writers queue on their own lock and each takes a fresh copy of the state, so an older state can
+        never overwrite a newer one, and readers of the state never wait for the disk.
+        """
+        folder = self.job_dir(job.id)
+        with self._write_lock:
+            if preview is not None:
+                write_atomic(folder / "preview.svg", job.svg(preview))
+            with self._lock:
+                record = job.to_record()
+            write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True))
+
+    def load(self) -> None:
+        """Read every job on disk and queue again the ones that had not finished (see module notes)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for entry in self.root.iterdir():
+            if not entry.is_dir() or not JOB_ID.fullmatch(entry.name):
+                continue
+            try:
+                job = Job.from_record(json.loads((entry / "job.json").read_text("utf-8")))
+                if job.id != entry.name:
+                    raise ValueError("id does not match its folder")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping job folder %s: unreadable job.json (%s)", entry.name, one_line(exc))
+                continue
+            jobs.append(job)
+        requeued = failed = 0
+        for job in sorted(jobs, key=lambda j: j.created):
+            if job.state == JobState.RUNNING:
+                job.state, job.finished = JobState.FAILED, time.time()
+                job.error = (
+                    f"the server stopped while this job was running (at iteration {job.iteration} of "
+                    f"{job.iterations}); submit it again"
+                )
+                self._persist(job)
+                failed += 1
+            elif job.state == JobState.QUEUED:
+                # It runs on this server's device, which may not be the one it was submitted to.
+                job.options = replace(job.options, device=self.device, weights=self.weights)
+                job.iteration, job.loss = 0, None
+                self._queue.append(job.id)
+                requeued += 1
+            self._jobs[job.id] = job
+        log.info("loaded %d jobs from %s: %d queued again, %d interrupted marked failed",
+                 len(jobs), self.root, requeued, failed)
+
+    # ----- client side -----------------------------------------------------------------------------
+
+    def check_options(self, options: SketchOptions) -> SketchOptions:
+        """The options as the worker will run them (server device and weights); InputError if invalid."""
+        return replace(options, device=self.device, weights=self.weights).validated()
+
+    def submit(self, upload: bytes, options: SketchOptions) -> dict:
+        """Check the options and the image, write them to disk and queue the job; its public fields.
+
+        Raises InputError for bad input and QueueFull when too many jobs wait. Blocking (decodes the
+        image and writes files): call it from a worker thread, not the event loop.
+        """
+        opts = self.check_options(options)
+        image = load_image(upload)
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            waiting = len(self._queue) + self._reserved
+            if waiting >= self.max_queued:
+                raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")
+            self._reserved += 1  # holds a place in the queue while the files are written
+        job = Job(id=new_job_id(), options=opts, width=image.width, height=image.height, created=time.time())
+        folder = self.job_dir(job.id)
+        try:
+            folder.mkdir(parents=True)
+            write_atomic(folder / "upload", upload)
+            self._persist(job)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        with self._lock:
+            self._jobs[job.id] = job
+            self._queue.append(job.id)
+            self._wake.notify_all()
+            view = job.view()
+        log.info("job %s queued: %dx%d image, %d strokes, %d iterations, encoder %s",
+                 job.id, job.width, job.height, opts.strokes, job.iterations, opts.encoder)
+        return view
+
+    def get(self, job_id: str) -> Job:
+        """The job; UnknownJob if the id is malformed or unknown."""
+        job = self._jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
+
+    def snapshot(self, job_id: str) -> tuple[int, dict]:
+        """(version, public fields) of one job, read consistently."""
+        with self._lock:
+            job = self.get(job_id)
+            return job.version, job.view()
+
+    def list(self) -> list[dict]:
+        """Every job's public fields, newest first."""
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+            return [j.view() for j in jobs]
+
+    def queued_count(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued job at once, or ask a running one to stop at its next iteration.
+
+        Raises UnknownJob for an unknown job and JobStateError for one that already finished.
+        """
+        with self._lock:
+            job = self.get(job_id)
+            if job.state.final:
+                raise JobStateError(f"job {job_id} already finished ({job.state}); there is nothing to cancel")
+            job.cancel_requested = True
+            queued = job.state == JobState.QUEUED
+            if queued:
+                self._queue.remove(job_id)
+                job.state, job.finished, job.error = JobState.CANCELLED, time.time(), "cancelled before it started"
+                job.version += 1
+        if queued:
+            self._persist(job)
+        log.info("job %s: cancel requested (%s)", job_id, "cancelled" if queued else "stopping")
+        return self.snapshot(job_id)[1]
+
+    def preview_svg(self, job_id: str) -> str:
+        """The strokes as they are now: live while running, else the result or the last checkpoint."""
+        with self._lock:
+            job = self.get(job_id)
+            version, strokes = job.version, job.strokes
+            cached = self._preview_cache.get(job_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if strokes is None:
+            folder = self.job_dir(job_id)
+            for name in ("result.svg", "preview.svg"):
+                try:
+                    return (folder / name).read_text("utf-8")
+                except FileNotFoundError:
+                    continue
+            strokes = np.zeros((0, 4, 2))
+        svg = job.svg(strokes)
+        self._preview_cache[job_id] = (version, svg)
+        return svg
+
+    def result_svg(self, job_id: str) -> str:
+        """The final SVG; JobStateError while the job runs or when it ended without strokes."""
+        with self._lock:
+            job = self.get(job_id)
+            state, error = job.state, job.error
+        if not state.final:
+            raise JobStateError(f"job {job_id} is {state}; its result is ready when it has finished")
+        try:
+            return (self.job_dir(job_id) / "result.svg").read_text("utf-8")
+        except FileNotFoundError:
+            raise JobStateError(f"job {job_id} {state} without a result: {error}") from None
+
+    # ----- worker side -----------------------------------------------------------------------------
+
+    def next_job(self, timeout: float) -> Job | None:
+        """Take the oldest queued job and mark it running; None after `timeout` or once closed."""
+        with self._wake:
+            if not self._queue and not self._closed:
+                self._wake.wait(timeout)
+            if self._closed or not self._queue:
+                return None
+            job = self._jobs[self._queue.popleft()]
+            job.state, job.started, job.iteration, job.loss = JobState.RUNNING, time.time(), 0, None
+            job.version += 1
+            self._last_checkpoint[job.id] = time.monotonic()
+        self._persist(job)
+        return job
+
+    def should_stop(self, job: Job) -> bool:
+        return job.cancel_requested or self._closed
+
+    def progress(self, job: Job, iteration: int, loss: float, strokes: np.ndarray) -> None:
+        """Record one iteration; checkpoint state and preview to disk every CHECKPOINT_SECONDS."""
+        now = time.monotonic()
+        with self._lock:
+            job.iteration, job.loss, job.strokes = int(iteration), float(loss), np.array(strokes, dtype=np.float64)
+            job.version += 1
+            due = now - self._last_checkpoint.get(job.id, 0.0) >= CHECKPOINT_SECONDS
+            if due:
+                self._last_checkpoint[job.id] = now
+        if due:
+            self._persist(job, preview=job.strokes)
+
+    def finish(self, job: Job, result: SketchResult | None = None, error: str | None = None) -> None:
+        """Write the result (if any) and the final state. A run stopped by shutdown is queued again."""
+        # Stopped by shutdown, not by the user: it runs again from the start after the restart.
+        requeue = result is not None and result.cancelled and not job.cancel_requested
+        if result is not None and not requeue:
+            write_atomic(self.job_dir(job.id) / "result.svg", result.svg)
+        with self._lock:
+            self._last_checkpoint.pop(job.id, None)
+            if requeue:
+                job.state, job.started, job.iteration, job.loss, job.strokes = JobState.QUEUED, None, 0, None, None
+            elif result is None:
+                job.state, job.error, job.finished = JobState.FAILED, error, time.time()
+            else:
+                job.strokes = result.strokes
+                job.iteration, job.loss = result.iterations, float(result.loss)
+                job.encoder, job.encoder_reason = result.encoder, result.encoder_reason
+                job.timings = {k: round(v, 4) for k, v in result.timings.items()}
+                job.state = JobState.CANCELLED if result.cancelled else JobState.SUCCEEDED
+                job.finished = time.time()
+                if result.cancelled:
+                    job.error = f"cancelled at iteration {result.iterations} of {job.iterations}"
+            job.version += 1
+        self._persist(job)
+        log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
+
+    def close(self) -> None:
+        """Stop handing out jobs and ask the running one to stop (it is queued again, see finish)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

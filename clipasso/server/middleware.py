@@ -1,0 +1,68 @@
+"""Request guards that run before any route: the bearer token and the upload size limit."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BearerAuth:
+    """Refuse every request without `Authorization: Bearer TOKEN` (constant-time compare), except `/`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not (scope["path"] == "/" and scope["method"] in ("GET", "HEAD")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                response = error_response(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
+                                  {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class UploadTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"upload too large: the limit is {limit / 1e6:g} MB")
+
+
+class UploadLimit:
+    """Refuse request bodies over `limit` bytes while they arrive, never buffering more than that.
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is counted
+    and refused at the first chunk past the limit (raised from `receive`, so the handler stops).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, UploadTooLarge(self.limit).detail)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise UploadTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,135 @@
+"""The HTTP API: every route of `clipasso serve`, on one router that reads the job store from the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from importlib import resources
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from .. import __version__
+from ..options import ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, SketchOptions
+from .jobs import JobStore
+from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
+
+#: How often an event stream looks for changes, and how long it stays silent before a keep-alive.
+EVENT_POLL_SECONDS = 0.1
+KEEPALIVE_SECONDS = 15.0
+
+PAGE = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+
+router = APIRouter()
+
+
+def get_store(request: Request) -> JobStore:
+    """The app's job store (set by create_app)."""
+    return request.app.state.store
+
+
+Store = Depends(get_store)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/health", response_model=Health, responses=error_responses(401))
+async def health(store: JobStore = Store) -> dict:
+    """Whether the service is up, and what it runs on (the Inkscape extension's discovery call)."""
+    return {
+        "status": "ok",
+        "version": __version__,
+        "device": store.device,
+        "encoders": list(ENCODER_NAMES),
+        "queue": store.queued_count(),
+    }
+
+
+@router.get("/jobs", response_model=JobList, responses=error_responses(401))
+async def list_jobs(store: JobStore = Store) -> dict:
+    """Every job, newest first."""
+    return {"jobs": store.list()}
+
+
+@router.post("/jobs", status_code=202, response_model=JobView, responses=error_responses(400, 401, 413, 429))
+async def submit(
+    store: JobStore = Store,
+    image: UploadFile = File(..., description="the photo: PNG, JPEG, WebP, TIFF, GIF or BMP"),
+    strokes: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_STROKES}),
+    iterations: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_ITERATIONS}),
+    seed: int | None = Form(None, json_schema_extra={"minimum": 0, "maximum": MAX_SEED}),
+    seeds: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_SEEDS}),
+    encoder: str | None = Form(None, json_schema_extra={"enum": list(ENCODER_NAMES)}),
+    preset: str | None = Form(None, json_schema_extra={"enum": list(PRESETS)}),
+) -> JSONResponse:
+    """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
+    given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
+             "encoder": encoder, "preset": preset}
+    options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
+    data = await image.read()
+    view = await run_in_threadpool(store.submit, data, options)
+    return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses=error_responses(401, 404))
+async def get_job(job_id: str, store: JobStore = Store) -> dict:
+    """The job's state and progress."""
+    return store.snapshot(job_id)[1]
+
+
+@router.get("/jobs/{job_id}/events",
+            responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404)})
+async def job_events(job_id: str, store: JobStore = Store) -> StreamingResponse:
+    """Server-sent events, one `data:` line of the same JSON as GET /jobs/{id} per change.
+
+    The stream ends after the event with a final state (succeeded, failed or cancelled).
+    Disconnecting does not cancel the job.
+    """
+    store.snapshot(job_id)  # 404 before the stream starts
+    return StreamingResponse(
+        _events(store, job_id), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(store: JobStore, job_id: str) -> AsyncIterator[str]:
+    last, quiet = -1, 0.0
+    while True:
+        version, view = store.snapshot(job_id)
+        if version != last:
+            last, quiet = version, 0.0
+            yield f"id: {version}\ndata: {json.dumps(view)}\n\n"
+            if view["state"] in FINAL_STATES:
+                return
+        elif quiet >= KEEPALIVE_SECONDS:
+            quiet = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(EVENT_POLL_SECONDS)
+        quiet += EVENT_POLL_SECONDS
+
+
+@router.get("/jobs/{job_id}/preview.svg",
+            responses={200: {"content": {"image/svg+xml": {}}}, **error_responses(401, 404)})
+def preview(job_id: str, store: JobStore = Store) -> Response:
+    """The strokes as they are now; an empty drawing before the first iteration."""
+    return Response(store.preview_svg(job_id), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/jobs/{job_id}/result.svg",
+            responses={200: {"content": {"image/svg+xml": {}}}, **error_responses(401, 404, 409)})
+def result(job_id: str, store: JobStore = Store) -> Response:
+    """The final SVG (for a cancelled job: the best strokes before it stopped)."""
+    return Response(store.result_svg(job_id), media_type="image/svg+xml")
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView,
+               responses={202: {"model": JobView}, **error_responses(401, 404, 409)})
+def cancel(job_id: str, store: JobStore = Store) -> JSONResponse:
+    """Cancel a job. A running job stops at its next iteration and keeps its best strokes so far."""
+    view = store.cancel(job_id)
+    return JSONResponse(view, status_code=200 if view["state"] == "cancelled" else 202)

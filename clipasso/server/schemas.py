@@ -1,0 +1,62 @@
+"""The service's public shapes: job states and the JSON bodies, as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobState(str, enum.Enum):
+    """A job's life: queued -> running -> succeeded, failed or cancelled (queued ones may be cancelled)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class JobView(BaseModel):
+    id: str
+    state: JobState
+    progress: float
+    iteration: int
+    iterations: int
+    loss: float | None
+    error: str | None
+    encoder: str
+    created: str
+    finished: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    device: str
+    encoders: list[str]
+    queue: int
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each with the one-line ErrorBody."""
+    return {code: {"model": ErrorBody} for code in codes}

@@ -1,0 +1,169 @@
+"""The sketch engine on real photos with the built-in encoder, and the CLIP path with tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lxml import etree
+from PIL import Image
+from skimage import data
+
+from tiny_clip import save_tiny_clip
+
+from clipasso.encoders import registry
+from clipasso.encoders.clip import load_clip
+from clipasso.engine import render, sketch
+from clipasso.engine.init import edge_tangents, init_distribution, traced_strokes, xdog_edges
+from clipasso.engine.stopping import reference_converged
+from clipasso.errors import InputError
+from clipasso.options import SketchOptions
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def cat() -> Image.Image:
+    return Image.fromarray(data.chelsea())
+
+
+def fast(**kw) -> SketchOptions:
+    return SketchOptions(**{"strokes": 8, "iterations": 6, "encoder": "lite0", "device": "cpu", **kw})
+
+
+def test_sketch_of_a_photo(cat):
+    seen = []
+    result = sketch(cat, fast(), on_progress=lambda i, n, loss, s: seen.append((i, n, loss, s.shape)))
+    assert result.strokes.shape == (8, 4, 2)
+    assert result.encoder == "lite0" and not result.cancelled
+    assert [s[0] for s in seen] == list(range(1, len(seen) + 1)) and seen[-1][1] == 6
+    assert all(s[3] == (8, 4, 2) and np.isfinite(s[2]) for s in seen)
+    # Strokes stay on the photo, in its own pixel coordinates.
+    xs, ys = result.strokes[..., 0], result.strokes[..., 1]
+    assert xs.min() >= 0 and xs.max() <= cat.width and ys.min() >= 0 and ys.max() <= cat.height
+    assert result.stroke_width == pytest.approx(3.0 * 451 / 224, rel=0.01)
+    assert {"load", "init", "render", "forward", "backward", "total"} <= set(result.timings)
+
+
+def test_svg_output(cat):
+    result = sketch(cat, fast(strokes=5))
+    root = etree.fromstring(result.svg.encode())
+    assert root.get("width") == "451" and root.get("height") == "300" and root.get("viewBox") == "0 0 451 300"
+    paths = root.findall(f".//{SVG}path")
+    assert len(paths) == 5
+    for p, stroke in zip(paths, result.strokes):
+        nums = [float(v) for v in p.get("d").replace("M", " ").replace("C", " ").replace(",", " ").split()]
+        assert p.get("d").startswith("M ") and " C " in p.get("d")
+        assert np.allclose(np.array(nums).reshape(4, 2), stroke, atol=1e-3)
+        assert p.get("fill") == "none" and p.get("stroke") == "#000000"
+        assert p.get("stroke-linecap") == "round" and p.get("stroke-linejoin") == "round"
+    meta = json.loads(root.find(f"{SVG}metadata")[0].text)
+    assert meta["encoder"] == "lite0" and meta["options"]["strokes"] == 5
+
+
+def test_strokes_sit_on_ink_not_on_paper(cat):
+    """The sketch draws where the photo has structure: its strokes lie darker-than-average places."""
+    result = sketch(cat, fast(strokes=16, iterations=30))
+    grey = np.asarray(cat.convert("L"), dtype=float)
+    gy, gx = np.gradient(grey)
+    energy = np.hypot(gx, gy)
+    ink = render(torch.tensor(result.strokes, dtype=torch.float32), cat.height, cat.width, 4.0).numpy() < 0.5
+    assert energy[ink].mean() > 1.3 * energy.mean()
+
+
+def test_wide_image_keeps_its_aspect():
+    wide = Image.fromarray(data.astronaut()[180:300])  # 512 x 120
+    result = sketch(wide, fast(strokes=4, iterations=3))
+    assert (result.width, result.height) == (512, 120)
+    assert result.strokes[..., 1].max() <= 120 and result.strokes[..., 1].min() >= 0
+
+
+def test_cancel_returns_best_so_far(cat):
+    calls = []
+    result = sketch(cat, fast(iterations=50), should_stop=lambda: len(calls) >= 3, on_progress=lambda *a: calls.append(a))
+    assert result.cancelled and result.iterations == 3
+    assert result.strokes.shape == (8, 4, 2) and np.isfinite(result.strokes).all()
+
+
+def test_cancel_before_the_first_step(cat):
+    result = sketch(cat, fast(), should_stop=lambda: True)
+    assert result.cancelled and result.iterations == 0 and result.strokes.shape == (8, 4, 2)
+    assert "<path" in result.svg
+
+
+def test_seeds_keep_the_best(cat):
+    result = sketch(cat, fast(iterations=3, seeds=2, seed=7))
+    assert result.best_seed in (7, 1007) and result.iterations == 6
+
+
+def test_same_seed_same_sketch(cat):
+    a = sketch(cat, fast(iterations=4))
+    b = sketch(cat, fast(iterations=4))
+    assert np.allclose(a.strokes, b.strokes, atol=1e-3)
+
+
+def test_blank_image_still_gets_strokes():
+    result = sketch(Image.new("RGB", (64, 48), "white"), fast(strokes=3, iterations=2))
+    assert result.strokes.shape == (3, 4, 2) and np.isfinite(result.strokes).all()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (SketchOptions(strokes=0), "strokes must be between 1 and 512"),
+        (SketchOptions(strokes=513), "strokes must be between 1 and 512"),
+        (SketchOptions(iterations=0), "iterations must be between 1"),
+        (SketchOptions(encoder="clip:ViT-L/14"), "unknown encoder"),
+        (SketchOptions(preset="slow"), "unknown preset"),
+        (SketchOptions(seeds=0), "seeds must be"),
+        (SketchOptions(device="tpu"), "unknown device"),
+    ],
+)
+def test_bad_options(options, message):
+    with pytest.raises(InputError, match=message):
+        options.validated()
+
+
+def test_paper_preset_fills_reference_settings():
+    o = SketchOptions(preset="paper").validated()
+    assert (o.iterations, o.seeds) == (2000, 3)
+
+
+def test_init_lies_on_salient_edges():
+    photo = np.asarray(Image.fromarray(data.coffee()).resize((224, 149)), dtype=np.float32) / 255
+    canvas = np.ones((224, 224, 3), dtype=np.float32)
+    canvas[37:186] = photo
+    mask = np.zeros((224, 224), dtype=np.float32)
+    mask[37:186] = 1
+    edges = xdog_edges(canvas, (0, 37, 224, 149))
+    assert edges[:37].sum() == 0 and edges[186:].sum() == 0  # the paper's border is no edge
+    prob = init_distribution(np.ones((224, 224), dtype=np.float32), edges, mask)
+    assert prob.sum() == pytest.approx(1.0) and prob[~edges].sum() == 0
+    strokes = traced_strokes(prob, edge_tangents(canvas), 12, 30.0, torch.Generator().manual_seed(0))
+    assert strokes.shape == (12, 4, 2)
+    span = (strokes[:, 3] - strokes[:, 0]).norm(dim=-1)
+    assert (span > 10).float().mean() > 0.5  # strokes start as contour pieces, not dots
+
+
+@pytest.mark.parametrize("kind, name", [("RN", "clip:RN50"), ("ViT", "clip:ViT-B/32")])
+def test_clip_path_end_to_end_with_a_tiny_model(tmp_path, cat, kind, name, monkeypatch):
+    """The real CLIP code path (loader, features, saliency, loss) on a tiny random-weight CLIP.
+
+    Random weights make the output meaningless: this checks that the path runs, not what it draws.
+    The tiny model is not a real RN50/ViT-B/32, so it is loaded without the architecture check and put
+    where load_encoder keeps loaded encoders.
+    """
+    path = save_tiny_clip(tmp_path / f"tiny-{kind}.pt", kind)
+    monkeypatch.setitem(registry._LOADED, (name, "cpu", str(path)), load_clip(name.split(":")[1], "cpu", path, check_arch=False))
+    result = sketch(cat, SketchOptions(strokes=4, iterations=3, encoder=name, weights=str(path), device="cpu"))
+    assert result.encoder == name and result.strokes.shape == (4, 4, 2)
+    assert np.isfinite(result.strokes).all() and np.isfinite(result.loss)
+
+
+def test_reference_stop_rule():
+    assert not reference_converged([5.0, 4.0])
+    assert not reference_converged([5.0, 4.0, 4.0])
+    assert reference_converged([5.0, 4.0, 4.000001, 4.000002])
+    assert not reference_converged([4.0, 4.000001, 3.9])

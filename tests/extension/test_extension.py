@@ -1,0 +1,206 @@
+"""The Inkscape extension with inkex's own test tools, against the real backend on 127.0.0.1.
+
+Comparison tests run the effect on documents in tests/data/extension and compare the output with the
+references in tests/data/extension/refs (EXPORT_COMPARE=1 writes missing ones, 3 overwrites; read them
+before committing). Error tests check that each problem is one message, exit status 1, no output (so
+Inkscape leaves the document as it was) and nothing on stdout.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+
+import httpx
+import pytest
+from extension_support import DATA, FAST, import_extension, stroke_shapes
+from servers import free_port
+
+import_extension()
+
+from inkex.tester import ComparisonMixin, TestCase  # noqa: E402
+from inkex.tester.mock import Capture  # noqa: E402
+from inkex.utils import ABORT_STATUS  # noqa: E402
+from lxml import etree  # noqa: E402
+
+from clipasso_sketch import Sketch  # noqa: E402
+
+
+@pytest.fixture(scope="class")
+def backend_url(request: pytest.FixtureRequest, backend) -> None:
+    request.cls.backend_url = backend.url
+
+
+@pytest.mark.usefixtures("backend_url")
+class TestSketchComparisons(ComparisonMixin, TestCase):
+    effect_class = Sketch
+    compare_filters = [stroke_shapes]
+    backend_url = ""
+    test_all_comparisons = None  # the mixin's one-file loop; each document here has its own test below
+
+    @classmethod
+    def datadir(cls) -> str:
+        return str(DATA)
+
+    def compare(self, document: str, *args: str) -> None:
+        """Compare one run; the reference's name leaves out the backend's port, which changes every run."""
+        args = (*args, *FAST)
+        cmpfile = self.get_compare_cmpfile(args, addout=document)
+        self.assertCompare(document, cmpfile, [*args, f"--backend_url={self.backend_url}"])
+
+    def test_embedded_image_in_a_mm_document(self) -> None:
+        self.compare("embedded.svg", "--id=photo")
+
+    def test_linked_image(self) -> None:
+        self.compare("linked.svg", "--id=cat")
+
+    def test_transformed_image_in_a_transformed_layer(self) -> None:
+        self.compare("transformed.svg", "--id=photo", "--stroke_width=2.5")
+
+    def test_rotated_image_with_slice_is_clipped(self) -> None:
+        self.compare("rotated.svg", "--id=photo")
+
+    def test_two_images_one_selected_by_its_group(self) -> None:
+        self.compare("two.svg", "--id=cat", "--id=group")
+
+
+def run_sketch(document: str, *args: str) -> tuple[int, str, bytes]:
+    """Run the effect as Inkscape does: (exit status, what it wrote to stderr, the output document)."""
+    output = io.BytesIO()
+    status = 0
+    with Capture("stdout") as stdout, Capture("stderr") as stderr:
+        try:
+            Sketch().run([str(DATA / document), *args], output=output)
+        except SystemExit as exc:
+            status = exc.code
+    assert stdout.getvalue() == "", "the extension printed to stdout, where Inkscape expects the document"
+    return status, stderr.getvalue(), output.getvalue()
+
+
+def assert_refused(document: str, *args: str, message: str) -> str:
+    """The run stops with one message matching `message`, and leaves no output."""
+    status, err, out = run_sketch(document, *args)
+    assert status == ABORT_STATUS and out == b""
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture()
+def broken_images(tmp_path):
+    """A document whose images each fail in their own way; returns its path relative to DATA."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(png, "PNG")
+    tiny = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    svg_image = "data:image/svg+xml;base64," + base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>').decode()
+    tiff = "data:image/tiff;base64," + base64.b64encode(b"II*\x00\x08\x00\x00\x00" + bytes(32)).decode()
+    images = {
+        "tiny": tiny,
+        "vector": svg_image,
+        "tiff": tiff,
+        "corrupt": "data:image/png;base64,iVBORw0KG!!*not base64*",
+        "missing": "no-such-photo.png",
+        "web": "https://example.com/photo.jpg",
+    }
+    body = "".join(f'<image id="{k}" x="0" y="0" width="10" height="10" xlink:href="{v}"/>' for k, v in images.items())
+    body += f'<image id="flat" width="10" height="0" xlink:href="{tiny}"/>'
+    body += f'<image id="percent" width="50%" height="10" xlink:href="{tiny}"/>'
+    path = tmp_path / "broken.svg"
+    path.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="100" '
+        f'height="100"><rect id="box" width="5" height="5"/>{body}</svg>'
+    )
+    return str(path)
+
+
+class TestSketchErrors:
+    """Each error the issue lists: one clear message, the document unchanged, no traceback."""
+
+    def test_nothing_selected(self, backend) -> None:
+        assert_refused("embedded.svg", f"--backend_url={backend.url}", message=r"^Nothing is selected: select")
+
+    def test_selection_without_an_image(self, backend) -> None:
+        assert_refused("embedded.svg", "--id=frame", "--id=caption", f"--backend_url={backend.url}",
+                       message=r"no image in it: select a photo")
+
+    @pytest.mark.parametrize(
+        "image, message",
+        [
+            ("vector", r'image "vector" is an SVG \(vector\) image; .* select a bitmap'),
+            ("tiff", r'image "tiff" is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP or WebP'),
+            ("corrupt", r'image "corrupt": its embedded data: URI is corrupt \(not valid base64\)'),
+            ("missing", r'image "missing": the linked file .*no-such-photo.png is missing'),
+            ("web", r'image "web" is linked from https: \(not a local file\)'),
+            ("flat", r'image "flat" has no area on the canvas \(width 10, height 0\)'),
+            ("percent", r'image "percent" has a width in percent; set it in px, mm'),
+        ],
+    )
+    def test_unusable_image(self, broken_images: str, image: str, message: str) -> None:
+        # Refused before any backend work: nothing answers at this URL, and the message is not about that.
+        assert_refused(broken_images, f"--id={image}", f"--backend_url=http://127.0.0.1:{free_port()}", message=message)
+
+    def test_backend_refuses_the_image(self, backend, broken_images: str) -> None:
+        assert_refused(broken_images, "--id=tiny", f"--backend_url={backend.url}",
+                       message=r'^The backend refused image "tiny": .*1x1 is too small')
+
+    def test_backend_unreachable_says_how_to_start_it(self) -> None:
+        port = free_port()
+        err = assert_refused("linked.svg", "--id=cat", f"--backend_url=http://127.0.0.1:{port}",
+                             message="does not answer")
+        assert f"clipasso serve --host 127.0.0.1 --port {port}\n" in err
+
+    def test_wrong_token(self, server_factory, tmp_path) -> None:
+        server = server_factory(tmp_path / "data", token="a-token-of-24-characters")
+        try:
+            assert_refused("linked.svg", "--id=cat", f"--backend_url={server.url}", "--token=not-the-token",
+                           message=r"refused the token .*set Token on the Backend page")
+        finally:
+            server.stop()
+
+    def test_job_fails(self, backend) -> None:
+        # The backend runs offline without CLIP weights: the job starts, then fails with the reason.
+        assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", "--encoder=clip:RN101",
+                       "--iterations=1", message=r'The sketch of image "cat" failed on the backend .*RN101')
+
+    def test_timeout_names_the_job_and_its_result_can_be_fetched_later(self, backend) -> None:
+        # A timeout of 0 gives up at the first look at the job, which cannot have finished by then.
+        err = assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", "--timeout=0", *FAST,
+                             message=r"did not finish within 0 s: job \S+ is still (queued|running)")
+        job = re.search(r"'Fetch job' set to (\S+) on the Backend page", err).group(1)
+        assert f"{backend.url}/jobs/{job}/result.svg" in err
+        status, err, out = run_sketch("linked.svg", "--id=cat", f"--backend_url={backend.url}", f"--job_id={job}")
+        assert (status, err) == (0, "")
+        assert out.count(b"<path") == 4 and b"CLIPasso sketch - 4 strokes" in out
+        assert httpx.get(f"{backend.url}/jobs/{job}").json()["state"] == "succeeded"
+
+
+@pytest.fixture(scope="module")
+def coffee_job(backend) -> str:
+    """A finished job for coffee.jpg, to place with --job_id."""
+    reply = httpx.post(f"{backend.url}/jobs", files={"image": ("coffee.jpg", (DATA / "coffee.jpg").read_bytes())},
+                       data={"encoder": "lite0", "strokes": "4", "iterations": "1"}, timeout=60)
+    job = reply.json()["id"]
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{backend.url}/jobs/{job}").json()["state"] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return job
+
+
+@pytest.mark.parametrize("document", ["embedded.svg", "transformed.svg", "rotated.svg"])
+def test_everything_else_stays_untouched(document: str, coffee_job: str, backend) -> None:
+    """Take the new layer and its clip path out of the result, and the document is the one that went in."""
+    status, err, out = run_sketch(document, "--id=photo", f"--job_id={coffee_job}", f"--backend_url={backend.url}")
+    assert (status, err) == (0, "")
+    result = etree.fromstring(out)
+    added = result.xpath("//svg:g[starts-with(@inkscape:label, 'CLIPasso sketch')] | //svg:clipPath[starts-with(@id, "
+                         "'clipasso-clip')]", namespaces={"svg": "http://www.w3.org/2000/svg",
+                                                          "inkscape": "http://www.inkscape.org/namespaces/inkscape"})
+    assert len(added) == (2 if document == "rotated.svg" else 1)
+    for element in added:
+        element.getparent().remove(element)
+    original = etree.parse(str(DATA / document)).getroot()
+    assert etree.tostring(result, method="c14n") == etree.tostring(original, method="c14n")

@@ -1,0 +1,78 @@
+"""`clipasso install-inkscape`, and the installed extension starting the backend it was installed with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from extension_support import DATA, EXTENSION_DIR, INKSCAPE, extension_env, import_extension
+from servers import free_port
+
+from clipasso import __version__
+from clipasso.cli import main
+from clipasso.install import CONFIG, FOLDER, user_extensions_dir
+
+SHIPPED = sorted(p.name for p in EXTENSION_DIR.iterdir() if p.suffix in (".inx", ".py"))
+
+
+def test_install_copies_the_extension_and_records_the_backend(tmp_path: Path, capsys) -> None:
+    assert main(["install-inkscape", "--dir", str(tmp_path / "extensions")]) == 0
+    target = tmp_path / "extensions" / FOLDER
+    assert str(target) in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == sorted([*SHIPPED, CONFIG])
+    for name in SHIPPED:
+        assert (target / name).read_bytes() == (EXTENSION_DIR / name).read_bytes()
+        assert (target / name).stat().st_mode & 0o444 == 0o444  # readable by Inkscape, whoever runs it
+    config = json.loads((target / CONFIG).read_text())
+    assert config == {"command": [sys.executable, "-m", "clipasso", "serve"], "version": __version__}
+    # The recorded command is this installation's backend.
+    done = subprocess.run([*config["command"], "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--port" in done.stdout
+    # Installing again (an upgrade) replaces the files in place.
+    (target / "clipasso_sketch.py").write_text("old")
+    assert main(["install-inkscape", "--dir", str(tmp_path / "extensions")]) == 0
+    assert (target / "clipasso_sketch.py").read_bytes() == (EXTENSION_DIR / "clipasso_sketch.py").read_bytes()
+
+
+def test_default_folder_is_inkscapes_user_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("INKSCAPE_PROFILE_DIR", str(tmp_path / "profile"))
+    assert user_extensions_dir() == tmp_path / "profile" / "extensions"
+    monkeypatch.delenv("INKSCAPE_PROFILE_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    if sys.platform.startswith("linux"):
+        # What Inkscape reports where it is installed, else the XDG default: the same folder on Linux.
+        assert user_extensions_dir() == tmp_path / "config" / "inkscape" / "extensions"
+    if INKSCAPE:
+        reported = subprocess.run([INKSCAPE, "--user-data-directory"], capture_output=True, text=True, timeout=60)
+        assert user_extensions_dir() == Path(reported.stdout.strip()) / "extensions"
+
+
+def test_unwritable_folder_is_one_line(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["install-inkscape", "--dir", str(blocker / "extensions")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipasso: error: cannot write to ") and err.count("\n") == 1
+
+
+def test_installed_extension_says_how_to_start_a_backend_that_fails_to_start(tmp_path: Path) -> None:
+    """The extension starts the recorded backend (for real) when nothing answers; this one refuses to start
+    (a token shorter than the backend allows), and the message carries its reason and the command."""
+    import_extension()
+    from inkex.utils import ABORT_STATUS  # what inkex exits with after an AbortExtension message
+
+    assert main(["install-inkscape", "--dir", str(tmp_path)]) == 0
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / FOLDER / "clipasso_sketch.py"), "--id=cat",
+         f"--backend_url=http://127.0.0.1:{port}", "--token=short", str(DATA / "linked.svg")],
+        capture_output=True, text=True, timeout=300, env=extension_env(), cwd=tmp_path / FOLDER,
+    )
+    assert (done.returncode, done.stdout) == (ABORT_STATUS % 256, "")
+    assert "starting it failed: it exited with code 2" in done.stderr
+    assert "--token must be at least 16 characters" in done.stderr
+    assert f"serve --host 127.0.0.1 --port {port} --token short\n" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / FOLDER / "clipasso_backend.log").exists()

@@ -1,0 +1,217 @@
+"""The extension's standard-library helpers: reading images and their sizes, the viewBox mapping, and the
+HTTP client's error messages. No inkex needed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from extension_support import import_extension
+from PIL import Image, features
+
+import_extension(with_inkex=False)
+
+from clipasso_client import Backend, BackendError, how_to_start  # noqa: E402
+from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport  # noqa: E402
+from clipasso_images import ImageError, decode_data_uri, load_picture  # noqa: E402
+
+
+def encode(fmt: str, size: tuple[int, int] = (7, 5), mode: str = "RGB", **options) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, (200, 120, 40) if mode == "RGB" else (200, 120, 40, 128)).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def top_down_bmp() -> bytes:
+    data = bytearray(encode("BMP"))
+    data[22:26] = (-5).to_bytes(4, "little", signed=True)  # rows stored top to bottom
+    return bytes(data)
+
+
+FORMATS = {
+    "png": (encode("PNG"), "image/png", (7, 5)),
+    "jpeg": (encode("JPEG"), "image/jpeg", (7, 5)),
+    "progressive jpeg": (encode("JPEG", progressive=True), "image/jpeg", (7, 5)),
+    # Inkscape shows a JPEG turned by its EXIF orientation (and so does the backend): 7x5 stored, 5x7 shown
+    "jpeg rotated by exif": (encode("JPEG", exif=exif_orientation(6)), "image/jpeg", (5, 7)),
+    "jpeg mirrored by exif": (encode("JPEG", exif=exif_orientation(2)), "image/jpeg", (7, 5)),
+    "gif": (encode("GIF"), "image/gif", (7, 5)),
+    "bmp": (encode("BMP"), "image/bmp", (7, 5)),
+    "top-down bmp": (top_down_bmp(), "image/bmp", (7, 5)),
+}
+if features.check("webp"):
+    FORMATS.update({
+        "webp lossy": (encode("WEBP"), "image/webp", (7, 5)),
+        "webp lossless": (encode("WEBP", lossless=True), "image/webp", (7, 5)),
+        "webp with alpha": (encode("WEBP", mode="RGBA"), "image/webp", (7, 5)),
+    })
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_embedded_formats_and_their_displayed_size(name: str) -> None:
+    data, mime, size = FORMATS[name]
+    picture = load_picture(data_uri(data, mime), "image", [])
+    assert (picture.mime, (picture.width, picture.height), picture.data) == (mime, size, data)
+    assert picture.filename == "embedded" + {"image/jpeg": ".jpg"}.get(mime, "." + mime.split("/")[1])
+
+
+def test_data_uris_with_line_breaks_or_percent_escapes() -> None:
+    png = encode("PNG")
+    wrapped = base64.encodebytes(png).decode()  # Inkscape may wrap base64 every 76 characters
+    assert load_picture(f"data:image/png;base64,{wrapped}", "image", []).data == png
+    assert decode_data_uri("data:image/png," + quote(png), "image") == png
+
+
+@pytest.mark.parametrize(
+    "href, message",
+    [
+        ("data:image/png;base64", r"corrupt \(no comma before the data\)"),
+        ("data:image/png;base64,", "is empty"),
+        ("data:image/png;base64,iVBORw0K#@!", r"corrupt \(not valid base64\)"),
+        (data_uri(encode("PNG")[:20]), "PNG data is corrupt or truncated"),
+        (data_uri(encode("JPEG")[:30], "image/jpeg"), "JPG data is corrupt or truncated"),
+        (data_uri(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "image/svg+xml"),
+         r"is an SVG \(vector\) image"),
+        (data_uri(b"\x1f\x8b\x08\x00compressed svg", "image/svg+xml"), r"is an SVG \(vector\) image"),
+        (data_uri(encode("TIFF"), "image/tiff"), "is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP or WebP"),
+        ("", "has no pixels: its href is empty"),
+        ("https://example.com/cat.jpg", r"is linked from https: \(not a local file\)"),
+    ],
+)
+def test_unusable_hrefs(href: str, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        load_picture(href, 'image "x"', [])
+
+
+def test_linked_files(tmp_path: Path) -> None:
+    png = encode("PNG")
+    (tmp_path / "my photo.png").write_bytes(png)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for href in ("my photo.png", "my%20photo.png", (tmp_path / "my photo.png").as_uri(), str(tmp_path / "my photo.png")):
+        picture = load_picture(href, "image", [str(elsewhere), str(tmp_path)])
+        assert (picture.data, picture.filename) == (png, "my photo.png")
+    # Inkscape's sodipodi:absref is the fallback for a link that moved
+    assert load_picture("gone/my photo.png", "image", [str(elsewhere)], absref=str(tmp_path / "my photo.png")).data == png
+
+
+def test_missing_and_unresolvable_links(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=rf'image "x": the linked file {tmp_path}/nope.png is missing'):
+        load_picture("nope.png", 'image "x"', [str(tmp_path)])
+    with pytest.raises(ImageError, match="the document has not been saved; save the document or embed"):
+        load_picture("nope.png", 'image "x"', [])
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, ("xMidYMid", False)),
+        ("none", ("none", False)),
+        ("xMinYMax slice", ("xMinYMax", True)),
+        ("defer xMaxYMin meet", ("xMaxYMin", False)),
+        ("  xMaxYMid  ", ("xMaxYMid", False)),
+        ("sideways", ("xMidYMid", False)),  # invalid: the default
+        ("xMinYMin crop", ("xMidYMid", False)),
+    ],
+)
+def test_parse_aspect_ratio(value: str | None, expected: tuple) -> None:
+    assert parse_aspect_ratio(value) == AspectRatio(*expected)
+
+
+# A 40x30 image into the viewport x=10, y=20, 100x60: meet scales by 2 (80x60, 20 to spare across),
+# slice by 2.5 (100x75, 15 cut off down). Worked out by hand from SVG 1.1, section 7.8.
+@pytest.mark.parametrize("x_align, meet_tx", [("Min", 10.0), ("Mid", 20.0), ("Max", 30.0)])
+@pytest.mark.parametrize("y_align, slice_ty", [("Min", 20.0), ("Mid", 12.5), ("Max", 5.0)])
+def test_viewbox_to_viewport_by_hand(x_align: str, meet_tx: float, y_align: str, slice_ty: float) -> None:
+    align = f"x{x_align}Y{y_align}"
+    meet = viewbox_to_viewport((0, 0, 40, 30), (10, 20, 100, 60), AspectRatio(align, False))
+    assert meet == pytest.approx((2, 0, 0, 2, meet_tx, 20))
+    cut = viewbox_to_viewport((0, 0, 40, 30), (10, 20, 100, 60), AspectRatio(align, True))
+    assert cut == pytest.approx((2.5, 0, 0, 2.5, 10, slice_ty))
+
+
+def test_viewbox_to_viewport_stretch_and_offset_viewbox() -> None:
+    assert viewbox_to_viewport((0, 0, 40, 30), (10, 20, 100, 60), AspectRatio("none", False)) == pytest.approx(
+        (2.5, 0, 0, 2, 10, 20))
+    # a viewBox with an origin: its (5, 5) lands on the viewport's corner
+    assert viewbox_to_viewport((5, 5, 40, 30), (0, 0, 80, 60), AspectRatio("xMidYMid", False)) == pytest.approx(
+        (2, 0, 0, 2, -10, -10))
+    with pytest.raises(ValueError):
+        viewbox_to_viewport((0, 0, 0, 30), (0, 0, 80, 60), AspectRatio("none", False))
+
+
+# ----- the client's messages, from a server that answers like other HTTP backends (FastAPI's "detail") ----
+
+
+class _Answers(BaseHTTPRequestHandler):
+    replies = {
+        "/detail-list": (422, {"detail": [{"loc": ["body", "strokes"], "msg": "value is not a valid integer"}]}),
+        "/detail-text": (400, {"detail": "image too large"}),
+        "/error": (400, {"error": "the uploaded image is empty"}),
+        "/crash": (500, None),
+        "/not-json": (200, None),
+    }
+
+    def do_GET(self) -> None:
+        status, body = self.replies[self.path.rsplit("/health", 1)[0]]
+        raw = json.dumps(body).encode() if body else b"<html>oops</html>"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def other_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/detail-list", "^value is not a valid integer$"),
+        ("/detail-text", "^image too large$"),
+        ("/error", "^the uploaded image is empty$"),
+        ("/crash", r"the backend failed \(500: HTTP 500 Internal Server Error\)"),
+        ("/not-json", "did not answer with JSON; is this a CLIPasso backend"),
+    ],
+)
+def test_error_messages_from_the_backend(other_server: str, path: str, message: str) -> None:
+    with pytest.raises(BackendError, match=message):
+        Backend(other_server + path).health()
+
+
+def test_backend_urls() -> None:
+    with pytest.raises(BackendError, match="is not an http:// or https:// address"):
+        Backend("127.0.0.1:8765")
+    assert [Backend(u).is_local for u in ("http://127.0.0.1:1", "http://localhost:2", "http://[::1]:3")] == [True] * 3
+    assert not Backend("https://sketch.example.org").is_local
+    assert Backend("https://sketch.example.org").port == 443
+    local = Backend("http://localhost:9000/", token="s3cret-token-of-16+")
+    assert how_to_start(local, None) == "clipasso serve --host localhost --port 9000 --token s3cret-token-of-16+"
+    assert how_to_start(local, ["/opt/my env/python", "-m", "clipasso", "serve"]).startswith(
+        "'/opt/my env/python' -m clipasso serve --host localhost --port 9000")

@@ -1,0 +1,116 @@
+"""End to end in the real Inkscape, headless: install with `clipasso install-inkscape --dir`, run the effect
+with `--batch-process` and `.noprefs`, and let the extension start the backend it was installed with.
+
+`.noprefs` runs with the settings saved in Inkscape's preferences, so the test gives Inkscape a profile
+folder of its own (INKSCAPE_PROFILE_DIR) whose preferences.xml points the extension at a free port and
+at quick settings; the extension, finding nothing there, starts the recorded backend command on it.
+The export is Inkscape SVG (not plain SVG) so that the new layer's label and layer mode can be checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from extension_support import DATA, INKSCAPE, XVFB_RUN, import_extension, missing
+from servers import free_port
+
+import_extension()
+
+import inkex  # noqa: E402
+
+STROKES = 4
+#: Inkscape, starting the backend (PyTorch), and one short job; a message dialog would block forever.
+INKSCAPE_TIMEOUT_S = 300
+
+
+def preferences(port: int) -> str:
+    settings = {"backend_url": f"http://127.0.0.1:{port}", "encoder": "lite0", "strokes": STROKES,
+                "iterations": 1, "timeout": 600}
+    attributes = " ".join(f'org.clipasso.sketch.{k}="{v}"' for k, v in settings.items())
+    return (
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+        '<inkscape version="1" xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape">\n'
+        f'  <group id="extensions" {attributes}/>\n</inkscape>\n'
+    )
+
+
+def stop_backend(pid_file: Path) -> None:
+    """Stop the backend the extension started (not our child: signal it and wait until it is gone)."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path: Path) -> None:
+    if INKSCAPE is None or XVFB_RUN is None:
+        missing("Inkscape or xvfb-run is not installed")
+    profile, docs = tmp_path / "profile", tmp_path / "docs"
+    extensions = profile / "extensions"
+    subprocess.run([sys.executable, "-m", "clipasso", "install-inkscape", "--dir", str(extensions)],
+                   check=True, capture_output=True, timeout=120)
+    port = free_port()
+    (profile / "preferences.xml").write_text(preferences(port))
+    docs.mkdir()
+    for name in ("linked.svg", "cat.jpg"):
+        shutil.copy(DATA / name, docs / name)
+    out = tmp_path / "out.svg"
+    env = dict(
+        os.environ,
+        INKSCAPE_PROFILE_DIR=str(profile),
+        XDG_DATA_HOME=str(tmp_path / "data"),  # the backend's jobs
+        CLIPASSO_OFFLINE="1",
+        CLIPASSO_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="2",
+    )
+    actions = f"select-by-id:cat;org.clipasso.sketch.noprefs;export-filename:{out};export-do"
+    pid_file = extensions / "clipasso" / "clipasso_backend.pid"
+    inkscape = subprocess.Popen(
+        [XVFB_RUN, "-a", INKSCAPE, "--with-gui", "--batch-process", f"--actions={actions}", str(docs / "linked.svg")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        try:
+            log = inkscape.communicate(timeout=INKSCAPE_TIMEOUT_S)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            os.killpg(inkscape.pid, signal.SIGKILL)
+            inkscape.wait()
+            backend_log = extensions / "clipasso" / "clipasso_backend.log"
+            pytest.fail(f"Inkscape did not finish in {INKSCAPE_TIMEOUT_S} s (an extension message dialog blocks "
+                        f"batch mode); backend log:\n{backend_log.read_text() if backend_log.exists() else '-'}")
+        assert inkscape.returncode == 0, log
+        # The extension started the backend it was installed with, on the port from the preferences.
+        assert pid_file.exists()
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
+    finally:
+        stop_backend(pid_file)
+
+    svg = inkex.load_svg(out.read_bytes()).getroot()
+    image = svg.getElementById("cat")
+    assert (image.get("x"), image.get("y"), image.get("width"), image.get("height")) == ("10", "20", "240", "160")
+    photo_layer = image.getparent()
+    layer = photo_layer.getnext()
+    assert layer is not None and layer.get("inkscape:groupmode") == "layer"
+    assert layer.get("inkscape:label") == f"CLIPasso sketch - {STROKES} strokes"
+    paths = list(layer.iter("{http://www.w3.org/2000/svg}path"))
+    assert len(paths) == STROKES
+    # Over the image: the result's pixel box (the 120x80 photo) lands on the image's box on the canvas.
+    to_canvas = paths[0].composed_transform()
+    corners = [tuple(to_canvas.apply_to_point(p)) for p in ((0, 0), (120, 80))]
+    assert corners == [pytest.approx((10, 20)), pytest.approx((250, 180))]

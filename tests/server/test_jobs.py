@@ -1,0 +1,142 @@
+"""The job store and its worker in-process: states, files on disk, restarts, and failures kept to one job."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from extension_support import import_extension
+
+from clipasso.options import SketchOptions, SketchResult
+from clipasso.server.jobs import Job, JobStateError, JobStore, QueueFull, UnknownJob
+from clipasso.server.schemas import FINAL_STATES, JobState
+from clipasso.server.worker import Worker
+
+QUICK = SketchOptions(encoder="lite0", strokes=4, iterations=2)
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch) -> JobStore:
+    monkeypatch.setenv("CLIPASSO_OFFLINE", "1")
+    monkeypatch.setenv("CLIPASSO_CACHE", str(tmp_path / "no-weights"))
+    s = JobStore(tmp_path / "data", device="cpu", max_queued=3)
+    s.load()
+    return s
+
+
+def paths(svg: str) -> list[str]:
+    return [line.strip() for line in svg.splitlines() if "<path" in line]
+
+
+def record(store: JobStore, job_id: str) -> dict:
+    return json.loads((store.job_dir(job_id) / "job.json").read_text())
+
+
+def test_a_job_runs_with_the_real_engine(store, server_photo_png):
+    view = store.submit(server_photo_png, QUICK)
+    assert view["state"] == "queued" and view["iterations"] == 2
+    job = store.next_job(timeout=0)
+    assert job is not None and job.state == JobState.RUNNING and record(store, job.id)["state"] == "running"
+    Worker(store).run_job(job)
+    _, done = store.snapshot(job.id)
+    assert done["state"] == "succeeded" and done["progress"] == 1.0 and done["encoder"] == "lite0"
+    assert record(store, job.id)["state"] == "succeeded"
+    svg = store.result_svg(job.id)
+    assert svg.count("<path") == 4
+    assert paths(store.preview_svg(job.id)) == paths(svg)  # the preview shows the final strokes
+
+
+def test_a_failing_job_fails_alone_with_its_reason(store, server_photo_png):
+    """CLIP weights are not to be had offline: that job fails with the reason, the next one runs."""
+    bad = store.submit(server_photo_png, SketchOptions(encoder="clip:RN50", strokes=4, iterations=2))
+    good = store.submit(server_photo_png, QUICK)
+    worker = Worker(store)
+    for _ in range(2):
+        worker.run_job(store.next_job(timeout=0))
+    failed = store.snapshot(bad["id"])[1]
+    assert failed["state"] == "failed" and "CLIPASSO_OFFLINE=1" in failed["error"]
+    assert store.snapshot(good["id"])[1]["state"] == "succeeded"
+    with pytest.raises(JobStateError, match="without a result"):
+        store.result_svg(bad["id"])
+
+
+def test_an_engine_crash_marks_only_that_job_failed(store, server_photo_png):
+    def broken_engine(*args, **kwargs) -> SketchResult:
+        raise RuntimeError("the engine broke\nacross lines")
+
+    job_id = store.submit(server_photo_png, QUICK)["id"]
+    Worker(store, engine=broken_engine).run_job(store.next_job(timeout=0))
+    view = store.snapshot(job_id)[1]
+    assert view["state"] == "failed" and view["error"] == "RuntimeError: the engine broke across lines"
+
+
+def test_cancel_queued_and_finished(store, server_photo_png):
+    job_id = store.submit(server_photo_png, QUICK)["id"]
+    assert store.cancel(job_id)["state"] == "cancelled"
+    assert record(store, job_id)["state"] == "cancelled" and store.queued_count() == 0
+    with pytest.raises(JobStateError, match="already finished"):
+        store.cancel(job_id)
+
+
+def test_cancel_while_running_keeps_the_best_strokes(store, server_photo_png, monkeypatch):
+    job_id = store.submit(server_photo_png, SketchOptions(encoder="lite0", strokes=4, iterations=10_000))["id"]
+    record_progress = store.progress
+
+    def progress_then_cancel(job, iteration, loss, strokes) -> None:
+        record_progress(job, iteration, loss, strokes)
+        if iteration == 3:
+            store.cancel(job_id)  # as another client would, during the run
+
+    monkeypatch.setattr(store, "progress", progress_then_cancel)
+    Worker(store).run_job(store.next_job(timeout=0))
+    view = store.snapshot(job_id)[1]
+    assert view["state"] == "cancelled" and view["iteration"] == 3
+    assert store.result_svg(job_id).count("<path") == 4
+
+
+def test_queue_limit(store, server_photo_png):
+    for _ in range(3):
+        store.submit(server_photo_png, QUICK)
+    with pytest.raises(QueueFull, match="too many queued jobs"):
+        store.submit(server_photo_png, QUICK)
+
+
+def test_unknown_and_malformed_ids(store):
+    for job_id in ("A" * 22, "../../etc/passwd", ""):
+        with pytest.raises(UnknownJob):
+            store.snapshot(job_id)
+
+
+def test_restart_requeues_queued_jobs_and_fails_interrupted_ones(tmp_path, server_photo_png):
+    first = JobStore(tmp_path / "data", device="cpu")
+    first.load()
+    running = first.submit(server_photo_png, QUICK)["id"]
+    queued = first.submit(server_photo_png, QUICK)["id"]
+    first.next_job(timeout=0)  # the first one is running when the process "dies"
+    (tmp_path / "data" / "jobs" / ("B" * 22)).mkdir()  # a folder without a readable job.json
+
+    second = JobStore(tmp_path / "data", device="cuda:1")
+    second.load()
+    interrupted = second.snapshot(running)[1]
+    assert interrupted["state"] == "failed" and "the server stopped while this job was running" in interrupted["error"]
+    assert second.queued_count() == 1 and second.get(queued).options.device == "cuda:1"
+    assert [j["id"] for j in second.list()] == [queued, running]
+
+
+def test_record_round_trip():
+    job = Job(id="x" * 22, options=QUICK.validated(), width=30, height=20, created=1.5, state=JobState.FAILED,
+              loss=float("nan"), error="why", timings={"total": 1.0}, strokes=np.zeros((1, 4, 2)), version=9)
+    stored = json.loads(json.dumps(job.to_record()))
+    assert stored["state"] == "failed" and stored["loss"] is None and "strokes" not in stored and "version" not in stored
+    again = Job.from_record(stored)
+    assert again.state is JobState.FAILED and again.options == job.options and again.timings == {"total": 1.0}
+    assert again.view() == {**job.view(), "loss": None}
+
+
+def test_the_extension_knows_the_same_final_states():
+    """The extension cannot import the backend; its copy of the final states must match."""
+    import_extension(with_inkex=False)
+    from clipasso_client import FINAL_STATES as EXTENSION_FINAL_STATES
+
+    assert set(EXTENSION_FINAL_STATES) == {s.value for s in FINAL_STATES}

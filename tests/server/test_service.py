@@ -1,0 +1,365 @@
+"""`clipasso serve` end to end: a real server on 127.0.0.1, real photos, the lite0 encoder, few iterations."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+from lxml import etree
+from PIL import Image
+
+from clipasso.options import SketchOptions
+from clipasso.server.jobs import JobStore
+from clipasso.server.worker import Worker
+
+from servers import SERVE, ServerProcess, free_port
+
+SVG = "{http://www.w3.org/2000/svg}"
+QUICK = {"encoder": "lite0", "strokes": "4", "iterations": "3"}
+ENDLESS = {"encoder": "lite0", "strokes": "4", "iterations": "10000"}
+TOKEN = "test-token-0123456789abcdef"
+
+
+def submit(client: httpx.Client, png: bytes, **fields: str) -> dict:
+    response = client.post("/jobs", files={"image": ("photo.png", png, "image/png")}, data=fields)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def events(client: httpx.Client, job_id: str) -> Iterator[dict]:
+    """The job's server-sent events, parsed, until the server ends the stream."""
+    with client.stream("GET", f"/jobs/{job_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                yield json.loads(line[5:])
+
+
+def follow(client: httpx.Client, job_id: str) -> list[dict]:
+    return list(events(client, job_id))
+
+
+def wait_until_running(client: httpx.Client, job_id: str, iterations: int = 0) -> dict:
+    """The first event that shows the job running, past `iterations` (the stream is then dropped)."""
+    for event in events(client, job_id):
+        assert event["state"] in ("queued", "running"), event
+        if event["state"] == "running" and event["iteration"] >= iterations:
+            return event
+    raise AssertionError("the job ended before it was seen running")
+
+
+def paths(svg: str | bytes) -> list[etree._Element]:
+    root = etree.fromstring(svg.encode() if isinstance(svg, str) else svg)
+    assert root.tag == f"{SVG}svg"
+    return root.findall(f".//{SVG}path")
+
+
+def assert_error(response: httpx.Response, status: int, words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert "\n" not in body["error"] and words.lower() in body["error"].lower(), body
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server_main(server_factory) -> ServerProcess:
+    return server_factory(None, "--max-queue", "3", "--max-upload-mb", "1")
+
+
+@pytest.fixture(scope="module")
+def server_token(server_factory) -> ServerProcess:
+    return server_factory(None, token=TOKEN)
+
+
+def test_health_and_schema(server_main: ServerProcess) -> None:
+    with server_main.client() as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["device"] == "cpu" and health["queue"] == 0
+        assert "lite0" in health["encoders"] and health["version"]
+        schema = client.get("/openapi.json").json()
+    assert {"/health", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/result.svg"} <= set(
+        schema["paths"]
+    )
+    page = httpx.get(server_main.url + "/")
+    assert page.status_code == 200 and "/jobs/${id}/events" in page.text
+
+
+def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, **QUICK)
+        assert job["state"] == "queued" and len(job["id"]) >= 22
+        # Read one event and hang up: the job must carry on regardless.
+        first = next(events(client, job["id"]))
+        assert first["id"] == job["id"] and first["state"] in ("queued", "running")
+        seen = follow(client, job["id"])
+        final = client.get(f"/jobs/{job['id']}").json()
+        result = client.get(f"/jobs/{job['id']}/result.svg")
+        preview = client.get(f"/jobs/{job['id']}/preview.svg")
+        listed = client.get("/jobs").json()["jobs"]
+
+    assert seen[-1] == final
+    assert final["state"] == "succeeded" and final["progress"] == 1.0 and final["error"] is None
+    assert final["iteration"] == final["iterations"] == 3 and final["encoder"] == "lite0"
+    assert isinstance(final["loss"], float) and final["finished"] >= final["created"]
+    iterations = [e["iteration"] for e in seen]
+    assert iterations == sorted(iterations) and all(0 <= e["progress"] <= 1 for e in seen)
+    assert {e["state"] for e in seen} <= {"queued", "running", "succeeded"}
+
+    assert result.status_code == 200 and result.headers["content-type"].startswith("image/svg+xml")
+    assert len(paths(result.content)) == 4
+    root = etree.fromstring(result.content)
+    width, height = Image.open(io.BytesIO(server_photo_png)).size
+    assert (root.get("width"), root.get("height")) == (str(width), str(height))  # the photo's own size
+    assert len(paths(preview.content)) == 4
+    assert job["id"] in [j["id"] for j in listed]
+
+    folder = server_main.data_dir / "jobs" / job["id"]
+    assert {p.name for p in folder.iterdir()} >= {"job.json", "upload", "result.svg"}
+    assert json.loads((folder / "job.json").read_text())["state"] == "succeeded"
+    assert (folder / "result.svg").read_bytes() == result.content
+    assert not list(server_main.data_dir.rglob("*.part"))
+    assert job["id"] in (server_main.data_dir / "serve.log").read_text()
+
+
+def test_cancel_queue_limit_and_a_failing_job(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    with server_main.client() as client:
+        running = submit(client, server_photo_png, **ENDLESS)
+        wait_until_running(client, running["id"], iterations=1)  # cancel it mid-run
+        # The worker is busy: these wait in the queue (limit 3), the next is refused.
+        doomed, second, third = (submit(client, server_photo_png, **QUICK) for _ in range(3))
+        assert_error(client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data=QUICK), 429, "queued")
+        assert client.get("/health").json()["queue"] == 3
+        assert client.get(f"/jobs/{running['id']}").json()["state"] == "running"
+        assert_error(client.get(f"/jobs/{doomed['id']}/result.svg"), 409, "queued")
+
+        cancelled = client.delete(f"/jobs/{second['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert_error(client.delete(f"/jobs/{second['id']}"), 409, "already finished")
+        assert_error(client.get(f"/jobs/{second['id']}/result.svg"), 409, "without a result")
+        assert client.delete(f"/jobs/{third['id']}").json()["state"] == "cancelled"
+        # A fault while the job waits: its upload vanishes from the disk. Only that job may fail.
+        (server_main.data_dir / "jobs" / doomed["id"] / "upload").unlink()
+
+        stopping = client.delete(f"/jobs/{running['id']}")
+        assert stopping.status_code == 202 and stopping.json()["state"] == "running"
+        stopped = follow(client, running["id"])[-1]
+        best_so_far = client.get(f"/jobs/{running['id']}/result.svg")
+        failed = follow(client, doomed["id"])[-1]
+        health = client.get("/health").json()
+
+    assert stopped["state"] == "cancelled" and 1 <= stopped["iteration"] < stopped["iterations"] == 10000
+    assert best_so_far.status_code == 200 and len(paths(best_so_far.content)) == 4
+    assert failed["state"] == "failed" and "no such file" in failed["error"] and failed["finished"]
+    assert health == {**health, "status": "ok", "queue": 0}
+
+
+BAD_FIELDS = [
+    ({"strokes": "0"}, "strokes must be between 1 and 512"),
+    ({"strokes": "513"}, "strokes must be between 1 and 512"),
+    ({"strokes": "many"}, "strokes: input should be a valid integer"),
+    ({"iterations": "0"}, "iterations must be between 1 and 10000"),
+    ({"iterations": "10001"}, "iterations must be between 1 and 10000"),
+    ({"seed": "-1"}, "seed must be"),
+    ({"seeds": "17"}, "seeds must be"),
+    ({"encoder": "vgg16"}, "unknown encoder 'vgg16'"),
+    ({"preset": "best"}, "unknown preset 'best'"),
+]
+
+
+@pytest.mark.parametrize(("fields", "words"), BAD_FIELDS, ids=[next(iter(f)) + "=" + v for f, _ in BAD_FIELDS
+                                                              for v in f.values()])
+def test_bad_parameters_are_400(server_main: ServerProcess, server_photo_png: bytes, fields: dict, words: str) -> None:
+    with server_main.client() as client:
+        assert_error(client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data=fields), 400, words)
+
+
+def test_bad_uploads_are_refused_before_queueing(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    jobs_before = set((server_main.data_dir / "jobs").iterdir())
+    huge = png_bytes(Image.new("1", (12000, 9000)))  # 108 MP, a few kB compressed
+    cases = [
+        ({}, "missing field 'image'", 400),
+        ({"files": {"image": ("e.png", b"")}}, "empty", 400),
+        ({"files": {"image": ("notes.txt", b"these are not pixels\n" * 20)}}, "not an image", 400),
+        ({"files": {"image": ("half.png", server_photo_png[: len(server_photo_png) // 2])}}, "corrupt", 400),
+        ({"files": {"image": ("huge.png", huge)}}, "108 megapixels", 400),
+        ({"files": {"image": ("dot.png", png_bytes(Image.new("RGB", (1, 1))))}}, "too small", 400),
+        ({"files": {"image": ("big.png", bytes(1_500_000))}}, "upload too large", 413),
+    ]
+    with server_main.client() as client:
+        for kwargs, words, status in cases:
+            assert_error(client.post("/jobs", data=QUICK, **kwargs), status, words)
+        # Without Content-Length (chunked), the limit holds while reading.
+        head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+        chunks = iter([head, *(bytes(65536) for _ in range(40)), b"\r\n--b--\r\n"])
+        chunked = client.post("/jobs", content=chunks, headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert "content-length" not in chunked.request.headers
+        assert_error(chunked, 413, "upload too large")
+    assert set((server_main.data_dir / "jobs").iterdir()) == jobs_before
+
+
+@pytest.mark.parametrize("path", ["AAAAAAAAAAAAAAAAAAAAAA", "..%2F..%2Fetc%2Fpasswd", "x" * 300, "%00", "a.b"])
+def test_unknown_jobs_are_404(server_main: ServerProcess, path: str) -> None:
+    # A well-formed id that no job has is an unknown job; anything else never matches a job either
+    # (an escaped slash even makes it another path).
+    words = "unknown job" if "%2F" not in path else ""
+    with server_main.client() as client:
+        for suffix in ("", "/events", "/preview.svg", "/result.svg"):
+            assert_error(client.get(f"/jobs/{path}{suffix}"), 404, words)
+        assert_error(client.delete(f"/jobs/{path}"), 404, words)
+
+
+def test_unknown_routes_and_methods_answer_json(server_main: ServerProcess) -> None:
+    with server_main.client() as client:
+        assert_error(client.get("/nowhere"), 404, "no such path")
+        assert_error(client.put("/jobs"), 405, "not allowed")
+
+
+def test_token_is_required_on_every_request(server_token: ServerProcess, server_photo_png: bytes) -> None:
+    url = server_token.url
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"bearer {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}):
+        for method, path in (("GET", "/health"), ("GET", "/jobs"), ("GET", "/openapi.json"), ("POST", "/jobs"),
+                             ("DELETE", "/jobs/AAAAAAAAAAAAAAAAAAAAAA"), ("GET", "/jobs/AAAAAAAAAAAAAAAAAAAAAA")):
+            response = httpx.request(method, url + path, headers=headers)
+            assert_error(response, 401, "token")
+            assert response.headers["www-authenticate"] == "Bearer"
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(url + "/health", headers=good).status_code == 200
+    assert_error(httpx.get(url + "/jobs/AAAAAAAAAAAAAAAAAAAAAA", headers=good), 404, "unknown job")
+    # The page is a static file with no data; it carries the token from its URL fragment itself.
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "Bearer" in page.text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--host", "0.0.0.0"], "--token"),
+        (["--token", "short"], "at least 16 characters"),
+        (["--preload", "vgg16"], "unknown encoder"),
+        (["--max-queue", "0"], "--max-queue"),
+    ],
+)
+def test_unsafe_or_bad_settings_refuse_to_start(tmp_path: Path, args: list[str], words: str) -> None:
+    cmd = [*SERVE, "--port", str(free_port()), "--data-dir", str(tmp_path), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("clipasso: error:") and words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_a_clear_error(server_main: ServerProcess, tmp_path: Path) -> None:
+    cmd = [*SERVE, "--port", str(server_main.port), "--data-dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "another server" in done.stderr, done.stderr
+
+
+def test_restart_keeps_results_and_accounts_for_unfinished_jobs(server_factory, tmp_path: Path,
+                                                                server_photo_png: bytes) -> None:
+    data = tmp_path / "data"
+    first = server_factory(data)
+    with first.client() as client:
+        done = submit(client, server_photo_png, **QUICK)
+        assert follow(client, done["id"])[-1]["state"] == "succeeded"
+        result = client.get(f"/jobs/{done['id']}/result.svg").content
+        crashed = submit(client, server_photo_png, **ENDLESS)
+        wait_until_running(client, crashed["id"])
+        waiting = submit(client, server_photo_png, **ENDLESS)
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # a crash: no chance to tidy up
+
+    second = server_factory(data)
+    with second.client() as client:
+        assert client.get(f"/jobs/{done['id']}/result.svg").content == result
+        lost = client.get(f"/jobs/{crashed['id']}").json()
+        assert lost["state"] == "failed" and "server stopped while this job was running" in lost["error"]
+        resumed = client.get(f"/jobs/{waiting['id']}").json()
+        assert resumed["state"] in ("queued", "running")
+        wait_until_running(client, waiting["id"])
+    # A clean shutdown (uvicorn ends by re-raising SIGTERM) stops the running job and keeps it queued.
+    assert second.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    record = json.loads((data / "jobs" / waiting["id"] / "job.json").read_text())
+    assert record["state"] == "queued" and record["error"] is None and record["iteration"] == 0
+    assert not (data / "jobs" / waiting["id"] / "result.svg").exists()
+    log = (data / "serve.log").read_text()
+    assert "1 interrupted marked failed" in log and "1 queued again" in log and "Application shutdown complete" in log
+
+
+def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: bytes) -> None:
+    """The worker's error handling with engines that raise as a real one can (no server needed)."""
+    calls = []
+
+    def engine(image, options, on_progress, should_stop):
+        calls.append(options.strokes)
+        if options.strokes == 1:
+            raise MemoryError()
+        if options.strokes == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ValueError("bad\nthing")
+
+    store = JobStore(tmp_path, device="cpu")
+    store.load()
+    ids = [store.submit(server_photo_png, SketchOptions(strokes=n, iterations=1, encoder="lite0"))["id"]
+           for n in (1, 2, 3)]
+    worker = Worker(store, engine=engine)
+    for _ in ids:
+        worker.run_job(store.next_job(timeout=0))
+    errors = [store.snapshot(i)[1]["error"] for i in ids]
+    assert calls == [1, 2, 3]
+    assert errors[0].startswith("out of memory;") and errors[1].startswith("out of memory on cpu:")
+    assert errors[2] == "ValueError: bad thing"
+    assert all(store.snapshot(i)[1]["state"] == "failed" for i in ids)
+
+
+def test_fuzz_the_api_from_its_schema(server_token: ServerProcess) -> None:
+    """Whatever the OpenAPI schema allows, and data it does not, the answer is never a 5xx.
+
+    Every operation, positive and negative cases, a fixed number of examples, derandomized; each
+    request has a timeout, so the run is bounded in count and time.
+    """
+    schema = schemathesis.openapi.from_url(server_token.url + "/openapi.json", headers=server_token.headers)
+    cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
+
+    @given(case=cases)
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def call(case) -> None:
+        # Schema-valid uploads are arbitrary bytes, not photos: a 400 is the right answer for them.
+        case.call_and_validate(headers=server_token.headers, excluded_checks=[positive_data_acceptance], timeout=30)
+
+    call()
+
+
+def test_reload_runs_queued_jobs_on_the_new_device_and_skips_broken_folders(tmp_path: Path,
+                                                                            server_photo_png: bytes) -> None:
+    before = JobStore(tmp_path, device="cpu")
+    before.load()
+    queued = before.submit(server_photo_png, SketchOptions(strokes=2, iterations=1, encoder="lite0"))
+    broken = tmp_path / "jobs" / ("B" * 22)
+    broken.mkdir()
+    (broken / "job.json").write_text("{not json")
+    (tmp_path / "jobs" / "not-a-job-id").mkdir()
+
+    after = JobStore(tmp_path, device="cuda:1", weights="/models/clip")
+    after.load()
+    job = after.next_job(timeout=0)
+    assert job is not None and job.id == queued["id"]
+    assert (job.options.device, job.options.weights, job.options.strokes) == ("cuda:1", "/models/clip", 2)
+    assert [j["id"] for j in after.list()] == [queued["id"]]

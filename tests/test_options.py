@@ -1,0 +1,69 @@
+"""The torch-free request contract: validation, the stroke-width rule, and one source for every limit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from clipasso.errors import InputError
+from clipasso.options import (
+    ENCODER_NAMES,
+    MAX_ITERATIONS,
+    MAX_SEED,
+    MAX_STROKES,
+    PRESETS,
+    SketchOptions,
+    image_stroke_width,
+)
+
+INX = Path(__file__).resolve().parents[1] / "inkscape_extension" / "clipasso.inx"
+
+
+def test_the_contract_imports_without_torch():
+    code = "import sys, clipasso.options, clipasso.server.jobs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_validated_fills_in_the_preset():
+    opts = SketchOptions(preset="paper").validated()
+    assert (opts.iterations, opts.seeds) == (PRESETS["paper"].iterations, PRESETS["paper"].seeds)
+    assert SketchOptions(iterations=7).validated().iterations == 7
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"strokes": 0}, "strokes must be between 1 and 512"),
+    ({"strokes": MAX_STROKES + 1}, "strokes must be between 1 and 512"),
+    ({"iterations": MAX_ITERATIONS + 1}, "iterations must be between 1 and 10000"),
+    ({"seeds": 17}, "seeds must be between 1 and 16"),
+    ({"seed": MAX_SEED + 1}, "seed must be between 0 and 2147483647"),
+    ({"stroke_width": 0.0}, "stroke width must be above 0"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"encoder": "clip:RN999"}, "unknown encoder 'clip:RN999'"),
+    ({"preset": "fast"}, "unknown preset 'fast'"),
+])
+def test_out_of_range_values_are_one_line_errors(kw, message):
+    with pytest.raises(InputError, match=message):
+        SketchOptions(**kw).validated()
+
+
+def test_stroke_width_rule():
+    # 3 px at 224 px, scaled to the image's longest side; an explicit width wins.
+    assert image_stroke_width(SketchOptions(), 224, 100) == pytest.approx(3.0)
+    assert image_stroke_width(SketchOptions(), 448, 300) == pytest.approx(6.0)
+    assert image_stroke_width(SketchOptions(stroke_width=2.5), 448, 300) == 2.5
+
+
+def test_the_extension_states_the_same_limits():
+    """The .inx cannot import Python: it restates the limits, and this keeps it honest."""
+    ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
+    root = etree.parse(str(INX))
+    param = {p.get("name"): p for p in root.iterfind(".//i:param", ns)}
+    assert int(param["strokes"].get("max")) == MAX_STROKES
+    assert int(param["iterations"].get("max")) == MAX_ITERATIONS
+    assert int(param["seed"].get("max")) == MAX_SEED
+    assert [o.get("value") for o in param["encoder"].iterfind("i:option", ns)] == list(ENCODER_NAMES)
