@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from . import __version__, install
+from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
 from .images import load_image
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in (
         ("sketch", sys.modules[__name__], "sketch a photo into an SVG of strokes"),
         ("serve", command, "run the HTTP backend that the Inkscape extension talks to"),
+        ("models", models, "list the encoders and whether each is ready; download CLIP weights"),
         ("install-inkscape", install, "install the extension into Inkscape"),
     ):
         p = sub.add_parser(name, help=text, description=text)

@@ -124,6 +124,21 @@ class Backend:
             raise Unreachable(f"nothing answers at {self.url} ({reason})") from None
 
 
+def unready_encoder(health: dict, encoder: str) -> str | None:
+    """Why the backend cannot run `encoder` now, from its /health readiness list; None when it can (or when
+    an older backend does not say)."""
+    models = [m for m in health.get("models") or [] if isinstance(m, dict)]
+    for model in models:
+        if model.get("name") == encoder and model.get("state") == "unavailable":
+            ready = ", ".join(str(m.get("name")) for m in models if m.get("ready")) or "none"
+            return (
+                f"The backend cannot use the encoder {encoder}: {model.get('detail')}. Ready there: {ready}. "
+                f"Choose one of those on the Options page, or run `clipasso models download {encoder}` where "
+                "the backend runs."
+            )
+    return None
+
+
 def _error_message(exc: HTTPError) -> str:
     """The backend's one-line message: {"error": ...}, or FastAPI's {"detail": ...} (a string or a list)."""
     try:

@@ -20,7 +20,7 @@ import time
 import inkex
 from lxml import etree
 
-from clipasso_client import Backend, BackendError, JobTimeout, ensure_backend
+from clipasso_client import Backend, BackendError, JobTimeout, ensure_backend, unready_encoder
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
 
@@ -70,6 +70,9 @@ class Sketch(inkex.EffectExtension):
         viewports = [image_viewport(img, pic) for img, pic in zip(images, pictures)]
         backend = Backend(opts.backend_url, opts.token)
         ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"), os.path.join(HERE, "clipasso_backend.pid"))
+        unready = None if job_id else unready_encoder(backend.health(), opts.encoder)
+        if unready:
+            raise BackendError(unready)
         deadline = time.monotonic() + opts.timeout
         fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder}
         if opts.iterations > 0:

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 from servers import ServerProcess
+
+_CACHES = Path(tempfile.mkdtemp(prefix="clipasso-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test reads or writes the user's caches, and none reaches the real hub: HF_ENDPOINT is a closed
+    port on 127.0.0.1 unless a test points it at its own stand-in. Set before huggingface_hub is imported."""
+    os.environ["HF_HOME"] = str(_CACHES / "hf")
+    os.environ["CLIPASSO_CACHE"] = str(_CACHES / "clipasso")
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHES, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

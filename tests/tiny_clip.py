@@ -37,10 +37,15 @@ def tiny_clip(kind: str, seed: int = 0) -> clip_model.CLIP:
     return model.eval()
 
 
-def save_tiny_clip(path: Path, kind: str, torchscript: bool = False, seed: int = 0) -> Path:
-    """Write a tiny checkpoint as a plain state dict, or as a TorchScript archive like OpenAI's files."""
+def save_tiny_clip(path: Path, kind: str, torchscript: bool = False, seed: int = 0, safetensors: bool = False) -> Path:
+    """Write a tiny checkpoint as a plain state dict, as a TorchScript archive like OpenAI's files, or as
+    safetensors like the hub's."""
     model = tiny_clip(kind, seed)
-    if torchscript:
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    elif torchscript:
         image = torch.rand(1, 3, 224, 224)
         text = torch.zeros(1, TEXT["context_length"], dtype=torch.long)
         with warnings.catch_warnings():

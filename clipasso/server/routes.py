@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .. import __version__
+from ..encoders.weights import readiness
 from ..options import ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, SketchOptions
 from .jobs import JobStore
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
@@ -46,6 +47,7 @@ async def health(store: JobStore = Store) -> dict:
         "version": __version__,
         "device": store.device,
         "encoders": list(ENCODER_NAMES),
+        "models": [s.to_dict() for s in readiness(store.weights)],
         "queue": store.queued_count(),
     }
 

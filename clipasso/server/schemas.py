@@ -49,11 +49,20 @@ class JobList(BaseModel):
     jobs: list[JobView]
 
 
+class EncoderState(BaseModel):
+    name: str
+    state: str  #: "built in", "cached", "downloadable" (fetched on first use) or "unavailable"
+    ready: bool
+    detail: str
+    size: int | None = None
+
+
 class Health(BaseModel):
     status: str
     version: str
     device: str
     encoders: list[str]
+    models: list[EncoderState]
     queue: int
 
 

@@ -1,341 +1,278 @@
-"""Finding and downloading CLIP weights, against a real HTTP server on 127.0.0.1 serving a tiny checkpoint.
+"""CLIP weights from the Hugging Face Hub, against a stand-in of the hub's file endpoint on 127.0.0.1.
 
-The real files cannot be downloaded here; the tiny checkpoint goes through the same download and load
-code, and checksum failures are provoked by serving it under OpenAI's real checksum.
+huggingface_hub itself does the download (cache, resume, progress, locking); these tests check what we
+add and what a user meets: verification against the hub's SHA-256, `auto`'s choice and its reason, the
+fallback source, `clipasso models`, and one-line errors. The weights are random: nothing here judges a
+sketch.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import os
 import socket
+import subprocess
 import sys
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
-
-from clipasso.encoders.clip import load_clip
-from clipasso.errors import InputError
-from clipasso.encoders.weights import (
-    WeightsUnavailable,
-    cache_dir,
-    clip_release,
-    clip_weights_status,
-    download,
-    resolve_clip_weights,
-)
+from huggingface_hub import constants as hub_constants
+from hub import HubServer, save_random_open_clip, sha256_of
 from tiny_clip import save_tiny_clip
 
+from clipasso.encoders import weights
+from clipasso.encoders.weights import (
+    HUB_WEIGHTS,
+    WeightsUnavailable,
+    cache_dir,
+    clip_weights_status,
+    readiness,
+    resolve_clip_weights,
+)
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    range: str | None
-    sent: int = 0
-
-
-@dataclass
-class FileServer:
-    """What the test server serves and how it misbehaves; it records every request."""
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    ranges: bool = True
-    drop_first_get: bool = False
-    fail_first_get: int | None = None
-    requests: list[Request] = field(default_factory=list)
-    base: str = ""
-
-    def gets(self) -> list[Request]:
-        return [r for r in self.requests if r.method == "GET"]
+RN101 = HUB_WEIGHTS["RN101"]
+RN50 = HUB_WEIGHTS["RN50"]
 
 
-def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # keep test output clean
-            pass
-
-        def do_HEAD(self) -> None:
-            self._serve(body=False)
-
-        def do_GET(self) -> None:
-            self._serve(body=True)
-
-        def _serve(self, body: bool) -> None:
-            record = Request(self.command, self.path, self.headers.get("Range"))
-            state.requests.append(record)
-            first_get = body and len(state.gets()) == 1
-            data = state.files.get(self.path)
-            if data is None:
-                self.send_error(404)
-                return
-            if first_get and state.fail_first_get:
-                self.send_error(state.fail_first_get)
-                return
-            start = 0
-            if record.range and state.ranges:
-                start = int(record.range.removeprefix("bytes=").split("-")[0])
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(data) - start))
-            self.end_headers()
-            if not body:
-                return
-            chunk = data[start:]
-            if first_get and state.drop_first_get:
-                chunk = chunk[: len(chunk) // 2]  # then the connection closes (HTTP/1.0)
-            # Recorded before writing: the client may finish reading, and the test check, before this
-            # thread runs again after the write.
-            record.sent = len(chunk)
-            self.wfile.write(chunk)
-
-    return Handler
-
-
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    state = FileServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
-def tiny_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny") / "tiny.pt", "RN").read_bytes()
+def rn101_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight RN101 in open_clip's layout, as the hub holds OpenAI's (479 MB)."""
+    return save_random_open_clip("RN101", tmp_path_factory.mktemp("hubfiles") / "open_clip_model.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Every test gets its own cache folder and none of the user's settings."""
-    for name in ("CLIPASSO_CLIP_WEIGHTS", "CLIPASSO_OFFLINE", "CLIPASSO_CLIP_BASE_URL"):
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bytes that stand in for RN50's weights where only the download is under test."""
+    path = tmp_path_factory.mktemp("hubfiles") / "small.bin"
+    path.write_bytes(os.urandom(3 << 20))
+    return path
+
+
+@pytest.fixture()
+def hub(rn101_file: Path, small_file: Path) -> Iterator[HubServer]:
+    server = HubServer()
+    server.add_hub_file(RN101.repo_id, RN101.filename, rn101_file)
+    server.add_hub_file(RN50.repo_id, RN50.filename, small_file)
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A user's environment with empty caches and the stand-in hub as HF_ENDPOINT, in this process too."""
+    values = {"HF_HOME": str(tmp_path / "hf"), "CLIPASSO_CACHE": str(tmp_path / "clipasso"), "HF_ENDPOINT": hub.url}
+    for name in ("CLIPASSO_OFFLINE", "HF_HUB_OFFLINE", "CLIPASSO_CLIP_WEIGHTS", "CLIPASSO_CLIP_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CLIPASSO_CACHE", str(cache))
-    return cache
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return {k: v for k, v in os.environ.items() if k not in ("CLIPASSO_OFFLINE", "HF_HUB_OFFLINE")} | values
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def clipasso(*args: str, env: dict[str, str], **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clipasso", *args], env={**env, **extra}, capture_output=True,
+                          text=True, timeout=600)
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def blobs(env: dict[str, str], hub_file) -> list[Path]:
+    folder = Path(env["HF_HOME"]) / "hub" / f"models--{hub_file.repo_id.replace('/', '--')}" / "blobs"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-# --- where the files are --------------------------------------------------------------------------
+# --- through the real command line ------------------------------------------------------------------
 
 
-def test_release_urls_and_checksums_come_from_the_clip_package(monkeypatch):
-    from clip.clip import _MODELS
+def test_download_then_sketch_with_the_network_gone(env, hub, rn101_file, tmp_path, server_photo_png):
+    done = clipasso("models", "download", "clip:RN101", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [b.name for b in blobs(env, RN101)] == [sha256_of(rn101_file)]
+    listed = {m["name"]: m for m in json.loads(clipasso("models", "--json", env=env).stdout)}
+    assert listed["clip:RN101"]["state"] == "cached" and listed["clip:RN101"]["ready"] is True
+    assert listed["clip:RN101"]["size"] == rn101_file.stat().st_size
+    assert listed["lite0"]["state"] == "built in" and listed["clip:RN50"]["state"] == "downloadable"
 
-    for arch, filename in (("RN101", "RN101.pt"), ("RN50", "RN50.pt"), ("ViT-B/32", "ViT-B-32.pt")):
-        release = clip_release(arch)
-        assert release.url == _MODELS[arch]
-        assert release.filename == filename
-        assert len(release.sha256) == 64 and release.sha256 in release.url
-    moved = clip_release("RN101", base_url="http://mirror.example/clip/")
-    assert moved.url == f"http://mirror.example/clip/{moved.sha256}/RN101.pt"
-    monkeypatch.setenv("CLIPASSO_CLIP_BASE_URL", "http://other.example")
-    assert clip_release("RN101").url.startswith("http://other.example/")
-    with pytest.raises(InputError, match="unknown CLIP architecture"):
-        clip_release("ViT-H/14")
-
-
-def test_cache_folder_per_platform(monkeypatch, tmp_path):
-    assert cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv("CLIPASSO_CACHE")
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(sys, "platform", "linux")
-    assert cache_dir() == tmp_path / ".cache" / "clipasso"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "clipasso"
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert cache_dir() == tmp_path / "Library" / "Caches" / "clipasso"
-    monkeypatch.setattr(sys, "platform", "win32")
-    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
-    assert cache_dir() == tmp_path / "Local" / "clipasso" / "cache"
+    hub.close()  # the network is gone
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(server_photo_png)
+    gone = {"HF_ENDPOINT": closed_port_url(), "HF_HUB_OFFLINE": "1"}
+    ran = clipasso("sketch", str(photo), "-o", str(tmp_path / "a.svg"), "--encoder", "clip:RN101", "--strokes", "4",
+                   "--iterations", "2", "--json", env=env, **gone)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["encoder"] == "clip:RN101"
+    auto = clipasso("sketch", str(photo), "-o", str(tmp_path / "b.svg"), "--strokes", "4", "--iterations", "1",
+                    "--json", env=env, **gone)
+    assert auto.returncode == 0, auto.stderr
+    assert json.loads(auto.stdout)["encoder"] == "clip:RN101"
+    assert "encoder clip:RN101 (CLIP RN101 weights: " in auto.stderr
 
 
-def test_a_named_file_wins_over_the_cache(monkeypatch, clean_env, tmp_path):
-    cached = clean_env / "RN101.pt"
-    cached.parent.mkdir()
-    cached.write_bytes(b"cached")
+def test_a_corrupt_download_is_refused_and_leaves_the_cache(env, hub, small_file):
+    """The stand-in advertises one SHA-256 and serves other bytes of the same size (huggingface_hub alone
+    would cache them)."""
+    hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, advertise="ab" * 32)
+    done = clipasso("models", "download", "clip:RN50", env=env)
+    assert done.returncode == 2
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("clipasso: error: CLIP RN50 weights from 127.0.0.1:") and "are corrupt" in message
+    assert "removed from the cache" in message and "Traceback" not in done.stderr
+    assert blobs(env, RN50) == []
+    snapshots = Path(env["HF_HOME"]) / "hub" / "models--timm--resnet50_clip.openai" / "snapshots"
+    assert not any(p.is_file() for p in snapshots.rglob("*"))
+
+
+def test_two_processes_fetching_at_once_end_with_one_good_copy(env, small_file):
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: clipasso("models", "download", "clip:RN50", env=env), range(2)))
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert [b.name for b in blobs(env, RN50)] == [sha256_of(small_file)]
+    assert sha256_of(blobs(env, RN50)[0]) == sha256_of(small_file)
+
+
+def test_auto_falls_back_to_lite0_when_the_hub_is_unreachable(env, tmp_path, server_photo_png):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(server_photo_png)
+    ran = clipasso("sketch", str(photo), "-o", str(tmp_path / "a.svg"), "--strokes", "4", "--iterations", "1",
+                   "--json", env=env, HF_ENDPOINT=closed_port_url())
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["encoder"] == "lite0"
+    assert "encoder lite0, the built-in offline encoder (CLIP RN101 weights are not in the cache and" in ran.stderr
+    assert "cannot be reached (connection refused)" in ran.stderr
+
+
+def test_offline_without_weights_is_one_line(env, tmp_path, server_photo_png):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(server_photo_png)
+    ran = clipasso("sketch", str(photo), "-o", str(tmp_path / "a.svg"), "--encoder", "clip:RN101", env=env,
+                   CLIPASSO_OFFLINE="1")
+    assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1
+    assert "not in the cache and CLIPASSO_OFFLINE=1" in ran.stderr
+    assert "clipasso models download clip:RN101" in ran.stderr
+    assert not (tmp_path / "a.svg").exists()
+    listed = clipasso("models", env=env, HF_HUB_OFFLINE="1")
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["lite0", "built", "in"]
+    assert any(line.startswith("clip:RN101") and "unavailable" in line and "HF_HUB_OFFLINE=1" in line for line in lines)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"these are not weights", "not a CLIP checkpoint PyTorch can read"),
+    ("truncated", "not a complete safetensors file"),
+    ("other-arch", "holds a CLIP ResNet with blocks 1-1-1-1, width 8, 224 px, not CLIP RN101"),
+])
+def test_a_bad_weights_file_is_one_line(env, tmp_path, server_photo_png, content, says):
+    bad = tmp_path / "bad.safetensors"
+    if content == "truncated":
+        whole = tmp_path / "tiny.safetensors"
+        save_tiny_clip(whole, "RN", safetensors=True)
+        bad.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    elif content == "other-arch":
+        save_tiny_clip(bad, "RN", safetensors=True)
+    else:
+        bad.write_bytes(content)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(server_photo_png)
+    ran = clipasso("sketch", str(photo), "-o", str(tmp_path / "a.svg"), "--encoder", "clip:RN101", "--weights",
+                   str(bad), env=env)
+    assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    assert str(bad) in ran.stderr and says in ran.stderr
+
+
+# --- in this process --------------------------------------------------------------------------------
+
+
+def test_status_says_why_for_each_way_it_can_fail(env, hub, monkeypatch):
+    ok, why = clip_weights_status("RN101")
+    assert ok and why.endswith(f"will be downloaded from 127.0.0.1:{hub.url.rsplit(':', 1)[1]}/{RN101.repo_id} "
+                               "(about 479 MB)")
+    hub.files.clear()
+    assert clip_weights_status("RN101") == (False, "CLIP RN101 weights are not in the cache and "
+                                                   f"{hub.url[7:]} answered HTTP 404 for them")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert clip_weights_status("RN101") == (False, "CLIP RN101 weights are not in the cache and HF_HUB_OFFLINE=1")
+    assert not any(path.startswith("/timm/") for _, path in hub.requests[2:])  # offline asked nothing
+
+
+def test_a_named_file_wins_and_is_not_downloaded(env, tmp_path, monkeypatch):
     mine = tmp_path / "mine.pt"
     mine.write_bytes(b"mine")
-    assert resolve_clip_weights("RN101") == cached
     assert resolve_clip_weights("RN101", str(mine)) == mine
     monkeypatch.setenv("CLIPASSO_CLIP_WEIGHTS", str(mine))
     assert resolve_clip_weights("RN101") == mine
     assert clip_weights_status("RN101") == (True, f"CLIP RN101 weights: {mine}")
     with pytest.raises(WeightsUnavailable, match="missing.pt: no such file"):
         resolve_clip_weights("RN101", tmp_path / "missing.pt")
-    assert clip_weights_status("RN101", tmp_path / "missing.pt")[0] is False
 
 
-def test_offline_never_touches_the_network(monkeypatch, server, tiny_bytes, clean_env):
-    release = clip_release("RN101", server.base)
-    server.files[f"/{release.sha256}/RN101.pt"] = tiny_bytes
-    monkeypatch.setenv("CLIPASSO_OFFLINE", "1")
+def test_a_file_corrupted_in_the_cache_is_caught_before_use(env, small_file):
+    path = resolve_clip_weights("RN50")
+    assert path.read_bytes() == small_file.read_bytes()
+    blob = path.resolve()
+    blob.write_bytes(b"x" * blob.stat().st_size)  # same size, other bytes: the record no longer vouches
+    (cache_dir() / "verified" / blob.name).unlink()
+    with pytest.raises(WeightsUnavailable, match="in the cache are corrupt"):
+        resolve_clip_weights("RN50")
+    assert not blob.exists()
+
+
+def test_the_fallback_source_is_verified_too(env, hub, tmp_path, monkeypatch):
+    """With the hub answering 404, OpenAI's URL (here a stand-in) is tried; its SHA-256 is the table's."""
+    hub.files.clear()
+    good = save_tiny_clip(tmp_path / "RN50.pt", "RN")
+    digest = sha256_of(good)
+    hub.add(f"/openai/{digest}/RN50.pt", good)
+    monkeypatch.setattr(weights, "OPENAI_URLS", {"RN50": f"https://openai.example/clip/{digest}/RN50.pt"})
+    monkeypatch.setenv("CLIPASSO_CLIP_BASE_URL", f"{hub.url}/openai")
+    path = resolve_clip_weights("RN50")
+    assert path == cache_dir() / "RN50.pt" and path.read_bytes() == good.read_bytes()
+
+    monkeypatch.setattr(weights, "OPENAI_URLS", {"RN50": f"https://openai.example/clip/{'0' * 64}/RN50.pt"})
+    hub.add(f"/openai/{'0' * 64}/RN50.pt", good)
+    path.unlink()
     with pytest.raises(WeightsUnavailable) as info:
-        resolve_clip_weights("RN101", base_url=server.base)
-    message = str(info.value)
-    assert "CLIPASSO_OFFLINE=1" in message and release.url in message and "--encoder lite0" in message
-    assert "--weights FILE" in message and "about 278 MB" in message and "\n" not in message
-    available, reason = clip_weights_status("RN101", base_url=server.base)
-    assert not available and "CLIPASSO_OFFLINE=1" in reason
-    assert server.requests == []
-    # A cached file is used offline as it is.
-    (clean_env / "RN101.pt").parent.mkdir()
-    (clean_env / "RN101.pt").write_bytes(tiny_bytes)
-    assert resolve_clip_weights("RN101", base_url=server.base) == clean_env / "RN101.pt"
-    assert server.requests == []
+        resolve_clip_weights("RN50")
+    assert "HTTP 404" in str(info.value) and "sent a corrupt file" in str(info.value)
+    assert list(cache_dir().glob("RN50.pt*")) == [cache_dir() / "RN50.pt.lock"]
 
 
-def test_downloads_can_be_turned_off(server):
-    with pytest.raises(WeightsUnavailable, match="downloading is turned off"):
-        resolve_clip_weights("RN101", allow_download=False, base_url=server.base)
-    assert server.requests == []
+def test_readiness_asks_no_network(env, hub):
+    states = {s.name: s for s in readiness()}
+    assert states["lite0"].ready and not states["clip:RN101"].ready
+    assert states["clip:RN101"].state == "downloadable" and hub.requests == []
 
 
-# --- downloading ----------------------------------------------------------------------------------
+def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, server_factory, server_photo_png,
+                                                          tmp_path):
+    hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, advertise="cd" * 32)
+    server = server_factory(tmp_path / "data")
+    with server.client() as client:
+        models = {m["name"]: m for m in client.get("/health").json()["models"]}
+        assert models["lite0"]["ready"] and models["clip:RN101"]["state"] == "downloadable"
+        assert "path" not in models["lite0"]  # no file paths leave the machine
 
+        def run(encoder: str) -> dict:
+            job = client.post("/jobs", files={"image": ("photo.png", server_photo_png, "image/png")},
+                              data={"encoder": encoder, "strokes": "4", "iterations": "1"}).json()
+            for _ in range(600):  # bounded: at most 10 minutes on a loaded machine
+                view = client.get(f"/jobs/{job['id']}").json()
+                if view["state"] in ("succeeded", "failed", "cancelled"):
+                    return view
+                time.sleep(1)
+            raise AssertionError(f"job {job['id']} did not finish")
 
-def test_download_lands_verified_and_loads(server, tiny_bytes, clean_env, capsys):
-    server.files["/x/tiny.pt"] = tiny_bytes
-    dest = clean_env / "tiny.pt"
-    assert download(f"{server.base}/x/tiny.pt", dest, sha(tiny_bytes), label="tiny CLIP") == dest
-    assert dest.read_bytes() == tiny_bytes
-    assert not dest.with_name("tiny.pt.part").exists()
-    err = capsys.readouterr().err
-    assert f"downloading tiny CLIP (2 MB) from {server.base}/x/tiny.pt" in err
-    assert [r.method for r in server.requests] == ["GET"] and server.requests[0].range is None
-    encoder = load_clip("RN101", "cpu", dest, check_arch=False)
-    assert encoder.features(torch.rand(1, 3, 224, 224))[1].shape == (1, 32)
-
-
-def test_checksum_mismatch_fails_clearly_and_leaves_no_file(server, tiny_bytes, clean_env):
-    # The tiny file served where OpenAI's RN101 should be: its checksum cannot match.
-    release = clip_release("RN101", server.base)
-    server.files[f"/{release.sha256}/RN101.pt"] = tiny_bytes
-    with pytest.raises(WeightsUnavailable) as info:
-        resolve_clip_weights("RN101", base_url=server.base)
-    message = str(info.value)
-    assert "is corrupt (SHA256" in message and "was deleted" in message and "\n" not in message
-    assert sorted(p.name for p in clean_env.iterdir() if not p.name.endswith(".lock")) == []
-
-
-def test_a_partial_download_is_resumed_with_range(server, tiny_bytes, clean_env, capsys):
-    server.files["/tiny.pt"] = tiny_bytes
-    dest = clean_env / "tiny.pt"
-    clean_env.mkdir()
-    have = len(tiny_bytes) * 2 // 5
-    dest.with_name("tiny.pt.part").write_bytes(tiny_bytes[:have])
-    download(f"{server.base}/tiny.pt", dest, sha(tiny_bytes))
-    assert dest.read_bytes() == tiny_bytes
-    [get] = server.gets()
-    assert get.range == f"bytes={have}-" and get.sent == len(tiny_bytes) - have
-    assert "resuming at" in capsys.readouterr().err
-
-
-def test_a_server_without_range_support_restarts_the_download(server, tiny_bytes, clean_env):
-    server.files["/tiny.pt"] = tiny_bytes
-    server.ranges = False
-    dest = clean_env / "tiny.pt"
-    clean_env.mkdir()
-    dest.with_name("tiny.pt.part").write_bytes(b"stale bytes from another file")
-    download(f"{server.base}/tiny.pt", dest, sha(tiny_bytes))
-    assert dest.read_bytes() == tiny_bytes
-    assert [r.sent for r in server.gets()] == [len(tiny_bytes)]
-
-
-def test_a_complete_part_file_is_verified_and_kept(server, tiny_bytes, clean_env):
-    server.files["/tiny.pt"] = tiny_bytes
-    dest = clean_env / "tiny.pt"
-    clean_env.mkdir()
-    dest.with_name("tiny.pt.part").write_bytes(tiny_bytes)
-    download(f"{server.base}/tiny.pt", dest, sha(tiny_bytes))  # the server answers 416
-    assert dest.read_bytes() == tiny_bytes
-    assert [r.sent for r in server.gets()] == [0]
-
-
-def test_a_dropped_connection_is_retried_and_resumed(server, tiny_bytes, clean_env, capsys):
-    server.files["/tiny.pt"] = tiny_bytes
-    server.drop_first_get = True
-    dest = clean_env / "tiny.pt"
-    download(f"{server.base}/tiny.pt", dest, sha(tiny_bytes), backoff_s=0)
-    assert dest.read_bytes() == tiny_bytes
-    first, second = server.gets()
-    assert first.range is None and second.range == f"bytes={first.sent}-"
-    assert first.sent + second.sent == len(tiny_bytes)
-    assert "retrying" in capsys.readouterr().err
-
-
-def test_a_server_error_is_retried(server, tiny_bytes, clean_env):
-    server.files["/tiny.pt"] = tiny_bytes
-    server.fail_first_get = 503
-    download(f"{server.base}/tiny.pt", clean_env / "tiny.pt", sha(tiny_bytes), backoff_s=0)
-    assert len(server.gets()) == 2
-
-
-def test_a_missing_file_fails_at_once(server, clean_env):
-    with pytest.raises(WeightsUnavailable, match="answered HTTP 404"):
-        download(f"{server.base}/nothing.pt", clean_env / "nothing.pt", "0" * 64, backoff_s=0)
-    assert len(server.gets()) == 1
-    assert not (clean_env / "nothing.pt").exists() and not (clean_env / "nothing.pt.part").exists()
-
-
-def test_an_unreachable_server_fails_clearly(clean_env):
-    base = f"http://127.0.0.1:{closed_port()}"
-    with pytest.raises(WeightsUnavailable) as info:
-        resolve_clip_weights("RN50", base_url=base)
-    message = str(info.value)
-    assert message.startswith(f"could not download CLIP RN50 weights from {base}/")
-    assert "(connection refused) after 4 tries" in message and "--encoder lite0" in message
-    assert not (clean_env / "RN50.pt").exists()
-
-
-# --- the "auto" encoder's question ----------------------------------------------------------------
-
-
-def test_status_asks_the_server_with_head(server, tiny_bytes):
-    release = clip_release("ViT-B/32", server.base)
-    server.files[f"/{release.sha256}/ViT-B-32.pt"] = tiny_bytes
-    available, reason = clip_weights_status("ViT-B/32", base_url=server.base)
-    assert available and "can be downloaded from 127.0.0.1" in reason
-    assert [r.method for r in server.requests] == ["HEAD"]
-    available, reason = clip_weights_status("RN101", base_url=server.base)
-    assert not available and "answers HTTP 404" in reason
-
-
-def test_status_without_an_answer_is_false():
-    available, reason = clip_weights_status("RN101", base_url=f"http://127.0.0.1:{closed_port()}")
-    assert not available and "cannot be reached (connection refused)" in reason
-    # A host that accepts the connection and then never answers: bounded by the timeout.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        available, reason = clip_weights_status(
-            "RN101", base_url=f"http://127.0.0.1:{silent.getsockname()[1]}", connect_timeout=0.2
-        )
-    assert not available and "cannot be reached" in reason
+        corrupt = run("clip:RN50")
+        assert corrupt["state"] == "failed" and "are corrupt" in corrupt["error"]
+        good = run("clip:RN101")
+        assert good["state"] == "succeeded" and good["encoder"] == "clip:RN101"
+        models = {m["name"]: m for m in client.get("/health").json()["models"]}
+        assert models["clip:RN101"]["state"] == "cached" and models["clip:RN50"]["state"] == "downloadable"
+    server.stop()

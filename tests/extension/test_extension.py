@@ -161,10 +161,24 @@ class TestSketchErrors:
         finally:
             server.stop()
 
-    def test_job_fails(self, backend) -> None:
-        # The backend runs offline without CLIP weights: the job starts, then fails with the reason.
+    def test_an_encoder_the_backend_cannot_use_is_refused_before_any_job(self, backend) -> None:
+        # The backend runs offline without CLIP weights: /health says so, and nothing is submitted.
+        queued = httpx.get(f"{backend.url}/jobs").json()["jobs"]
         assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", "--encoder=clip:RN101",
-                       "--iterations=1", message=r'The sketch of image "cat" failed on the backend .*RN101')
+                       message=r"^The backend cannot use the encoder clip:RN101: not in the cache and "
+                               r"CLIPASSO_OFFLINE=1\. Ready there: lite0\. .*clipasso models download clip:RN101")
+        assert httpx.get(f"{backend.url}/jobs").json()["jobs"] == queued
+
+    def test_job_fails(self, server_factory, tmp_path) -> None:
+        # Online, CLIP weights are fetched on first use; the hub (a closed port here) does not answer, so the
+        # job starts, then fails with the reason.
+        server = server_factory(tmp_path / "data")
+        try:
+            assert_refused("linked.svg", "--id=cat", f"--backend_url={server.url}", "--encoder=clip:RN101",
+                           "--iterations=1", message=r'The sketch of image "cat" failed on the backend .*RN101 .*'
+                                                     r"connection refused")
+        finally:
+            server.stop()
 
     def test_timeout_names_the_job_and_its_result_can_be_fetched_later(self, backend) -> None:
         # A timeout of 0 gives up at the first look at the job, which cannot have finished by then.
