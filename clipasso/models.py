@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([s.to_dict() for s in states]))
         return 0
     for s in states:
-        size = f" ({s.size / 2**20:.0f} MB)" if s.size else ""
+        size = f" ({s.size / 1e6:.0f} MB)" if s.size else ""
         print(f"{s.name:<14} {s.state:<13} {s.detail}{size}")
     if not any(s.state == "cached" for s in states):
         print("\n`clipasso models download clip:RN101` fetches the paper's encoder.")

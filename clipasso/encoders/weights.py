@@ -29,6 +29,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import get_session
 
 with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
     warnings.simplefilter("ignore")
@@ -91,7 +92,7 @@ def offline() -> bool:
 
 def hub_endpoint() -> str:
     """The hub, or the mirror HF_ENDPOINT names (read now, not when huggingface_hub was imported)."""
-    return os.environ.get("HF_ENDPOINT", hub_constants.ENDPOINT).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or hub_constants.ENDPOINT).rstrip("/")
 
 
 def cache_dir() -> Path:
@@ -132,12 +133,15 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     if offline() or not allow_download:
         why = "downloading is turned off" if not allow_download else _offline_reason()
         raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
-    try:
-        path = Path(hf_hub_download(hub.repo_id, hub.filename, revision=REVISION, endpoint=hub_endpoint()))
-    except (HfHubHTTPError, EntryNotFoundError, httpx2.HTTPError, OSError) as exc:
-        hub_reason = f"{_hub_name(hub)}: {_reason(exc)}"
-    else:
-        return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}")
+    # A quick look first: where the hub cannot be reached, huggingface_hub retries for half a minute.
+    hub_reason = probe_hub(hub)
+    if hub_reason is None:
+        try:
+            path = Path(hf_hub_download(hub.repo_id, hub.filename, revision=REVISION, endpoint=hub_endpoint()))
+        except (HfHubHTTPError, EntryNotFoundError, httpx2.HTTPError, OSError) as exc:
+            hub_reason = f"{_hub_name(hub)}: {_reason(exc)}"
+        else:
+            return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}")
     try:
         return download_from_openai(arch)
     except WeightsUnavailable as exc:
@@ -193,6 +197,8 @@ def download_from_openai(arch: str) -> Path:
         if dest.is_file():
             return dest
         try:
+            # A quick look first: http_get retries for half a minute where the host does not answer.
+            get_session().head(url, timeout=PROBE_SECONDS, follow_redirects=True).raise_for_status()
             with open(part, "ab") as out:
                 http_get(url, out, resume_size=out.tell(), displayed_filename=dest.name)
         except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
@@ -318,10 +324,12 @@ def _advice(arch: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """A short reason from huggingface_hub's and httpx's errors ("HTTP 404", "connection refused" ...)."""
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+    if isinstance(exc, (HfHubHTTPError, httpx2.HTTPStatusError)) and exc.response is not None:
         return f"HTTP {exc.response.status_code}"
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
         return _reason(exc.__cause__)
+    if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
+        return "no such host, or no network"
     if isinstance(exc, httpx2.ConnectError) or isinstance(exc, ConnectionRefusedError):
         return "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({one_line(exc, 120)})"
     if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
