@@ -19,9 +19,13 @@ from tqdm import tqdm
 from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
-from .images import load_image
+from .images import load_photo
 from .options import ENCODER_NAMES, PRESETS, SketchOptions
 from .server import command
+
+
+#: What shells and Python give a run stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{out}: the folder {out.parent} does not exist")
         if out.is_dir():
             raise InputError(f"{out}: is a folder, not a file name")
+        if _same_file(out, Path(args.input)):
+            raise InputError(f"{out}: that is the input photo; choose another output name")
+    if args.preview and _same_file(*outputs):
+        raise InputError(f"{args.preview}: the preview and the SVG cannot be the same file")
     if Path(args.output).suffix.lower() != ".svg":
         raise InputError(f"{args.output}: the output must be an .svg file")
     options = SketchOptions(
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
         stroke_width=args.stroke_width,
     ).validated()
-    image = load_image(args.input)
+    photo = load_photo(args.input)
 
     stop = {"asked": False}
 
@@ -101,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=1, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
+        if iteration == 1 and not args.quiet:
+            print("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far", file=sys.stderr, flush=True)
         if bar is not None:
             bar.total = total
             bar.n = iteration
@@ -109,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = sketch(image, options, on_progress=on_progress, should_stop=lambda: stop["asked"])
+        result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"])
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
@@ -126,7 +136,14 @@ def run(args: argparse.Namespace) -> int:
               f"{result.timings['total']:.1f} s -> {args.output}", file=sys.stderr)
     if args.json:
         print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
-    return 0
+    return EXIT_INTERRUPTED if stop["asked"] else 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through links or another spelling), existing or not."""
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("clipasso: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

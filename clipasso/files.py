@@ -7,14 +7,16 @@ import secrets
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> None:
     """Write a file so that readers see either the old file or the whole new one, never a part.
 
-    The new file gets the old one's permissions, or those of a plain open() (0666 less the umask).
+    The new file gets `mode`, else the old one's read and write permissions (never its setuid, setgid or
+    sticky bits), else those of a plain open(); the umask applies to all three.
     """
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, mode)
@@ -30,3 +32,4 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+

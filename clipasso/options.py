@@ -25,6 +25,8 @@ MAX_STROKE_WIDTH = 1000.0
 #: The service's defaults for the largest upload and the most queued jobs (`clipasso serve` can change them).
 DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_MAX_QUEUE = 100
+#: The service removes finished jobs older than this (`clipasso serve --keep-days`).
+DEFAULT_KEEP_DAYS = 7.0
 #: The square canvas the strokes are optimised on (the encoders' input size).
 CANVAS = 224
 #: Stroke width at the 224 px canvas; it scales with the image (3 px at 224 px, as in the paper's SVGs).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,11 +60,13 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "no such folder": ([str(photo), "-o", str(tmp_path / "nope" / "o.svg")], "does not exist"),
         "not svg": ([str(photo), "-o", str(tmp_path / "o.png")], "must be an .svg"),
         "cuda absent": ([str(photo), "-o", out, "--device", "cuda"], "no CUDA GPU"),
+        "output is the input": ([str(photo), "-o", out, "--preview", str(photo)], "that is the input photo"),
+        "preview is the svg": ([str(photo), "-o", out, "--preview", out], "cannot be the same file"),
     }
 
 
 CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
-         "no such folder", "not svg", "cuda absent"]
+         "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +81,30 @@ def test_bad_input_one_line_exit_2(case, photo, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("clipasso: error:") and message in err and "\n" not in err
     assert not (tmp_path / "o.svg").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_the_input_photo_is_never_overwritten(photo, tmp_path, capsys):
+    linked = tmp_path / "same.jpg"
+    linked.symlink_to(photo)
+    before = photo.read_bytes()
+    assert main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--preview", str(linked)]) == 2
+    assert "that is the input photo" in capsys.readouterr().err and photo.read_bytes() == before
+
+
+def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
+    svg = tmp_path / "stopped.svg"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--strokes", "4", "--iterations",
+         "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True)
+    try:
+        first = run.stderr.readline()  # printed once the first step is done
+        assert first.startswith("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far"), first
+        run.send_signal(signal.SIGINT)
+        rest = run.communicate(timeout=300)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 130, rest
+    assert "cancelled, best so far: 4 strokes" in rest and svg.read_text().count("<path") == 4
 
 
 def test_unknown_encoder_is_refused_by_argparse(photo, tmp_path, capsys):
@@ -108,4 +135,12 @@ def test_outputs_have_ordinary_permissions(tmp_path):
     kept.chmod(0o640)
     write_atomic(kept, "<svg/>")
     assert kept.read_text() == "<svg/>" and kept.stat().st_mode & 0o777 == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.svg", "kept.svg"]
+    risky = tmp_path / "risky.svg"
+    risky.write_text("old")
+    risky.chmod(0o4755)  # setuid: never carried over to the new file
+    write_atomic(risky, "<svg/>")
+    assert risky.stat().st_mode & 0o7777 == 0o755 & ~umask
+    private = tmp_path / "private.json"
+    write_atomic(private, "{}", mode=0o600)
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.svg", "kept.svg", "private.json", "risky.svg"]

@@ -1,9 +1,11 @@
-"""Every kind of user image load_image meets: good ones converted, bad ones refused in one line."""
+"""Every kind of user image load_photo meets: good ones converted, bad ones refused in one line."""
 
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,7 +15,14 @@ from PIL import Image
 from skimage import data
 
 from clipasso.errors import InputError
-from clipasso.images import Letterbox, load_image
+from images_support import huge_png
+
+from clipasso.images import MAX_DECODE_BYTES, DecoderBusy, Letterbox, _Budget, load_photo
+
+
+def load_image(source):
+    """The decoded pixels (the tests below look at them)."""
+    return load_photo(source).image
 
 
 def png_bytes(im: Image.Image, **kw) -> bytes:
@@ -127,3 +136,49 @@ def test_letterbox_round_trip_and_no_stretch():
     placed = box.place(Image.new("RGB", (451, 300), (0, 0, 0)))
     assert placed.shape == (224, 224, 3)
     assert placed[0, 0, 0] == 1.0 and placed[112, 112, 0] == 0.0  # white border, photo in the middle
+
+
+@pytest.mark.parametrize("mode, width", [("L;16", 10_000), ("RGB", 10_000), ("RGBA", 5_000)])
+def test_the_largest_uploads_decode_within_the_budget(tmp_path: Path, mode: str, width: int):
+    """The worst cases seen took 3.4 GB (16-bit grey) and 1.2 GB (RGBA) at 100 MP. Measured in a fresh
+    process: its peak memory, less what Python and the imports take, stays within MAX_DECODE_BYTES."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(huge_png(width, 10_000, mode))
+    code = (
+        "import resource, sys; from clipasso.images import load_photo; "
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"p = load_photo({str(path)!r}); "
+        "print(p.width, p.height, p.image.size, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == [str(width), "10000"] and out[3] == "1024)"
+    grew = int(out[4]) * 1024
+    assert grew < MAX_DECODE_BYTES + 100e6, f"decoding took {grew / 1e6:.0f} MB"
+
+
+def test_a_100_megapixel_transparent_image_is_refused_before_decoding(tmp_path: Path):
+    with pytest.raises(InputError, match="10000x10000 RGBA needs 800 MB to decode; the limit is 400 MB"):
+        load_photo(huge_png(10_000, 10_000, "RGBA"))
+
+
+def test_decodes_wait_for_the_budget_and_give_up_clearly():
+    budget = _Budget(100)
+    with budget.take(80, wait=1.0):
+        with pytest.raises(DecoderBusy, match="decoding other large images"):
+            with budget.take(30, wait=0.05):
+                pass
+        with budget.take(20, wait=0.05):  # fits beside the first
+            assert budget.used == 100
+    with budget.take(500, wait=0.05):  # larger than the budget, but alone: it may go
+        assert budget.used == 500
+    assert budget.used == 0
+
+
+def test_exif_orientation_gives_the_displayed_size():
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated a quarter
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif)
+    photo = load_photo(buf.getvalue())
+    assert (photo.width, photo.height) == (20, 40) and photo.image.size == (20, 40)

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..encoders import load_encoder
-from ..images import Letterbox
+from ..images import Letterbox, Photo
 from ..options import CANVAS, ProgressCallback, SketchOptions, SketchResult, image_stroke_width
 from .init import STARTS
 from .relay import relay_for
@@ -32,25 +32,26 @@ SEED_STRIDE = 1000
 
 
 def sketch(
-    image: Image.Image,
+    image: Image.Image | Photo,
     options: SketchOptions = SketchOptions(),
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SketchResult:
     """Optimise `options.strokes` Bezier strokes so the encoder sees the photo in them.
 
-    `image` is an RGB PIL image (see images.load_image). Runs `seeds` independent optimisations and
-    keeps the one with the lowest loss on the plain (un-augmented) view. Cancelling through
+    `image` is a photo from images.load_photo (or a PIL image, taken at its size). Runs `seeds` independent
+    optimisations and keeps the one with the lowest loss on the plain (un-augmented) view. Cancelling through
     `should_stop` returns the best strokes so far with `cancelled=True`.
     """
     opts = options.validated()
+    photo = image if isinstance(image, Photo) else Photo.of(image)
     timings = {"init": 0.0, "render": 0.0, "forward": 0.0, "backward": 0.0}
     t_start = time.perf_counter()
     encoder, reason = load_encoder(opts.encoder, opts.device, opts.weights, preferred=opts.recipe.encoder)
     timings["load"] = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    target = prepare_target(image, encoder, opts)
+    target = prepare_target(photo, encoder, opts)
     timings["init"] = time.perf_counter() - t0
 
     progress = Progress(opts.iterations * opts.seeds, on_progress, target.box)
@@ -64,9 +65,9 @@ def sketch(
     timings["total"] = time.perf_counter() - t_start
     return SketchResult(
         strokes=target.box.to_image(best.points.cpu().numpy().astype(np.float64)),
-        width=image.width,
-        height=image.height,
-        stroke_width=image_stroke_width(opts, image.width, image.height),
+        width=photo.width,
+        height=photo.height,
+        stroke_width=image_stroke_width(opts, photo.width, photo.height),
         loss=best.loss,
         encoder=encoder.name,
         encoder_reason=reason,

@@ -11,11 +11,10 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..encoders import Encoder
-from ..images import Letterbox
+from ..images import Letterbox, Photo
 from ..options import CANVAS, SketchOptions, image_stroke_width
 from .init import STARTS, edge_tangents, init_distribution, xdog_edges
 from .losses import SketchLoss, augmentation_bank
@@ -52,17 +51,17 @@ class Target:
         return torch.maximum(torch.minimum(points, self.high), self.low)
 
 
-def prepare_target(image: Image.Image, encoder: Encoder, options: SketchOptions) -> Target:
+def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Target:
     """Place the photo on the canvas, find where strokes should start, and cache the photo's features."""
     device = next(encoder.parameters()).device
-    box = Letterbox(image.width, image.height, CANVAS)
-    placed = box.place(image)
-    photo = torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)
+    box = Letterbox(photo.width, photo.height, CANVAS)
+    placed = box.place(photo.image)
+    canvas = torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)
     mask = np.zeros((CANVAS, CANVAS), dtype=np.float32)
     (ox, oy), (pw, ph) = box.offset, box.placed
     mask[oy : oy + ph, ox : ox + pw] = 1.0
     with torch.no_grad():
-        saliency = encoder.saliency(photo).cpu().numpy()
+        saliency = encoder.saliency(canvas).cpu().numpy()
     edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
     grids = augmentation_bank(AUGMENTATION_BANK, torch.Generator().manual_seed(options.seed), CANVAS).to(device)
     focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
@@ -70,8 +69,8 @@ def prepare_target(image: Image.Image, encoder: Encoder, options: SketchOptions)
         box=box,
         placed=placed,
         prob=init_distribution(saliency, edges, mask),
-        loss=SketchLoss(encoder, photo, grids, focus),
-        stroke_width=image_stroke_width(options, image.width, image.height) * min(box.scale),
+        loss=SketchLoss(encoder, canvas, grids, focus),
+        stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
     )

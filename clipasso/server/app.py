@@ -20,9 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import InputError
+from ..images import DecoderBusy
 from ..options import DEFAULT_MAX_UPLOAD_MB
-from .jobs import JobStateError, JobStore, QueueFull, UnknownJob
-from .middleware import BearerAuth, UploadLimit, error_response
+from .jobs import JobStateError, JobStore, QueueFull, StorageError, UnknownJob
+from .middleware import BearerAuth, BrowserGuard, UploadLimit, error_response
 from .routes import router
 from .worker import Worker
 
@@ -58,10 +59,12 @@ def create_app(
         form_limits={"max_files": 1, "max_fields": 16, "max_part_size": 1024},
     )
     app.state.store = store
+    app.state.worker = worker
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
+    app.add_middleware(BrowserGuard, check_host=not token)
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: nothing is read before the token is checked
         schema = app.openapi()
@@ -91,6 +94,14 @@ async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
     return error_response(429, str(exc), {"Retry-After": "10"})
 
 
+async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+    return error_response(507 if exc.full else 500, str(exc))
+
+
+async def decoder_busy(request: Request, exc: DecoderBusy) -> JSONResponse:
+    return error_response(503, str(exc), {"Retry-After": "5"})
+
+
 async def conflict(request: Request, exc: JobStateError) -> JSONResponse:
     return error_response(409, str(exc))
 
@@ -109,6 +120,8 @@ ERROR_HANDLERS: dict[type[Exception], Callable] = {
     RequestValidationError: validation_error,
     InputError: input_error,
     QueueFull: queue_full,
+    DecoderBusy: decoder_busy,
+    StorageError: storage_error,
     JobStateError: conflict,
     UnknownJob: unknown_job,
     Exception: internal_error,

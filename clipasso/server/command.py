@@ -24,16 +24,17 @@ with each of its own requests.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError
-from ..options import DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name
+from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name
+from .hosts import is_loopback_host
 
 log = logging.getLogger("clipasso.service")
 
@@ -75,17 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"queued jobs beyond which submissions get 429 (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS,
+                        help=f"remove finished jobs older than this many days (default {DEFAULT_KEEP_DAYS:g})")
+    parser.add_argument("--max-data-gb", type=float, default=None,
+                        help="remove the oldest finished jobs while the data folder holds more (default: no limit)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the engine (default: all cores but one, here %(default)s)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -134,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     token = args.token or None
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise InputError(f"--token must be at least {MIN_TOKEN_LENGTH} characters; "
+    if token is not None and (len(token) < MIN_TOKEN_LENGTH or token.strip() != token or " " in token):
+        raise InputError(f"--token must be at least {MIN_TOKEN_LENGTH} characters without spaces; "
                          "`python -c 'import secrets; print(secrets.token_urlsafe())'` makes a good one")
-    if not _is_loopback(args.host) and token is None:
+    if not is_loopback_host(args.host) and token is None:
         raise InputError(f"listening on {args.host} lets other machines in: set --token (or $CLIPASSO_TOKEN)")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
@@ -150,15 +146,21 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     disable_progress_bars()  # a weight download's bar would garble serve.log; the job's state says it waits
     device = str(resolve_device(args.device))
+    if args.keep_days <= 0 or (args.max_data_gb is not None and args.max_data_gb <= 0):
+        raise InputError("--keep-days and --max-data-gb must be above 0")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
     except OSError as exc:
-        raise InputError(f"cannot create the data folder {data_dir}: {exc.strerror}") from None
+        raise InputError(f"cannot write to the data folder {data_dir}: {exc.strerror}") from None
 
     sock = _bind(args.host, args.port)
     _setup_logging(data_dir / "serve.log")
-    store = JobStore(data_dir, device=device, weights=args.weights, max_queued=args.max_queue)
+    max_bytes = None if args.max_data_gb is None else int(args.max_data_gb * 1e9)
+    store = JobStore(data_dir, device=device, weights=args.weights, max_queued=args.max_queue,
+                     keep_days=args.keep_days, max_bytes=max_bytes)
     worker = Worker(store, preload=None if args.preload == "none" else args.preload)
     app = create_app(store, worker, token=token, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
     host, port = sock.getsockname()[:2]

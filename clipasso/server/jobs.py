@@ -1,7 +1,8 @@
 """Durable sketch jobs: the store on disk that HTTP handlers and the worker share. No torch here.
 
-Each job lives in `DATA/jobs/<id>/`: `upload` (the bytes as received), `job.json` (parameters and state),
-`preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final sketch). Every file is
+Each job lives in `DATA/jobs/<id>/`: `photo.png` (the upload decoded once, at working size), `job.json`
+(parameters and state), `preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final
+sketch). Every file is
 written atomically, so a crash leaves either the old or the new version. After a restart, finished jobs
 are served as they were; queued jobs are queued again; a job that was stopped by a clean shutdown is
 queued again too, while one that was running when the process died is marked failed with the reason
@@ -10,6 +11,8 @@ queued again too, while one that was running when the process died is marked fai
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
@@ -27,13 +30,17 @@ import numpy as np
 
 from ..errors import one_line
 from ..files import write_atomic
-from ..images import load_image
-from ..options import SketchOptions, SketchResult, image_stroke_width
+from ..images import ImageSource, Photo, load_photo
+from ..options import DEFAULT_KEEP_DAYS, SketchOptions, SketchResult, image_stroke_width
 from ..svg import strokes_to_svg
 from .schemas import JobState, JobView
 
 log = logging.getLogger("clipasso.jobs")
 
+#: Jobs' files are the user's photos: readable by the user alone.
+FILE_MODE, FOLDER_MODE = 0o600, 0o700
+#: The job's photo, decoded once at submit and kept at working size.
+PHOTO = "photo.png"
 #: What `secrets.token_urlsafe(16)` gives; anything else is refused before it can name a path.
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 #: A running job's state and preview go to disk at most this often (state changes go at once).
@@ -45,6 +52,19 @@ class QueueFull(Exception):
 
 class UnknownJob(LookupError):
     """No job has this id, or the id is not one we could have made (HTTP 404)."""
+
+
+class StorageError(Exception):
+    """The data folder cannot be written (HTTP 507 when it is full, else 500); the message is one line."""
+
+    def __init__(self, message: str, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def storage_error(folder: Path, exc: OSError) -> StorageError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return StorageError(f"cannot write to the data folder {folder}: {exc.strerror or exc}", full)
 
 
 class JobStateError(Exception):
@@ -66,7 +86,7 @@ def _iso(t: float | None) -> str | None:
 RUNTIME = {"runtime": True}
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One sketch request. Mutated only under the store's lock; `version` counts changes for watchers.
 
@@ -151,11 +171,16 @@ class JobStore:
     """All jobs, their files and the queue. Thread-safe: HTTP handlers and the worker share it."""
 
     def __init__(self, data_dir: str | os.PathLike, device: str = "cpu", weights: str | None = None,
-                 max_queued: int = 100) -> None:
+                 max_queued: int = 100, keep_days: float = DEFAULT_KEEP_DAYS, max_bytes: int | None = None) -> None:
         self.root = Path(data_dir) / "jobs"
         self.device = device
         self.weights = weights
         self.max_queued = max_queued
+        self.keep_seconds = keep_days * 86400
+        self.max_bytes = max_bytes
+        #: Why the last write failed, while any job's state is not on disk yet (GET /health shows it).
+        self.write_error: str | None = None
+        self._unsaved: set[str] = set()
         self._lock = threading.Lock()  # guards job state and the queue; held briefly, never over I/O
         self._write_lock = threading.Lock()  # orders job.json writes
         self._wake = threading.Condition(self._lock)
@@ -182,18 +207,43 @@ class JobStore:
         """
         folder = self.job_dir(job.id)
         with self._write_lock:
-            if preview is not None:
-                write_atomic(folder / "preview.svg", job.svg(preview))
-            with self._lock:
-                record = job.to_record()
-            write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True))
+            try:
+                if preview is not None:
+                    write_atomic(folder / "preview.svg", job.svg(preview), FILE_MODE)
+                with self._lock:
+                    record = job.to_record()
+                write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True), FILE_MODE)
+            except OSError as exc:
+                self.write_error = str(storage_error(self.root, exc))
+                self._unsaved.add(job.id)
+                log.warning("job %s: state not saved, will retry: %s", job.id, self.write_error)
+                return
+            self._unsaved.discard(job.id)
+            if not self._unsaved:
+                self.write_error = None
+
+    def retry_unsaved(self) -> None:
+        """Write again the states that could not be written (the worker calls this between jobs)."""
+        for job_id in list(self._unsaved):
+            self._persist(self._jobs[job_id])
 
     def load(self) -> None:
-        """Read every job on disk and queue again the ones that had not finished (see module notes)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Read every job on disk and queue again the ones that had not finished (see module notes).
+
+        Leftovers of submits that were killed half-way (a folder without job.json, temporary `.part`
+        files) are removed; then old finished jobs are (see prune).
+        """
+        self.root.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        self.root.chmod(FOLDER_MODE)
         jobs = []
         for entry in self.root.iterdir():
             if not entry.is_dir() or not JOB_ID.fullmatch(entry.name):
+                continue
+            for part in entry.glob(".*.part"):
+                part.unlink(missing_ok=True)
+            if not (entry / "job.json").exists():
+                log.info("removing %s: a submit that did not finish", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
                 continue
             try:
                 job = Job.from_record(json.loads((entry / "job.json").read_text("utf-8")))
@@ -222,6 +272,31 @@ class JobStore:
             self._jobs[job.id] = job
         log.info("loaded %d jobs from %s: %d queued again, %d interrupted marked failed",
                  len(jobs), self.root, requeued, failed)
+        self.prune()
+
+    def prune(self, now: float | None = None) -> list[str]:
+        """Remove finished jobs older than keep_days, then the oldest finished ones while the data folder
+        holds more than max_bytes. Queued and running jobs are never removed. The ids removed."""
+        now = time.time() if now is None else now
+        with self._lock:
+            done = sorted((j for j in self._jobs.values() if j.state.final), key=lambda j: j.finished or j.created)
+        doomed = [j.id for j in done if now - (j.finished or j.created) > self.keep_seconds]
+        if self.max_bytes is not None:
+            kept = [j.id for j in done if j.id not in doomed]
+            total = sum(_folder_bytes(self.root / job_id) for job_id in list(self._jobs) if job_id not in doomed)
+            while kept and total > self.max_bytes:
+                oldest = kept.pop(0)
+                total -= _folder_bytes(self.root / oldest)
+                doomed.append(oldest)
+        for job_id in doomed:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+                self._preview_cache.pop(job_id, None)
+            shutil.rmtree(self.root / job_id, ignore_errors=True)
+        if doomed:
+            log.info("removed %d finished jobs (older than %g days or over the size limit)", len(doomed),
+                     self.keep_seconds / 86400)
+        return doomed
 
     # ----- client side -----------------------------------------------------------------------------
 
@@ -229,30 +304,40 @@ class JobStore:
         """The options as the worker will run them (server device and weights); InputError if invalid."""
         return replace(options, device=self.device, weights=self.weights).validated()
 
-    def submit(self, upload: bytes, options: SketchOptions) -> dict:
+    def submit(self, upload: ImageSource, options: SketchOptions) -> dict:
         """Check the options and the image, write them to disk and queue the job; its public fields.
 
-        Raises InputError for bad input and QueueFull when too many jobs wait. Blocking (decodes the
-        image and writes files): call it from a worker thread, not the event loop.
+        The upload is decoded once, here, within the decode budget; the job keeps the decoded photo at
+        working size (`photo.png`), never the upload. Raises InputError for bad input, QueueFull when too
+        many jobs wait, DecoderBusy when other large uploads hold the decode budget too long. Blocking:
+        call it from a worker thread, not the event loop.
         """
         opts = self.check_options(options)
-        image = load_image(upload)
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             waiting = len(self._queue) + self._reserved
             if waiting >= self.max_queued:
                 raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")
-            self._reserved += 1  # holds a place in the queue while the files are written
-        job = Job(id=new_job_id(), options=opts, width=image.width, height=image.height, created=time.time())
-        folder = self.job_dir(job.id)
+            self._reserved += 1  # holds a place in the queue while the image is decoded and written
         try:
-            folder.mkdir(parents=True)
-            write_atomic(folder / "upload", upload)
-            self._persist(job)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            photo = load_photo(upload)
+            job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time())
+            folder = self.job_dir(job.id)
+            try:
+                folder.mkdir(mode=FOLDER_MODE, parents=True)
+                buffer = io.BytesIO()
+                photo.image.save(buffer, format="PNG")
+                write_atomic(folder / PHOTO, buffer.getvalue(), FILE_MODE)
+                with self._lock:
+                    record = job.to_record()
+                write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True), FILE_MODE)
+            except OSError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise storage_error(self.root, exc) from None
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         finally:
             with self._lock:
                 self._reserved -= 1
@@ -264,6 +349,10 @@ class JobStore:
         log.info("job %s queued: %dx%d image, %d strokes, %d iterations, encoder %s",
                  job.id, job.width, job.height, opts.strokes, job.iterations, opts.encoder)
         return view
+
+    def photo(self, job: Job) -> Photo:
+        """The job's photo as submit decoded it (InputError if the file was lost or damaged)."""
+        return Photo(load_photo(self.job_dir(job.id) / PHOTO).image, job.width, job.height)
 
     def get(self, job_id: str) -> Job:
         """The job; UnknownJob if the id is malformed or unknown."""
@@ -376,7 +465,10 @@ class JobStore:
         # Stopped by shutdown, not by the user: it runs again from the start after the restart.
         requeue = result is not None and result.cancelled and not job.cancel_requested
         if result is not None and not requeue:
-            write_atomic(self.job_dir(job.id) / "result.svg", result.svg)
+            try:
+                write_atomic(self.job_dir(job.id) / "result.svg", result.svg, FILE_MODE)
+            except OSError as exc:
+                result, error = None, f"the result could not be saved: {storage_error(self.root, exc)}"
         with self._lock:
             self._last_checkpoint.pop(job.id, None)
             if requeue:
@@ -395,6 +487,8 @@ class JobStore:
             job.version += 1
         self._persist(job)
         log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
+        if job.state.final:
+            self.prune()
 
     def close(self) -> None:
         """Stop handing out jobs and ask the running one to stop (it is queued again, see finish)."""
@@ -405,3 +499,7 @@ class JobStore:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*") if f.is_file())

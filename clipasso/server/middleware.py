@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .hosts import is_loopback_host
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -66,3 +69,28 @@ class UploadLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class BrowserGuard:
+    """Refuse what a web page could send: a Host that is not a loopback name (unless a token protects the
+    server, which no page can add cross-site), and any Origin other than the server's own (403)."""
+
+    def __init__(self, app: ASGIApp, check_host: bool) -> None:
+        self.app = app
+        self.check_host = check_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            host = headers.get(b"host", b"").decode("latin-1")
+            origin = headers.get(b"origin")
+            refusal = None
+            if self.check_host and not is_loopback_host(urlsplit(f"//{host}").hostname or ""):
+                refusal = (f"refused: this server answers requests addressed to 127.0.0.1 or localhost, not {host!r} "
+                           "(start it with --token to serve other names)")
+            elif origin is not None and origin.decode("latin-1") != f"{scope.get('scheme', 'http')}://{host}":
+                refusal = "refused: requests from web pages of other origins are not accepted"
+            if refusal:
+                await error_response(403, refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -34,16 +34,22 @@ def get_store(request: Request) -> JobStore:
 Store = Depends(get_store)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
 async def index() -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/health", response_model=Health, responses=error_responses(401))
-async def health(store: JobStore = Store) -> dict:
-    """Whether the service is up, and what it runs on (the Inkscape extension's discovery call)."""
+async def health(request: Request, store: JobStore = Store) -> dict:
+    """Whether the service is up, and what it runs on (the Inkscape extension's discovery call).
+
+    `status` is "degraded", with the `problem` in one line, while the worker is not running or a job's
+    state could not be written (a full disk, say)."""
+    problem = None if request.app.state.worker.alive else "the worker thread has stopped; restart the server"
+    problem = problem or store.write_error
     return {
-        "status": "ok",
+        "status": "degraded" if problem else "ok",
+        "problem": problem,
         "version": __version__,
         "device": store.device,
         "encoders": list(ENCODER_NAMES),
@@ -73,8 +79,7 @@ async def submit(
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
              "encoder": encoder, "preset": preset}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
-    data = await image.read()
-    view = await run_in_threadpool(store.submit, data, options)
+    view = await run_in_threadpool(store.submit, image.file, options)  # spooled to disk when large
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
 
 

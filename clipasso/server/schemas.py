@@ -58,7 +58,8 @@ class EncoderState(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  #: "ok" or "degraded"
+    problem: str | None = None
     version: str
     device: str
     encoders: list[str]

@@ -14,7 +14,6 @@ import torch
 from ..encoders import load_encoder
 from ..engine import sketch
 from ..errors import InputError, one_line
-from ..images import load_image
 from ..options import SketchResult
 from .jobs import Job, JobStore
 
@@ -38,6 +37,10 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def join(self, timeout: float) -> bool:
         """Wait for the running job to stop; True if the worker has ended."""
         self._thread.join(timeout)
@@ -48,9 +51,14 @@ class Worker:
         if self.preload:
             self._warm_up(self.preload)
         while not self.store.closed:
-            job = self.store.next_job(timeout=1.0)
-            if job is not None:
-                self.run_job(job)
+            try:
+                self.store.retry_unsaved()
+                job = self.store.next_job(timeout=1.0)
+                if job is not None:
+                    self.run_job(job)
+            except Exception:  # the worker outlives any one failure; /health tells what it cannot write
+                log.exception("worker: unexpected error, carrying on")
+                time.sleep(1.0)  # not a hot loop when the same failure repeats
 
     def _warm_up(self, name: str) -> None:
         """Load the encoder before the first job, so that job does not pay for it."""
@@ -67,13 +75,13 @@ class Worker:
         store = self.store
         log.info("job %s running", job.id)
         try:
-            image = load_image(store.job_dir(job.id) / "upload")
+            photo = store.photo(job)
         except InputError as exc:
-            store.finish(job, error=f"the stored upload could not be read ({exc})")
+            store.finish(job, error=f"the stored photo could not be read ({exc})")
             return
         try:
             result = self.engine(
-                image,
+                photo,
                 job.options,
                 on_progress=lambda i, n, loss, strokes: store.progress(job, i, loss, strokes),
                 should_stop=lambda: store.should_stop(job),

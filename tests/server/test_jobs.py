@@ -140,3 +140,28 @@ def test_the_extension_knows_the_same_final_states():
     from clipasso_client import FINAL_STATES as EXTENSION_FINAL_STATES
 
     assert set(EXTENSION_FINAL_STATES) == {s.value for s in FINAL_STATES}
+
+
+def test_old_and_excess_finished_jobs_are_removed_and_leftovers_cleared(tmp_path, server_photo_png):
+    store = JobStore(tmp_path / "data", device="cpu", keep_days=7)
+    store.load()
+    ids = [store.submit(server_photo_png, QUICK)["id"] for _ in range(4)]
+    for job_id in ids[:3]:
+        store.cancel(job_id)
+    day = 86400
+    store.get(ids[0]).finished -= 8 * day  # finished 8 days ago
+    assert store.prune() == [ids[0]] and not (store.root / ids[0]).exists()
+    size = sum(f.stat().st_size for f in (store.root / ids[1]).iterdir())
+    store.max_bytes = 2 * size + size // 2  # room for two jobs and a half: the oldest finished one goes
+    assert store.prune() == [ids[1]]
+    assert [j["id"] for j in store.list()] == [ids[3], ids[2]]  # the queued one is never removed
+
+    # Leftovers of a submit killed half-way: a folder without job.json, a temporary file.
+    (store.root / ("C" * 22)).mkdir()
+    (store.root / ids[2] / ".job.json.0123456789ab.part").write_text("{")
+    again = JobStore(tmp_path / "data", device="cpu")
+    again.load()
+    assert not (store.root / ("C" * 22)).exists()
+    assert not list(store.root.rglob("*.part"))
+    assert oct(store.root.stat().st_mode & 0o777) == "0o700"
+    assert {oct(f.stat().st_mode & 0o777) for f in (store.root / ids[3]).iterdir()} == {"0o600"}

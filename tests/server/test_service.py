@@ -132,7 +132,7 @@ def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerPro
     assert job["id"] in [j["id"] for j in listed]
 
     folder = server_main.data_dir / "jobs" / job["id"]
-    assert {p.name for p in folder.iterdir()} >= {"job.json", "upload", "result.svg"}
+    assert {p.name for p in folder.iterdir()} >= {"job.json", "photo.png", "result.svg"}
     assert json.loads((folder / "job.json").read_text())["state"] == "succeeded"
     assert (folder / "result.svg").read_bytes() == result.content
     assert not list(server_main.data_dir.rglob("*.part"))
@@ -156,7 +156,7 @@ def test_cancel_queue_limit_and_a_failing_job(server_main: ServerProcess, server
         assert_error(client.get(f"/jobs/{second['id']}/result.svg"), 409, "without a result")
         assert client.delete(f"/jobs/{third['id']}").json()["state"] == "cancelled"
         # A fault while the job waits: its upload vanishes from the disk. Only that job may fail.
-        (server_main.data_dir / "jobs" / doomed["id"] / "upload").unlink()
+        (server_main.data_dir / "jobs" / doomed["id"] / "photo.png").unlink()
 
         stopping = client.delete(f"/jobs/{running['id']}")
         assert stopping.status_code == 202 and stopping.json()["state"] == "running"

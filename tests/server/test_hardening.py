@@ -1,0 +1,180 @@
+"""The backend against a hostile web page and an unlucky disk: a real `clipasso serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from images_support import huge_png
+from servers import SERVE, ServerProcess
+
+from clipasso.images import MAX_DECODE_BYTES
+
+QUICK = {"encoder": "lite0", "strokes": "4", "iterations": "2"}
+ENDLESS = {"encoder": "lite0", "strokes": "4", "iterations": "10000"}
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, tmp_path_factory) -> Iterator[ServerProcess]:
+    started = server_factory(tmp_path_factory.mktemp("hardening") / "data")
+    yield started
+    started.stop()
+
+
+def submit(client: httpx.Client, png: bytes, **extra) -> httpx.Response:
+    return client.post("/jobs", files={"image": ("photo.png", png, "image/png")}, **extra)
+
+
+def wait_for(condition, what: str, seconds: float = 120.0):
+    """Poll `condition` until it returns something true; bounded, and says what it waited for."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_web_pages_cannot_drive_the_backend(server, server_photo_png):
+    port = server.port
+    with server.client() as client:
+        before = len(client.get("/jobs").json()["jobs"])
+        cross_site = submit(client, server_photo_png, data=QUICK, headers={"Origin": "https://evil.example"})
+        assert cross_site.status_code == 403
+        assert cross_site.json() == {"error": "refused: requests from web pages of other origins are not accepted"}
+        rebound = client.get("/jobs", headers={"Host": f"rebind.evil.example:{port}"})
+        assert rebound.status_code == 403 and "not 'rebind.evil.example:" in rebound.json()["error"]
+        lookalike = client.get("/health", headers={"Host": f"127.evil.example:{port}"})
+        assert lookalike.status_code == 403
+        assert len(client.get("/jobs").json()["jobs"]) == before
+        # What the extension, curl and the server's own page send is accepted.
+        for headers in ({}, {"Host": f"localhost:{port}"}, {"Origin": f"http://127.0.0.1:{port}"}):
+            assert client.get("/health", headers=headers).status_code == 200, headers
+        assert client.head("/").status_code == 200
+
+
+def test_uploads_are_decoded_once_and_kept_small(server, server_photo_png):
+    with server.client() as client:
+        job = submit(client, server_photo_png, data=QUICK).json()
+    folder = server.data_dir / "jobs" / job["id"]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) in (
+        ["job.json", "photo.png"], ["job.json", "photo.png", "preview.svg"],
+        ["job.json", "photo.png", "preview.svg", "result.svg"], ["job.json", "photo.png", "result.svg"])
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {"0o600"}
+
+
+@contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs at `path` (root only): a disk that fills up, or one that cannot be written."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+
+
+@needs_root
+def test_a_full_disk_degrades_the_server_and_it_recovers(server_factory, tmp_path, server_photo_png):
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        server = server_factory(disk / "data")
+        with server.client() as client:
+            running = submit(client, server_photo_png, data=ENDLESS).json()
+            wait_for(lambda: client.get(f"/jobs/{running['id']}").json()["iteration"] > 0, "the job to run")
+            filler = disk / "filler"
+            with open(filler, "wb") as f:  # fill the disk to the last byte
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            health = wait_for(lambda: (h := client.get("/health").json())["status"] == "degraded" and h,
+                              "the failed checkpoint to show in /health")
+            assert "No space left on device" in health["problem"]
+            full = submit(client, server_photo_png, data=QUICK)
+            assert full.status_code == 507 and "No space left on device" in full.json()["error"]
+
+            client.delete(f"/jobs/{running['id']}")  # its result cannot be written now
+            ended = wait_for(lambda: (v := client.get(f"/jobs/{running['id']}").json())["state"] != "running" and v,
+                             "the cancelled job to end")
+            assert ended["state"] == "failed" and "the result could not be saved" in ended["error"]
+
+            filler.unlink()  # space again: the state reaches the disk and new jobs run
+            wait_for(lambda: client.get("/health").json()["status"] == "ok", "/health to be ok again")
+            record = json.loads((disk / "data" / "jobs" / running["id"] / "job.json").read_text())
+            assert record["state"] == "failed"
+            again = submit(client, server_photo_png, data=QUICK).json()
+            done = wait_for(lambda: (v := client.get(f"/jobs/{again['id']}").json())["state"] in
+                            ("succeeded", "failed") and v, "a new job after the disk was freed")
+            assert done["state"] == "succeeded"
+        server.stop()
+
+
+@needs_root
+def test_a_read_only_data_folder_is_one_line(tmp_path):
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as folder:
+        done = subprocess.run([*SERVE, "--data-dir", str(folder), "--port", "0"], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"clipasso: error: cannot write to the data folder {folder}: Read-only file system"]
+
+
+@pytest.mark.parametrize("token", [" " * 16, "short", "sixteen chars but spaces"])
+def test_weak_tokens_are_refused(token):
+    done = subprocess.run([*SERVE, "--token", token, "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--token must be at least 16 characters without spaces" in done.stderr
+
+
+def test_ten_worst_case_uploads_at_once_stay_within_the_decode_budget(server_factory, tmp_path, worst_png):
+    """Ten 100-megapixel RGB PNGs of a few hundred kilobytes each, sent together: each decodes once, within
+    the shared budget, and the server's peak memory grows by about one decode, not ten."""
+    server = server_factory(tmp_path / "data")
+    with server.client() as client:
+        # One job first, so that the engine's own working memory is in the peak before we measure.
+        warm = submit(client, worst_png, data=QUICK).json()
+        wait_for(lambda: client.get(f"/jobs/{warm['id']}").json()["state"] == "succeeded", "the first job")
+        before = _peak_rss(server.proc.pid)
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: submit(client, worst_png, data=QUICK), range(10)))
+    assert [a.status_code for a in answers] == [202] * 10, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 10
+    grew = _peak_rss(server.proc.pid) - before
+    server.stop()
+    assert grew < MAX_DECODE_BYTES + 250e6, f"peak memory grew by {grew / 1e6:.0f} MB"
+
+
+def _peak_rss(pid: int) -> float:
+    """The process's peak resident memory so far (Linux: VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def worst_png() -> bytes:
+    return huge_png(10_000, 10_000, "RGB")
+
+
+if sys.platform != "linux":
+    pytestmark = pytest.mark.skip(reason="reads /proc and mounts tmpfs")
