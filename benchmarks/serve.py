@@ -5,6 +5,9 @@ runs `--clients` concurrent clients until every job has finished: a quarter foll
 events, the rest poll `GET /jobs/{id}` every `--poll` seconds. Prints one JSON object: p50/p99/max
 latency of `GET /jobs/{id}` while a job was running, event counts, the final state of every job and
 whether each result is on disk and served.
+
+First, on the same server, the memory figure: the server's resident memory when idle (lite0 loaded), and
+its peak (VmHWM) after ten worst-case uploads were sent at once (100 MP PNGs of a few hundred KB each).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -39,6 +43,34 @@ def _photo() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).reduce(2).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _memory_mb(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (peak so far) of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(float(line.split()[1]) * 1024 / 1e6, 1)
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def _decode_memory(url: str, pid: int, fields: dict) -> dict:
+    """Ten worst-case uploads at once: the server's idle memory and its peak while it decodes them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from images_support import huge_png
+
+    worst = huge_png(10_000, 10_000, "RGB")
+    idle = _memory_mb(pid, "VmRSS")
+
+    def send(_: int) -> int:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            return client.post("/jobs", files={"image": ("huge.png", worst, "image/png")}, data=fields).status_code
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(send, range(10)))
+    return {"uploads": 10, "upload_kb": round(len(worst) / 1024), "megapixels": 100, "statuses": statuses,
+            "idle_rss_mb": idle, "peak_rss_mb": _memory_mb(pid, "VmHWM"),
+            "all_accepted_s": round(time.perf_counter() - t0, 1)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -132,6 +164,7 @@ def main() -> int:
 
             photo = _photo()
             fields = {"encoder": "lite0", "iterations": str(args.iterations), "strokes": str(args.strokes)}
+            memory = _decode_memory(url, server.pid, fields)
             t0 = time.perf_counter()
             submit_ms, ids = [], []
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -187,6 +220,7 @@ def main() -> int:
         "all_final_with_result": finals.get("succeeded", 0) == args.jobs == on_disk == served,
         "job_run_s_median": round(statistics.median(runs), 2) if runs else None,
         "wall_s": round(wall, 1),
+        "memory": memory,
     }))
     return 0 if finals.get("succeeded", 0) == args.jobs == on_disk == served else 1
 
