@@ -43,6 +43,9 @@ def display() -> Iterator[str]:
     """A virtual X display of its own (Xvfb picks a free number and writes it to a pipe when it is ready)."""
     if INKSCAPE_PYTHON is None or not all(TOOLS.values()):
         missing(f"Inkscape's Python, Xvfb, xdotool or ImageMagick's import is missing: {TOOLS}")
+    gtk = subprocess.run([INKSCAPE_PYTHON, "-c", "import gi; gi.require_version('Gtk', '3.0')"], capture_output=True)
+    if gtk.returncode != 0:
+        missing("GTK 3 for Inkscape's Python (python3-gi, gir1.2-gtk-3.0) is missing")
     read, write = os.pipe()
     xvfb = subprocess.Popen([TOOLS["Xvfb"], "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
                             pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
