@@ -419,6 +419,12 @@ class JobStore:
     def should_stop(self, job: Job) -> bool:
         return job.cancel_requested or self._closed
 
+    def encoder_chosen(self, job: Job, name: str, reason: str) -> None:
+        """The encoder the running job uses (clients see what `auto` chose before the job ends)."""
+        with self._lock:
+            job.encoder, job.encoder_reason = name, reason
+            job.version += 1
+
     def progress(self, job: Job, iteration: int, loss: float, strokes: np.ndarray) -> None:
         """Record one iteration; checkpoint state and preview to disk every CHECKPOINT_SECONDS."""
         now = time.monotonic()

@@ -80,17 +80,22 @@ def test_cancel_queued_and_finished(store, server_photo_png):
 
 
 def test_cancel_while_running_keeps_the_best_strokes(store, server_photo_png, monkeypatch):
-    job_id = store.submit(server_photo_png, SketchOptions(encoder="lite0", strokes=4, iterations=10_000))["id"]
+    """Also: while it runs, an `auto` job shows the encoder that auto chose (lite0, offline)."""
+    job_id = store.submit(server_photo_png, SketchOptions(encoder="auto", strokes=4, iterations=10_000))["id"]
+    assert store.snapshot(job_id)[1]["encoder"] == "auto"
     record_progress = store.progress
+    seen = []
 
     def progress_then_cancel(job, iteration, loss, strokes) -> None:
         record_progress(job, iteration, loss, strokes)
+        seen.append(store.snapshot(job_id)[1]["encoder"])
         if iteration == 3:
             store.cancel(job_id)  # as another client would, during the run
 
     monkeypatch.setattr(store, "progress", progress_then_cancel)
     Worker(store).run_job(store.next_job(timeout=0))
     view = store.snapshot(job_id)[1]
+    assert seen == ["lite0"] * 3
     assert view["state"] == "cancelled" and view["iteration"] == 3
     assert store.result_svg(job_id).count("<path") == 4
 

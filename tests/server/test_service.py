@@ -335,7 +335,7 @@ def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: b
     """The worker's error handling with engines that raise as a real one can (no server needed)."""
     calls = []
 
-    def engine(image, options, on_progress, should_stop):
+    def engine(image, options, on_progress, should_stop, on_encoder):
         calls.append(options.strokes)
         if options.strokes == 1:
             raise MemoryError()
