@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py
 	$(BIN)/python benchmarks/sketch.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/window.py
 
 gallery: $(STAMP)
 	$(BIN)/python benchmarks/gallery.py -o out/gallery.png

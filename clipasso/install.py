@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def extension_files() -> list[Path]:
-    """The .inx and the Python files Inkscape runs."""
-    files = sorted(SOURCE_DIR.glob("*.inx")) + sorted(SOURCE_DIR.glob("*.py"))
+    """The .inx, the Python files Inkscape runs and the window's GTK Builder file."""
+    files = sorted(SOURCE_DIR.glob("*.inx")) + sorted(SOURCE_DIR.glob("*.py")) + sorted(SOURCE_DIR.glob("*.ui"))
     if not any(f.suffix == ".inx" for f in files):
         raise InputError(
             f"the extension files are not in {SOURCE_DIR}; install clipasso from its source folder (pip install -e .)"

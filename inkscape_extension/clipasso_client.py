@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 import warnings
+from typing import Iterator
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
@@ -21,6 +22,8 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 #: How long a freshly started backend may take to answer /health (it imports PyTorch, loads weights).
 START_WAIT_S = 180.0
 REQUEST_TIMEOUT_S = 60.0
+#: Longest silence on an event stream (the backend sends a keep-alive every 15 s).
+STREAM_TIMEOUT_S = 60.0
 
 
 class BackendError(Exception):
@@ -29,10 +32,6 @@ class BackendError(Exception):
 
 class Unreachable(BackendError):
     """Nothing answers at the backend URL."""
-
-
-class JobTimeout(BackendError):
-    """The job did not finish in the time allowed; it is still on the backend."""
 
 
 class Backend:
@@ -57,40 +56,59 @@ class Backend:
     def health(self, timeout: float = 5.0) -> dict:
         return self._json("GET", "/health", timeout=timeout)
 
-    def submit(self, image: bytes, filename: str, mime: str, fields: dict) -> str:
-        """Queue a job for the image; returns its id."""
-        body, content_type = _multipart(fields, "image", filename, mime, image)
-        job = self._json("POST", "/jobs", body, {"Content-Type": content_type})
-        return str(job["id"])
+    def submit(self, image: bytes, filename: str, mime: str, fields: dict, attach: bool = False) -> dict:
+        """Queue a job for the image; returns its view (id, state, ...).
 
-    def job(self, job_id: str) -> dict:
-        return self._json("GET", f"/jobs/{job_id}")
+        `attach`: the backend cancels the job once no event stream of it (`events`) has been open for a
+        couple of seconds, so that it stops when this process is killed; `detach` unties it.
+        """
+        body, content_type = _multipart({**fields, "attach": str(attach).lower()}, "image", filename, mime, image)
+        job = self._json("POST", "/jobs", body, {"Content-Type": content_type})
+        if "id" not in job:
+            raise BackendError(f"{self.url}/jobs answered without a job id; is this a CLIPasso backend?")
+        return job
+
+    def events(self, job_id: str) -> Iterator[dict]:
+        """The job's server-sent events (each the JSON of GET /jobs/{id}) until the backend ends the stream.
+
+        While the stream is open it keeps an attached job alive on the backend.
+        """
+        response = self._open("GET", f"/jobs/{job_id}/events", None, {"Accept": "text/event-stream"}, STREAM_TIMEOUT_S)
+        data: list[str] = []
+        try:
+            with response:
+                for raw in response:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].lstrip(" "))
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise BackendError(f"the event stream of job {job_id} broke off ({exc})") from None
+
+    def preview_svg(self, job_id: str) -> bytes:
+        """The job's strokes as they are now."""
+        return self._request("GET", f"/jobs/{job_id}/preview.svg")
 
     def result_svg(self, job_id: str) -> bytes:
         return self._request("GET", f"/jobs/{job_id}/result.svg")
 
+    def detach(self, job_id: str) -> None:
+        """Let an attached job run to its end without an event stream (its result can be fetched later)."""
+        self._request("POST", f"/jobs/{job_id}/detach", b"", timeout=5.0)
+
+    def live_page(self, job_id: str) -> str:
+        """The backend's page that shows the job's strokes as they form."""
+        return f"{self.url}/#job={job_id}"
+
     def cancel(self, job_id: str) -> None:
-        """Ask the backend to stop a job; best effort (used while giving up anyway)."""
+        """Ask the backend to stop a job; best effort (a job that has just finished has nothing to stop, and a
+        backend that is gone stops attached jobs by itself)."""
         try:
             self._request("DELETE", f"/jobs/{job_id}", timeout=5.0)
         except BackendError:
             pass
-
-    def wait(self, job_id: str, deadline: float) -> dict:
-        """Poll the job until it reaches a final state; JobTimeout once `deadline` (time.monotonic) passes."""
-        delay = 0.2
-        while True:
-            job = self.job(job_id)
-            if job.get("state") in FINAL_STATES:
-                return job
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise JobTimeout(
-                    f"job {job_id} is still {job.get('state', 'running')} "
-                    f"({float(job.get('progress') or 0):.0%} done)"
-                )
-            time.sleep(min(delay, left))
-            delay = min(delay * 1.5, 2.0)
 
     def _json(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
               timeout: float = REQUEST_TIMEOUT_S) -> dict:
@@ -105,12 +123,20 @@ class Backend:
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                  timeout: float = REQUEST_TIMEOUT_S) -> bytes:
+        response = self._open(method, path, body, headers, timeout)
+        try:
+            with response:
+                return response.read()
+        except OSError as exc:
+            raise Unreachable(f"{self.url} stopped answering ({exc})") from None
+
+    def _open(self, method: str, path: str, body: bytes | None, headers: dict | None, timeout: float):
+        """The response to one request, its body not read yet; errors as BackendError."""
         request = Request(self.url + path, data=body, method=method, headers=dict(headers or {}))
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with self._opener.open(request, timeout=timeout) as response:
-                return response.read()
+            return self._opener.open(request, timeout=timeout)
         except HTTPError as exc:
             message = _error_message(exc)
             if exc.code == 401:

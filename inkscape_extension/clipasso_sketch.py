@@ -7,22 +7,27 @@ follows the job, and inserts the strokes as a new layer directly above the layer
 lying exactly over it: the strokes come in the image's pixel coordinates and one group transform maps
 them through the image's preserveAspectRatio, x, y, width, height and every transform up the tree.
 
-The document is only changed once every job has succeeded; any problem is one AbortExtension message,
-and Inkscape then leaves the document as it was. Nothing is printed to stdout but the document.
+While the backend works, a progress window (clipasso_window) shows the strokes forming over the photo;
+its Stop and place places the best strokes so far, its Cancel (or closing it) places nothing. The jobs are
+tied to this process (clipasso_jobs), so that the backend stops them when Inkscape kills it. Without GTK
+or a display the extension waits as it always did, and says in one line where to watch the job live.
+
+The document is only changed once every job has ended as it should; any problem is one AbortExtension
+message, and Inkscape then leaves the document as it was. Nothing is printed to stdout but the document.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import time
+import sys
+import warnings
 
 import inkex
-from lxml import etree
 
-from clipasso_client import Backend, BackendError, JobTimeout, ensure_backend, unready_encoder
+from clipasso_client import Backend, BackendError, ensure_backend, unready_encoder
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
+from clipasso_jobs import Phase, Photo, SketchRun
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
@@ -45,6 +50,7 @@ class Sketch(inkex.EffectExtension):
         pars.add_argument("--token", default="")
         pars.add_argument("--timeout", type=int, default=1800)
         pars.add_argument("--job_id", default="")
+        pars.add_argument("--window", type=inkex.Boolean, default=True)
 
     def effect(self):
         try:
@@ -69,42 +75,31 @@ class Sketch(inkex.EffectExtension):
         ]
         viewports = [image_viewport(img, pic) for img, pic in zip(images, pictures)]
         backend = Backend(opts.backend_url, opts.token)
-        ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"), os.path.join(HERE, "clipasso_backend.pid"))
-        unready = None if job_id else unready_encoder(backend.health(), opts.encoder)
-        if unready:
-            raise BackendError(unready)
-        deadline = time.monotonic() + opts.timeout
         fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder}
         if opts.iterations > 0:
             fields["iterations"] = opts.iterations
-        jobs: list[str] = [job_id] if job_id else []
-        finished: list[str] = []
-        try:
-            if not job_id:
-                for img, pic in zip(images, pictures):
-                    try:
-                        jobs.append(backend.submit(pic.data, pic.filename, pic.mime, fields))
-                    except BackendError as exc:
-                        raise BackendError(f"The backend refused {describe(img)}: {exc}") from None
-            results = []
-            for img, job in zip(images, jobs):
-                results.append(self._result(backend, job, img, deadline))
-                finished.append(job)
-        except JobTimeout as exc:
-            pending = [j for j in jobs if j not in finished]
-            raise BackendError(
-                f"The sketch did not finish within {opts.timeout} s: {exc}. The backend keeps working, and the "
-                f"result can still be fetched later: select the image and run Line sketch again with 'Fetch job' "
-                f"set to {pending[0]} on the Backend page (or download {backend.url}/jobs/{pending[0]}/result.svg)."
-                + (f" Jobs still running: {', '.join(pending)}." if len(pending) > 1 else "")
-            ) from None
-        except BaseException:
-            for job in jobs:
-                if job not in finished and job != job_id:
-                    backend.cancel(job)  # a failure or Ctrl-C: nobody will collect these results
-            raise
-        for img, pic, viewport, (viewbox, strokes) in zip(images, pictures, viewports, results):
-            self.insert_sketch(img, pic, viewport, viewbox, strokes)
+
+        def prepare() -> None:
+            """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
+            ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
+                           os.path.join(HERE, "clipasso_backend.pid"))
+            unready = None if job_id else unready_encoder(backend.health(), opts.encoder)
+            if unready:
+                raise BackendError(unready)
+
+        photos = [Photo(describe(img), pic) for img, pic in zip(images, pictures)]
+        run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
+        follow(run, opts.window)
+        if run.phase in (Phase.FAILED, Phase.TIMED_OUT):
+            raise BackendError(run.error)
+        if run.phase != Phase.DONE:
+            return  # cancelled: the document stays as it was, and inkex writes nothing back
+        done = [(img, pic, vp, photo.strokes) for img, pic, vp, photo in zip(images, pictures, viewports, run.photos)
+                if photo.strokes is not None]
+        if not done:
+            raise BackendError("Stopped before the backend had drawn any strokes: nothing was placed")
+        for img, pic, viewport, strokes in done:
+            self.insert_sketch(img, pic, viewport, strokes.viewbox, strokes.paths)
 
     def selected_images(self) -> list:
         """The <image> elements in the selection, also those inside selected groups, in selection order."""
@@ -119,14 +114,6 @@ class Sketch(inkex.EffectExtension):
                 "and run Line sketch again"
             )
         return found
-
-    def _result(self, backend: Backend, job_id: str, image, deadline: float) -> tuple:
-        """Wait for one job and read its strokes; BackendError when it failed."""
-        job = backend.wait(job_id, deadline)
-        if job.get("state") != "succeeded":
-            reason = job.get("error") or job.get("state")
-            raise BackendError(f"The sketch of {describe(image)} failed on the backend (job {job_id}): {reason}")
-        return parse_result(backend.result_svg(job_id), job_id)
 
     def insert_sketch(self, image, picture: Picture, viewport: tuple, viewbox: tuple, strokes: list) -> None:
         """A new layer right above the image's layer, with the strokes placed exactly over the image."""
@@ -165,6 +152,45 @@ class Sketch(inkex.EffectExtension):
         clip.append(inkex.Rectangle.new(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)))
         self.svg.defs.append(clip)
         return clip.get("id")
+
+
+def follow(run: SketchRun, window: bool) -> None:
+    """Do the run with the progress window; without one (not wanted, or GTK or a display is missing), wait
+    for it as before, and where the window was wanted say in one line where the backend shows the job live."""
+    show_progress, why = progress_window() if window else (None, "")
+    if show_progress is not None:
+        show_progress(run)
+        return
+    if window:
+        said = []
+
+        def say_where_to_watch() -> None:
+            job_id = run.photos[0].job_id
+            if job_id and not said:
+                said.append(job_id)
+                sys.stderr.write(f"CLIPasso: no progress window ({why}); watch the sketch live at "
+                                 f"{run.backend.live_page(job_id)}\n")
+
+        run.on_change = say_where_to_watch
+    run.run()
+
+
+def progress_window() -> tuple:
+    """(show_progress, "") where GTK 3 and a display are available, else (None, why not)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImportWarning)  # gi's importer warns; inkex's filter would print it
+        try:
+            import gi  # here, not at the top: GTK is optional, and a minimal Python has none
+
+            gi.require_version("Gtk", "3.0")
+            from gi.repository import Gtk
+        except (ImportError, ValueError) as exc:
+            return None, f"GTK 3 cannot be loaded: {exc}"
+        if not Gtk.init_check()[0]:
+            return None, "no display to show it on"
+        from clipasso_window import show_progress  # only now: inkex.gui prints GTK warnings without a display
+
+    return show_progress, ""
 
 
 def describe(image) -> str:
@@ -213,34 +239,6 @@ def image_viewport(image, picture: Picture) -> tuple:
     if width <= 0 or height <= 0:
         raise ImageError(f"{describe(image)} has no area on the canvas (width {width:g}, height {height:g})")
     return length("x", 0.0), length("y", 0.0), width, height
-
-
-def parse_result(svg: bytes, job_id: str) -> tuple:
-    """The result SVG's viewBox and its strokes as (path data, stroke width) in viewBox units."""
-    try:
-        root = etree.fromstring(svg, parser=etree.XMLParser(resolve_entities=False, no_network=True))
-        box = root.get("viewBox") or f"0 0 {root.get('width')} {root.get('height')}"
-        viewbox = tuple(float(v) for v in re.split(r"[\s,]+", box.strip()))
-        if len(viewbox) != 4 or viewbox[2] <= 0 or viewbox[3] <= 0:
-            raise ValueError(box)
-    except (etree.XMLSyntaxError, ValueError, TypeError):
-        raise BackendError(f"The backend's result for job {job_id} is not an SVG with a size") from None
-    strokes = [(p.get("d"), _stroke_width(p)) for p in root.iter(f"{{{SVG_NS}}}path") if p.get("d")]
-    return viewbox, strokes
-
-
-def _stroke_width(element) -> float:
-    """The stroke width an element draws with: its own or inherited, from style or attribute (SVG default 1)."""
-    while element is not None:
-        style = re.search(r"(?:^|;)\s*stroke-width\s*:\s*([0-9.eE+-]+)", element.get("style") or "")
-        value = style.group(1) if style else element.get("stroke-width")
-        if value:
-            try:
-                return float(re.sub(r"px$", "", value.strip()))
-            except ValueError:
-                pass
-        element = element.getparent()
-    return 1.0
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ def sketch(
     options: SketchOptions = SketchOptions(),
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_encoder: Callable[[str, str], None] | None = None,
 ) -> SketchResult:
     """Optimise `options.strokes` Bezier strokes so the encoder sees the photo in them.
 
     `image` is a photo from images.load_photo (or a PIL image, taken at its size). Runs `seeds` independent
     optimisations and keeps the one with the lowest loss on the plain (un-augmented) view. Cancelling through
-    `should_stop` returns the best strokes so far with `cancelled=True`.
+    `should_stop` returns the best strokes so far with `cancelled=True`. `on_encoder(name, reason)` hears
+    which encoder runs (what `auto` chose) as soon as it is loaded.
     """
     opts = options.validated()
     photo = image if isinstance(image, Photo) else Photo.of(image)
@@ -49,6 +51,8 @@ def sketch(
     t_start = time.perf_counter()
     encoder, reason = load_encoder(opts.encoder, opts.device, opts.weights, preferred=opts.recipe.encoder)
     timings["load"] = time.perf_counter() - t_start
+    if on_encoder is not None:
+        on_encoder(encoder.name, reason)
 
     t0 = time.perf_counter()
     target = prepare_target(photo, encoder, opts)

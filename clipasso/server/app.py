@@ -8,6 +8,7 @@ finished, 413 upload too large, 429 too many queued jobs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
@@ -31,6 +32,8 @@ log = logging.getLogger("clipasso.service")
 
 #: How long a clean shutdown waits for the running job to reach its next iteration.
 SHUTDOWN_WAIT_SECONDS = 30.0
+#: How often attached jobs that nobody follows any more are looked for (and cancelled).
+ABANDONED_SWEEP_SECONDS = 0.5
 
 
 def create_app(
@@ -45,7 +48,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(store.load)
         worker.start()
+        sweeper = asyncio.create_task(cancel_abandoned(store))
         yield
+        sweeper.cancel()
         store.close()
         if not await run_in_threadpool(worker.join, SHUTDOWN_WAIT_SECONDS):
             log.warning("the running job did not stop in %.0f s; it will be marked failed on restart",
@@ -71,6 +76,18 @@ def create_app(
         schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
     return app
+
+
+async def cancel_abandoned(store: JobStore) -> None:
+    """Cancel attached jobs whose client stopped following them (see jobs.py), as long as the app runs."""
+    while True:
+        await asyncio.sleep(ABANDONED_SWEEP_SECONDS)
+        for job_id in store.abandoned():
+            log.info("job %s: no client follows this attached job any more; cancelling it", job_id)
+            try:
+                await run_in_threadpool(store.cancel, job_id)
+            except JobStateError:
+                pass  # it finished meanwhile
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

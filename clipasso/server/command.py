@@ -3,16 +3,20 @@
 Endpoints (JSON unless noted; the OpenAPI schema is at /openapi.json):
   GET    /health                  status, version, device, encoders, queue length
   GET    /jobs                    every job, newest first
-  POST   /jobs                    multipart: image (file), strokes, iterations, seed, seeds, encoder, preset
-                                  -> 202 {"id", "state": "queued", ...}
+  POST   /jobs                    multipart: image (file), strokes, iterations, seed, seeds, encoder, preset,
+                                  attach -> 202 {"id", "state": "queued", ...}
   GET    /jobs/{id}               state, progress 0..1, iteration, iterations, loss, error, encoder, created,
-                                  finished
-  GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished
+                                  finished, attached, queue_position
+  GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished; an
+                                  attached job (attach=true) is cancelled once no such stream has been open
+                                  for 2 s (its client was killed), other jobs run on whoever watches
+  POST   /jobs/{id}/detach        an attached job runs to its end without a stream
   GET    /jobs/{id}/preview.svg   the strokes as they are now (SVG)
   GET    /jobs/{id}/result.svg    the final SVG; 409 until the job has finished
   DELETE /jobs/{id}               cancel: 200 when a queued job is cancelled at once, 202 when a running
                                   job was asked to stop (it turns `cancelled` at its next iteration)
   GET    /                        a page that lists the jobs and draws a running job's strokes live
+                                  (/#job=ID opens that job)
 
 Security: binds to 127.0.0.1 by default; any other address needs a token, and once a token is set
 every request must carry `Authorization: Bearer TOKEN`, on localhost too. The one exception is the

@@ -7,6 +7,12 @@ written atomically, so a crash leaves either the old or the new version. After a
 are served as they were; queued jobs are queued again; a job that was stopped by a clean shutdown is
 queued again too, while one that was running when the process died is marked failed with the reason
 (it may be what killed the process, so it is not retried blindly).
+
+An *attached* job (submitted with attach=true) belongs to the client that follows its event stream:
+once no stream of it has been open for ATTACH_GRACE_SECONDS, it is cancelled like DELETE would, so a
+client that is killed (Inkscape's Cancel kills the extension) leaves no work behind. Other jobs run to
+the end whoever watches. The grace lets a client reconnect, and covers the moment between submitting and
+opening the stream.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ PHOTO = "photo.png"
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 #: A running job's state and preview go to disk at most this often (state changes go at once).
 CHECKPOINT_SECONDS = 2.0
+#: How long an attached job may go without an open event stream before it is cancelled.
+ATTACH_GRACE_SECONDS = 2.0
 
 class QueueFull(Exception):
     """Too many jobs are waiting; the client should retry later (HTTP 429)."""
@@ -107,9 +115,12 @@ class Job:
     encoder: str | None = None  # the encoder that ran, once known; the requested one before
     encoder_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    attached: bool = False  # cancelled when no event stream of it stays open (see the module notes)
     version: int = field(default=0, metadata=RUNTIME)
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
+    watchers: int = field(default=0, metadata=RUNTIME)  # event streams open now
+    unwatched_since: float = field(default_factory=time.monotonic, metadata=RUNTIME)
 
     @property
     def iterations(self) -> int:
@@ -125,8 +136,11 @@ class Job:
         """Strokes as an SVG of this job's image size (previews; results carry their metadata too)."""
         return strokes_to_svg(strokes, self.width, self.height, self.stroke_width)
 
-    def view(self) -> dict:
-        """The fields clients see (GET /jobs/{id} and each server-sent event), as JSON values."""
+    def view(self, queue_position: int | None = None) -> dict:
+        """The fields clients see (GET /jobs/{id} and each server-sent event), as JSON values.
+
+        `queue_position`: how many jobs wait ahead of this one, while it is queued.
+        """
         if self.state == JobState.SUCCEEDED:
             progress = 1.0
         else:
@@ -142,6 +156,8 @@ class Job:
             encoder=self.encoder or self.options.encoder,
             created=_iso(self.created),
             finished=_iso(self.finished),
+            attached=self.attached,
+            queue_position=queue_position if self.state == JobState.QUEUED else None,
         ).model_dump(mode="json")
 
     def to_record(self) -> dict:
@@ -304,9 +320,10 @@ class JobStore:
         """The options as the worker will run them (server device and weights); InputError if invalid."""
         return replace(options, device=self.device, weights=self.weights).validated()
 
-    def submit(self, upload: ImageSource, options: SketchOptions) -> dict:
+    def submit(self, upload: ImageSource, options: SketchOptions, attached: bool = False) -> dict:
         """Check the options and the image, write them to disk and queue the job; its public fields.
 
+        `attached`: the job lives only while a client follows its event stream (see the module notes).
         The upload is decoded once, here, within the decode budget; the job keeps the decoded photo at
         working size (`photo.png`), never the upload. Raises InputError for bad input, QueueFull when too
         many jobs wait, DecoderBusy when other large uploads hold the decode budget too long. Blocking:
@@ -322,7 +339,8 @@ class JobStore:
             self._reserved += 1  # holds a place in the queue while the image is decoded and written
         try:
             photo = load_photo(upload)
-            job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time())
+            job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time(),
+                      attached=attached)
             folder = self.job_dir(job.id)
             try:
                 folder.mkdir(mode=FOLDER_MODE, parents=True)
@@ -345,9 +363,10 @@ class JobStore:
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._wake.notify_all()
-            view = job.view()
-        log.info("job %s queued: %dx%d image, %d strokes, %d iterations, encoder %s",
-                 job.id, job.width, job.height, opts.strokes, job.iterations, opts.encoder)
+            view = job.view(len(self._queue) - 1)
+        log.info("job %s queued: %dx%d image, %d strokes, %d iterations, encoder %s%s",
+                 job.id, job.width, job.height, opts.strokes, job.iterations, opts.encoder,
+                 ", attached to its event stream" if attached else "")
         return view
 
     def photo(self, job: Job) -> Photo:
@@ -365,13 +384,15 @@ class JobStore:
         """(version, public fields) of one job, read consistently."""
         with self._lock:
             job = self.get(job_id)
-            return job.version, job.view()
+            position = self._queue.index(job_id) if job.state == JobState.QUEUED else None
+            return job.version, job.view(position)
 
     def list(self) -> list[dict]:
         """Every job's public fields, newest first."""
         with self._lock:
             jobs = sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
-            return [j.view() for j in jobs]
+            positions = {job_id: i for i, job_id in enumerate(self._queue)}
+            return [j.view(positions.get(j.id)) for j in jobs]
 
     def queued_count(self) -> int:
         with self._lock:
@@ -395,6 +416,44 @@ class JobStore:
         if queued:
             self._persist(job)
         log.info("job %s: cancel requested (%s)", job_id, "cancelled" if queued else "stopping")
+        return self.snapshot(job_id)[1]
+
+    def watch(self, job_id: str) -> None:
+        """An event stream of the job opened (it keeps an attached job alive)."""
+        with self._lock:
+            self.get(job_id).watchers += 1
+
+    def unwatch(self, job_id: str) -> None:
+        """An event stream of the job closed; the last one starts an attached job's grace period."""
+        with self._lock:
+            job = self.get(job_id)
+            job.watchers -= 1
+            if job.watchers == 0:
+                job.unwatched_since = time.monotonic()
+
+    def abandoned(self) -> list[str]:
+        """Attached jobs, not finished nor already stopping, that nobody has followed for the grace period;
+        queued ones first, so that cancelling them in this order never lets the worker start one of them."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = [
+                job for job in self._jobs.values()
+                if job.attached and not job.state.final and not job.cancel_requested and job.watchers == 0
+                and now - job.unwatched_since >= ATTACH_GRACE_SECONDS
+            ]
+            return [job.id for job in sorted(jobs, key=lambda j: j.state != JobState.QUEUED)]
+
+    def detach(self, job_id: str) -> dict:
+        """Let the job run to its end whoever follows it (as jobs submitted without attach=true do)."""
+        with self._lock:
+            job = self.get(job_id)
+            changed = job.attached
+            if changed:
+                job.attached = False
+                job.version += 1
+        if changed:
+            self._persist(job)
+            log.info("job %s detached: it runs to its end", job_id)
         return self.snapshot(job_id)[1]
 
     def preview_svg(self, job_id: str) -> str:
@@ -447,6 +506,12 @@ class JobStore:
 
     def should_stop(self, job: Job) -> bool:
         return job.cancel_requested or self._closed
+
+    def encoder_chosen(self, job: Job, name: str, reason: str) -> None:
+        """The encoder the running job uses (clients see what `auto` chose before the job ends)."""
+        with self._lock:
+            job.encoder, job.encoder_reason = name, reason
+            job.version += 1
 
     def progress(self, job: Job, iteration: int, loss: float, strokes: np.ndarray) -> None:
         """Record one iteration; checkpoint state and preview to disk every CHECKPOINT_SECONDS."""

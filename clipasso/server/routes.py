@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .. import __version__
 from ..encoders.weights import readiness
 from ..options import ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, SketchOptions
-from .jobs import JobStore
+from .jobs import ATTACH_GRACE_SECONDS, JobStore
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
 
 #: How often an event stream looks for changes, and how long it stays silent before a keep-alive.
@@ -74,12 +74,15 @@ async def submit(
     seeds: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_SEEDS}),
     encoder: str | None = Form(None, json_schema_extra={"enum": list(ENCODER_NAMES)}),
     preset: str | None = Form(None, json_schema_extra={"enum": list(PRESETS)}),
+    attach: bool = Form(False, description=(
+        "tie the job to its event stream: once no GET /jobs/{id}/events of it has been open for "
+        f"{ATTACH_GRACE_SECONDS:g} s, it is cancelled (for clients that may be killed mid-job)")),
 ) -> JSONResponse:
     """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
              "encoder": encoder, "preset": preset}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
-    view = await run_in_threadpool(store.submit, image.file, options)  # spooled to disk when large
+    view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
 
 
@@ -91,33 +94,38 @@ async def get_job(job_id: str, store: JobStore = Store) -> dict:
 
 @router.get("/jobs/{job_id}/events",
             responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404)})
-async def job_events(job_id: str, store: JobStore = Store) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, store: JobStore = Store) -> StreamingResponse:
     """Server-sent events, one `data:` line of the same JSON as GET /jobs/{id} per change.
 
     The stream ends after the event with a final state (succeeded, failed or cancelled).
-    Disconnecting does not cancel the job.
+    Disconnecting does not cancel the job, unless it was submitted with attach=true and no other stream
+    of it opens within the grace period.
     """
     store.snapshot(job_id)  # 404 before the stream starts
     return StreamingResponse(
-        _events(store, job_id), media_type="text/event-stream",
+        _events(store, job_id, request), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(store: JobStore, job_id: str) -> AsyncIterator[str]:
-    last, quiet = -1, 0.0
-    while True:
-        version, view = store.snapshot(job_id)
-        if version != last:
-            last, quiet = version, 0.0
-            yield f"id: {version}\ndata: {json.dumps(view)}\n\n"
-            if view["state"] in FINAL_STATES:
-                return
-        elif quiet >= KEEPALIVE_SECONDS:
-            quiet = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(EVENT_POLL_SECONDS)
-        quiet += EVENT_POLL_SECONDS
+async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterator[str]:
+    last, quiet = None, 0.0
+    store.watch(job_id)  # here, so that it is undone in `finally` however the stream ends
+    try:
+        while not await request.is_disconnected():  # noticed even while the job waits and nothing is sent
+            version, view = store.snapshot(job_id)
+            if view != last:  # its own changes, and its place in the queue
+                last, quiet = view, 0.0
+                yield f"id: {version}\ndata: {json.dumps(view)}\n\n"
+                if view["state"] in FINAL_STATES:
+                    return
+            elif quiet >= KEEPALIVE_SECONDS:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(EVENT_POLL_SECONDS)
+            quiet += EVENT_POLL_SECONDS
+    finally:
+        store.unwatch(job_id)
 
 
 @router.get("/jobs/{job_id}/preview.svg",
@@ -132,6 +140,12 @@ def preview(job_id: str, store: JobStore = Store) -> Response:
 def result(job_id: str, store: JobStore = Store) -> Response:
     """The final SVG (for a cancelled job: the best strokes before it stopped)."""
     return Response(store.result_svg(job_id), media_type="image/svg+xml")
+
+
+@router.post("/jobs/{job_id}/detach", response_model=JobView, responses=error_responses(401, 404))
+def detach(job_id: str, store: JobStore = Store) -> dict:
+    """Untie a job submitted with attach=true from its event stream: it runs to its end whoever follows it."""
+    return store.detach(job_id)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView,

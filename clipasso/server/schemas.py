@@ -43,6 +43,8 @@ class JobView(BaseModel):
     encoder: str
     created: str
     finished: str | None
+    attached: bool  # cancelled once no event stream of it is open (submitted with attach=true)
+    queue_position: int | None  # while queued: how many jobs wait ahead of it
 
 
 class JobList(BaseModel):

@@ -85,6 +85,7 @@ class Worker:
                 job.options,
                 on_progress=lambda i, n, loss, strokes: store.progress(job, i, loss, strokes),
                 should_stop=lambda: store.should_stop(job),
+                on_encoder=lambda name, reason: store.encoder_chosen(job, name, reason),
             )
         except InputError as exc:
             store.finish(job, error=str(exc))

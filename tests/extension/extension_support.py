@@ -21,6 +21,8 @@ EXTENSION_DIR = ROOT / "inkscape_extension"
 DATA = ROOT / "tests" / "data" / "extension"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 INKSCAPE = shutil.which("inkscape")
+#: The Python Inkscape runs extensions with on Linux: the system's python3, not this virtual environment's.
+INKSCAPE_PYTHON = shutil.which("python3", path=os.defpath)
 XVFB_RUN = shutil.which("xvfb-run")
 #: A job that takes seconds on a CPU: the built-in encoder, few strokes, one iteration.
 FAST = ["--encoder=lite0", "--strokes=4", "--iterations=1"]

@@ -48,7 +48,7 @@ class TestSketchComparisons(ComparisonMixin, TestCase):
         """Compare one run; the reference's name leaves out the backend's port, which changes every run."""
         args = (*args, *FAST)
         cmpfile = self.get_compare_cmpfile(args, addout=document)
-        self.assertCompare(document, cmpfile, [*args, f"--backend_url={self.backend_url}"])
+        self.assertCompare(document, cmpfile, [*args, f"--backend_url={self.backend_url}", "--window=false"])
 
     def test_embedded_image_in_a_mm_document(self) -> None:
         self.compare("embedded.svg", "--id=photo")
@@ -67,12 +67,13 @@ class TestSketchComparisons(ComparisonMixin, TestCase):
 
 
 def run_sketch(document: str, *args: str) -> tuple[int, str, bytes]:
-    """Run the effect as Inkscape does: (exit status, what it wrote to stderr, the output document)."""
+    """Run the effect as Inkscape does, without the progress window (test_extension_window.py has it):
+    (exit status, what it wrote to stderr, the output document)."""
     output = io.BytesIO()
     status = 0
     with Capture("stdout") as stdout, Capture("stderr") as stderr:
         try:
-            Sketch().run([str(DATA / document), *args], output=output)
+            Sketch().run([str(DATA / document), *args, "--window=false"], output=output)
         except SystemExit as exc:
             status = exc.code
     assert stdout.getvalue() == "", "the extension printed to stdout, where Inkscape expects the document"

@@ -14,7 +14,7 @@ from clipasso import __version__
 from clipasso.cli import main
 from clipasso.install import CONFIG, FOLDER, user_extensions_dir
 
-SHIPPED = sorted(p.name for p in EXTENSION_DIR.iterdir() if p.suffix in (".inx", ".py"))
+SHIPPED = sorted(p.name for p in EXTENSION_DIR.iterdir() if p.suffix in (".inx", ".py", ".ui"))
 
 
 def test_install_copies_the_extension_and_records_the_backend(tmp_path: Path, capsys) -> None:

@@ -38,3 +38,4 @@ class TestInx(InxMixin, TestCase):
         assert params["backend_url"].text == "http://127.0.0.1:8765"
         assert params["encoder"].options == ["auto", "lite0", "clip:RN101", "clip:RN50", "clip:ViT-B/32"]
         assert {"seed", "stroke_width", "token", "timeout"} <= set(params)
+        assert params["window"].param_type == "bool" and params["window"].text == "true"

@@ -1,5 +1,5 @@
-"""The extension's standard-library helpers: reading images and their sizes, the viewBox mapping, and the
-HTTP client's error messages. No inkex needed."""
+"""The extension's standard-library helpers: reading images and their sizes, the viewBox mapping, the
+HTTP client's error messages, and what the progress window says about a run. No inkex needed."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import_extension(with_inkex=False)
 
 from clipasso_client import Backend, BackendError, how_to_start  # noqa: E402
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport  # noqa: E402
-from clipasso_images import ImageError, decode_data_uri, load_picture  # noqa: E402
+from clipasso_images import ImageError, Picture, decode_data_uri, load_picture  # noqa: E402
+from clipasso_jobs import Phase, Photo, SketchRun, clock  # noqa: E402
 
 
 def encode(fmt: str, size: tuple[int, int] = (7, 5), mode: str = "RGB", **options) -> bytes:
@@ -215,3 +216,53 @@ def test_backend_urls() -> None:
     assert how_to_start(local, None) == "clipasso serve --host localhost --port 9000 --token s3cret-token-of-16+"
     assert how_to_start(local, ["/opt/my env/python", "-m", "clipasso", "serve"]).startswith(
         "'/opt/my env/python' -m clipasso serve --host localhost --port 9000")
+
+
+def test_what_the_window_says_as_a_run_goes_on() -> None:
+    """The texts of the progress window, from reaching the backend to stopping, for a run of two photos."""
+    picture = Picture(b"", "image/png", 7, 5, "photo.png")
+    first, second = Photo('image "cat"', picture), Photo('image "coffee"', picture)
+    run = SketchRun(Backend("http://127.0.0.1:8765"), [first, second], {}, 60, prepare=lambda: None)
+    starting = run.report(now=100.0)
+    assert starting.title == 'Sketching image "cat" (photo 1 of 2)' and starting.fraction == 0.0
+    assert starting.details == "Reaching the CLIPasso backend at http://127.0.0.1:8765 (starting it can take a minute)"
+
+    run.phase = Phase.WORKING
+    first.job_id, second.job_id = "a", "b"
+    first.view = {"state": "queued", "queue_position": 2, "progress": 0.0}
+    second.view = {"state": "queued", "queue_position": 3, "progress": 0.0}
+    assert run.report(100.0)[2:4] == ("Queued", "Waiting: 2 jobs ahead of it in the backend's queue")
+    first.view = {**first.view, "queue_position": 0}
+    assert run.report(100.0).details == "Waiting: next in the backend's queue"
+
+    first.view = {"state": "running", "iteration": 1, "iterations": 500, "progress": 0.002, "encoder": "lite0"}
+    first.running_since = 100.0
+    assert run.report(103.0)[1:4] == (0.002, "Iteration 1 of 500", "0:03 elapsed, estimating the time left - encoder lite0")
+    first.view = {**first.view, "iteration": 100, "progress": 0.2}
+    report = run.report(120.0)
+    assert report.details == "0:20 elapsed, about 1:20 left - encoder lite0" and report.overall == "All photos: 10%"
+
+    first.view = {**first.view, "state": "succeeded", "progress": 1.0}
+    second.view = {"state": "running", "iteration": 0, "iterations": 500, "progress": 0.0, "encoder": "lite0"}
+    assert run.current() is second and run.report(121.0).title == 'Sketching image "coffee" (photo 2 of 2)'
+    assert run.progress() == 0.5
+    run.phase = Phase.STOPPING
+    assert run.report(122.0)[2:4] == ("Stopping", "Stopping: keeping the best strokes so far")
+
+
+def test_cancel_overrides_stop_and_place_and_a_final_run_ignores_both() -> None:
+    def asked(*presses: str, phase: Phase = Phase.WORKING) -> Phase | None:
+        run = SketchRun(Backend("http://127.0.0.1:8765"), [], {}, 60, prepare=lambda: None)
+        run.phase = phase
+        for press in presses:
+            getattr(run, press)()
+        return run.asked
+
+    assert asked("stop") == Phase.STOPPING
+    assert asked("stop", "cancel") == asked("cancel", "stop") == Phase.CANCELLING
+    assert asked("stop", phase=Phase.DONE) is None
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3599, "59:59"), (3725, "1:02:05")])
+def test_clock(seconds: float, text: str) -> None:
+    assert clock(seconds) == text

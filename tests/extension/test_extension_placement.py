@@ -140,7 +140,8 @@ def placed_points(svg_path, job_id: str, backend_url: str) -> tuple[np.ndarray, 
     """Run the extension; every stroke control point, in image pixels and as drawn on the canvas."""
     out = io.BytesIO()
     with Capture("stderr") as err:
-        Sketch().run([str(svg_path), "--id=img", f"--job_id={job_id}", f"--backend_url={backend_url}"], output=out)
+        Sketch().run([str(svg_path), "--id=img", f"--job_id={job_id}", f"--backend_url={backend_url}", "--window=false"],
+                     output=out)
     assert err.getvalue() == ""
     svg = inkex.load_svg(out.getvalue()).getroot()
     layer = svg.xpath("//svg:g[starts-with(@inkscape:label, 'CLIPasso sketch')]")[0]

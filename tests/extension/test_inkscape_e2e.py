@@ -1,5 +1,6 @@
 """End to end in the real Inkscape, headless: install with `clipasso install-inkscape --dir`, run the effect
-with `--batch-process` and `.noprefs`, and let the extension start the backend it was installed with.
+with `--batch-process` and `.noprefs`, and let the extension start the backend it was installed with (and
+show its progress window on the virtual display until the job ends).
 
 `.noprefs` runs with the settings saved in Inkscape's preferences, so the test gives Inkscape a profile
 folder of its own (INKSCAPE_PROFILE_DIR) whose preferences.xml points the extension at a free port and
@@ -95,6 +96,8 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
             pytest.fail(f"Inkscape did not finish in {INKSCAPE_TIMEOUT_S} s (an extension message dialog blocks "
                         f"batch mode); backend log:\n{backend_log.read_text() if backend_log.exists() else '-'}")
         assert inkscape.returncode == 0, log
+        # Batch mode with a display (Xvfb here) shows the progress window, which closes by itself at the end.
+        assert "no progress window" not in log
         # The extension started the backend it was installed with, on the port from the preferences.
         assert pid_file.exists()
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"

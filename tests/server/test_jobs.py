@@ -9,7 +9,7 @@ import pytest
 from extension_support import import_extension
 
 from clipasso.options import SketchOptions, SketchResult
-from clipasso.server.jobs import Job, JobStateError, JobStore, QueueFull, UnknownJob
+from clipasso.server.jobs import ATTACH_GRACE_SECONDS, Job, JobStateError, JobStore, QueueFull, UnknownJob
 from clipasso.server.schemas import FINAL_STATES, JobState
 from clipasso.server.worker import Worker
 
@@ -80,19 +80,57 @@ def test_cancel_queued_and_finished(store, server_photo_png):
 
 
 def test_cancel_while_running_keeps_the_best_strokes(store, server_photo_png, monkeypatch):
-    job_id = store.submit(server_photo_png, SketchOptions(encoder="lite0", strokes=4, iterations=10_000))["id"]
+    """Also: while it runs, an `auto` job shows the encoder that auto chose (lite0, offline)."""
+    job_id = store.submit(server_photo_png, SketchOptions(encoder="auto", strokes=4, iterations=10_000))["id"]
+    assert store.snapshot(job_id)[1]["encoder"] == "auto"
     record_progress = store.progress
+    seen = []
 
     def progress_then_cancel(job, iteration, loss, strokes) -> None:
         record_progress(job, iteration, loss, strokes)
+        seen.append(store.snapshot(job_id)[1]["encoder"])
         if iteration == 3:
             store.cancel(job_id)  # as another client would, during the run
 
     monkeypatch.setattr(store, "progress", progress_then_cancel)
     Worker(store).run_job(store.next_job(timeout=0))
     view = store.snapshot(job_id)[1]
+    assert seen == ["lite0"] * 3
     assert view["state"] == "cancelled" and view["iteration"] == 3
     assert store.result_svg(job_id).count("<path") == 4
+
+
+def test_attached_jobs_are_abandoned_only_when_nobody_follows_them(store, server_photo_png):
+    """The lease behind attach=true, with the clock moved by hand: streams keep the job, the grace counts from
+    the last one closing (or from submitting), detaching ends the tie, and other jobs are never abandoned."""
+    attached = store.submit(server_photo_png, QUICK, attached=True)["id"]
+    free = store.submit(server_photo_png, QUICK)["id"]
+    job = store.get(attached)
+    assert store.snapshot(attached)[1]["attached"] and not store.snapshot(free)[1]["attached"]
+    assert store.abandoned() == []  # within the grace after submitting
+    job.unwatched_since -= ATTACH_GRACE_SECONDS
+    store.get(free).unwatched_since -= ATTACH_GRACE_SECONDS
+    assert store.abandoned() == [attached]
+    store.watch(attached)
+    store.watch(attached)
+    store.unwatch(attached)
+    job.unwatched_since -= ATTACH_GRACE_SECONDS
+    assert store.abandoned() == []  # one stream is still open
+    store.unwatch(attached)
+    assert store.abandoned() == []  # the last one just closed
+    job.unwatched_since -= ATTACH_GRACE_SECONDS
+    assert store.abandoned() == [attached]
+    view = store.detach(attached)
+    assert not view["attached"] and not record(store, attached)["attached"] and store.abandoned() == []
+
+
+def test_queue_position(store, server_photo_png):
+    ids = [store.submit(server_photo_png, QUICK)["id"] for _ in range(3)]
+    assert [store.snapshot(i)[1]["queue_position"] for i in ids] == [0, 1, 2]
+    store.next_job(timeout=0)
+    store.cancel(ids[1])
+    assert [store.snapshot(i)[1]["queue_position"] for i in ids] == [None, None, 0]
+    assert [j["queue_position"] for j in store.list()] == [0, None, None]
 
 
 def test_queue_limit(store, server_photo_png):

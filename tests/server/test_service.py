@@ -6,6 +6,7 @@ import io
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -171,6 +172,34 @@ def test_cancel_queue_limit_and_a_failing_job(server_main: ServerProcess, server
     assert health == {**health, "status": "ok", "queue": 0}
 
 
+def test_attached_jobs_are_cancelled_when_their_client_goes_away(server_main: ServerProcess,
+                                                                 server_photo_png: bytes) -> None:
+    """attach=true: a running job whose only event stream closes, and a queued one whose stream never opened,
+    are both cancelled within 5 s (the grace is 2 s); the running one keeps its best strokes."""
+    with server_main.client() as client:
+        running = submit(client, server_photo_png, attach="true", **ENDLESS)
+        assert running["attached"] and running["queue_position"] == 0
+        stream = events(client, running["id"])
+        next(e for e in stream if e["state"] == "running" and e["iteration"] >= 1)
+        waiting = submit(client, server_photo_png, attach="true", **ENDLESS)
+        assert waiting["queue_position"] == 0 and client.get(f"/jobs/{running['id']}").json()["queue_position"] is None
+        stream.close()  # the client goes away after the second job was queued, which must never start
+        ended = {}
+        deadline = time.monotonic() + 5.0
+        while len(ended) < 2 and time.monotonic() < deadline:
+            for job in (running, waiting):
+                view = client.get(f"/jobs/{job['id']}").json()
+                if view["state"] in ("succeeded", "failed", "cancelled"):
+                    ended.setdefault(job["id"], view)
+            time.sleep(0.1)
+        best_so_far = client.get(f"/jobs/{running['id']}/result.svg")
+    assert set(ended) == {running["id"], waiting["id"]}, "not cancelled within 5 s of the client going away"
+    assert ended[running["id"]]["state"] == "cancelled" and ended[running["id"]]["iteration"] >= 1
+    assert ended[waiting["id"]]["state"] == "cancelled" and ended[waiting["id"]]["error"] == "cancelled before it started"
+    assert best_so_far.status_code == 200 and len(paths(best_so_far.content)) == 4
+    assert "no client follows this attached job any more" in (server_main.data_dir / "serve.log").read_text()
+
+
 BAD_FIELDS = [
     ({"strokes": "0"}, "strokes must be between 1 and 512"),
     ({"strokes": "513"}, "strokes must be between 1 and 512"),
@@ -306,7 +335,7 @@ def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: b
     """The worker's error handling with engines that raise as a real one can (no server needed)."""
     calls = []
 
-    def engine(image, options, on_progress, should_stop):
+    def engine(image, options, on_progress, should_stop, on_encoder):
         calls.append(options.strokes)
         if options.strokes == 1:
             raise MemoryError()
