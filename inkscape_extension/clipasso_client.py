@@ -5,8 +5,10 @@ Standard library only (urllib): this runs in Inkscape's own Python on Linux, Win
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import uuid
 import warnings
 from typing import Iterator
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -51,7 +53,12 @@ class Backend:
     @property
     def is_local(self) -> bool:
         """Whether the URL points to this machine (the only case where the extension starts a backend)."""
-        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback  # 127.evil.example is not 127.0.0.1
+        except ValueError:
+            return False
 
     def health(self, timeout: float = 5.0) -> dict:
         return self._json("GET", "/health", timeout=timeout)
@@ -73,7 +80,8 @@ class Backend:
 
         While the stream is open it keeps an attached job alive on the backend.
         """
-        response = self._open("GET", f"/jobs/{job_id}/events", None, {"Accept": "text/event-stream"}, STREAM_TIMEOUT_S)
+        response = self._open("GET", f"/jobs/{_quoted(job_id)}/events", None, {"Accept": "text/event-stream"},
+                              STREAM_TIMEOUT_S)
         data: list[str] = []
         try:
             with response:
@@ -89,24 +97,24 @@ class Backend:
 
     def preview_svg(self, job_id: str) -> bytes:
         """The job's strokes as they are now."""
-        return self._request("GET", f"/jobs/{job_id}/preview.svg")
+        return self._request("GET", f"/jobs/{_quoted(job_id)}/preview.svg")
 
     def result_svg(self, job_id: str) -> bytes:
-        return self._request("GET", f"/jobs/{job_id}/result.svg")
+        return self._request("GET", f"/jobs/{_quoted(job_id)}/result.svg")
 
     def detach(self, job_id: str) -> None:
         """Let an attached job run to its end without an event stream (its result can be fetched later)."""
-        self._request("POST", f"/jobs/{job_id}/detach", b"", timeout=5.0)
+        self._request("POST", f"/jobs/{_quoted(job_id)}/detach", b"", timeout=5.0)
 
     def live_page(self, job_id: str) -> str:
         """The backend's page that shows the job's strokes as they form."""
-        return f"{self.url}/#job={job_id}"
+        return f"{self.url}/#job={_quoted(job_id)}"
 
     def cancel(self, job_id: str) -> None:
         """Ask the backend to stop a job; best effort (a job that has just finished has nothing to stop, and a
         backend that is gone stops attached jobs by itself)."""
         try:
-            self._request("DELETE", f"/jobs/{job_id}", timeout=5.0)
+            self._request("DELETE", f"/jobs/{_quoted(job_id)}", timeout=5.0)
         except BackendError:
             pass
 
@@ -148,6 +156,21 @@ class Backend:
         except (URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"nothing answers at {self.url} ({reason})") from None
+
+
+#: The backend's job ids: what `secrets.token_urlsafe(16)` gives.
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def check_job_id(job_id: str) -> str:
+    """The id as given, or a BackendError that says what an id looks like."""
+    if not JOB_ID.fullmatch(job_id):
+        raise BackendError(f"{job_id!r} is not a job id: the backend's ids are 22 letters, digits, '-' or '_'")
+    return job_id
+
+
+def _quoted(job_id: str) -> str:
+    return quote(job_id, safe="")
 
 
 def unready_encoder(health: dict, encoder: str) -> str | None:

@@ -17,6 +17,8 @@ from urllib.parse import unquote, unquote_to_bytes, urlparse
 from urllib.request import url2pathname
 
 FORMATS = "PNG, JPEG, GIF, BMP or WebP"
+#: How much of a linked file is read to identify it (its header); the rest only when it is sent.
+HEADER_BYTES = 1 << 20
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
 
 
@@ -26,13 +28,26 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Picture:
-    """An image's file content with what the extension needs to know about it."""
+    """An image with what the extension needs to know about it. A linked file is read whole only when its
+    bytes are needed (`data`), so a file too large to send is refused before it is read."""
 
-    data: bytes
     mime: str
     width: int  # pixels, as displayed
     height: int
     filename: str  # for the upload, e.g. "photo.jpg" or "embedded.png"
+    size: int  # bytes
+    path: str | None = None  # a linked file
+    embedded: bytes | None = None  # the bytes of a data: URI
+
+    @property
+    def data(self) -> bytes:
+        if self.embedded is not None:
+            return self.embedded
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ImageError(f"cannot read the linked file {self.path} ({exc.strerror or exc})") from None
 
 
 def load_picture(href: str | None, label: str, base_dirs: list[str], absref: str | None = None) -> Picture:
@@ -45,14 +60,20 @@ def load_picture(href: str | None, label: str, base_dirs: list[str], absref: str
         raise ImageError(f"{label} has no pixels: its href is empty")
     href = href.strip()
     if href[:5].lower() == "data:":
-        return _identify(decode_data_uri(href, label), label, None)
+        data = decode_data_uri(href, label)
+        mime, width, height = _identify(data, label)
+        return Picture(mime, width, height, "embedded" + _EXT[mime], len(data), embedded=data)
     path = _linked_path(href, label, base_dirs, absref)
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            data = f.read()
+            head = f.read(HEADER_BYTES)
+            if size > HEADER_BYTES and _sniff_mime(head) == "image/jpeg" and _jpeg_size_or_none(head) is None:
+                head += f.read()  # the frame header lies behind large metadata: read on
     except OSError as exc:
         raise ImageError(f"{label}: cannot read the linked file {path} ({exc.strerror or exc})") from None
-    return _identify(data, label, os.path.basename(path))
+    mime, width, height = _identify(head, label)
+    return Picture(mime, width, height, os.path.basename(path), size, path=path)
 
 
 def decode_data_uri(uri: str, label: str) -> bytes:
@@ -121,8 +142,8 @@ def _is_svg(data: bytes) -> bool:
     return data.startswith(b"\x1f\x8b") or (head.startswith(b"<") and b"<svg" in head)
 
 
-def _identify(data: bytes, label: str, filename: str | None) -> Picture:
-    """Check that the bytes are a bitmap we can send, and read its displayed pixel size."""
+def _identify(data: bytes, label: str) -> tuple[str, int, int]:
+    """Check that the bytes (the file's start) are a bitmap we can send; its type and displayed size."""
     mime = _sniff_mime(data)
     if mime is None:
         if _is_svg(data):
@@ -136,7 +157,14 @@ def _identify(data: bytes, label: str, filename: str | None) -> Picture:
         width = height = 0
     if width <= 0 or height <= 0:
         raise ImageError(f"{label}: the {_EXT[mime][1:].upper()} data is corrupt or truncated (no valid size)")
-    return Picture(data, mime, width, height, filename or "embedded" + _EXT[mime])
+    return mime, width, height
+
+
+def _jpeg_size_or_none(data: bytes) -> tuple[int, int] | None:
+    try:
+        return _jpeg_size(data)
+    except (struct.error, IndexError, ValueError):
+        return None
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

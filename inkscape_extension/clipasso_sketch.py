@@ -24,7 +24,7 @@ import warnings
 
 import inkex
 
-from clipasso_client import Backend, BackendError, ensure_backend, unready_encoder
+from clipasso_client import Backend, BackendError, check_job_id, ensure_backend, unready_encoder
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
 from clipasso_jobs import Phase, Photo, SketchRun
@@ -61,14 +61,14 @@ class Sketch(inkex.EffectExtension):
     def _sketch_selection(self) -> None:
         opts = self.options
         images = self.selected_images()
-        job_id = opts.job_id.strip()
+        job_id = check_job_id(opts.job_id.strip()) if opts.job_id.strip() else ""
         if job_id and len(images) != 1:
             raise ImageError(f"Fetch job {job_id} places one result: select the one image it was made from")
         # Inkscape hands over a copy of the document whose relative links it rebased to the copy's folder;
         # run by hand, the input is the document itself.
         inputs = [self.options.input_file, self.document_path()]
         base_dirs = list(dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in inputs if isinstance(p, str) and p))
-        # Read every image before any backend work, so that a bad one is reported at once.
+        # Identify every image before any backend work, so that a bad one is reported at once.
         pictures = [
             load_picture(img.get("xlink:href") or img.get("href"), describe(img), base_dirs, img.get("sodipodi:absref"))
             for img in images
@@ -83,9 +83,18 @@ class Sketch(inkex.EffectExtension):
             """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
             ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
                            os.path.join(HERE, "clipasso_backend.pid"))
-            unready = None if job_id else unready_encoder(backend.health(), opts.encoder)
+            health = backend.health()
+            unready = None if job_id else unready_encoder(health, opts.encoder)
             if unready:
                 raise BackendError(unready)
+            limit = health.get("max_upload_bytes")
+            for img, pic in zip(images, pictures):
+                if not job_id and isinstance(limit, int) and pic.size > limit:
+                    raise BackendError(
+                        f"{describe(img)} is {pic.size / 1e6:.3g} MB; the backend accepts photos of up to "
+                        f"{limit / 1e6:g} MB. Save a smaller copy (or start the backend with a larger "
+                        "--max-upload-mb) and run Line sketch again."
+                    )
 
         photos = [Photo(describe(img), pic) for img, pic in zip(images, pictures)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)

@@ -65,6 +65,7 @@ def create_app(
     )
     app.state.store = store
     app.state.worker = worker
+    app.state.max_upload_bytes = max_upload_bytes
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)

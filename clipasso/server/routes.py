@@ -55,6 +55,7 @@ async def health(request: Request, store: JobStore = Store) -> dict:
         "encoders": list(ENCODER_NAMES),
         "models": [s.to_dict() for s in readiness(store.weights)],
         "queue": store.queued_count(),
+        "max_upload_bytes": request.app.state.max_upload_bytes,
     }
 
 

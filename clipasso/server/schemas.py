@@ -67,6 +67,7 @@ class Health(BaseModel):
     encoders: list[str]
     models: list[EncoderState]
     queue: int
+    max_upload_bytes: int
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -170,6 +170,19 @@ class TestSketchErrors:
                                r"CLIPASSO_OFFLINE=1\. Ready there: lite0\. .*clipasso models download clip:RN101")
         assert httpx.get(f"{backend.url}/jobs").json()["jobs"] == queued
 
+    def test_a_photo_over_the_backends_upload_limit_is_refused_before_sending(self, server_factory, tmp_path):
+        server = server_factory(tmp_path / "data", "--max-upload-mb", "0.001")
+        try:
+            assert_refused("linked.svg", "--id=cat", f"--backend_url={server.url}",
+                           message=r'^image "cat" is 0.00342 MB; the backend accepts photos of up to 0.001 MB')
+            assert httpx.get(f"{server.url}/jobs").json()["jobs"] == []
+        finally:
+            server.stop()
+
+    def test_a_fetch_job_id_that_is_not_one_is_one_message(self) -> None:
+        assert_refused("linked.svg", "--id=cat", f"--backend_url=http://127.0.0.1:{free_port()}",
+                       "--job_id=abc def", message=r"^'abc def' is not a job id")
+
     def test_job_fails(self, server_factory, tmp_path) -> None:
         # Online, CLIP weights are fetched on first use; the hub (a closed port here) does not answer, so the
         # job starts, then fails with the reason.

@@ -17,7 +17,7 @@ from PIL import Image, features
 
 import_extension(with_inkex=False)
 
-from clipasso_client import Backend, BackendError, how_to_start  # noqa: E402
+from clipasso_client import Backend, BackendError, check_job_id, how_to_start  # noqa: E402
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport  # noqa: E402
 from clipasso_images import ImageError, Picture, decode_data_uri, load_picture  # noqa: E402
 from clipasso_jobs import Phase, Photo, SketchRun, clock  # noqa: E402
@@ -110,6 +110,24 @@ def test_linked_files(tmp_path: Path) -> None:
         assert (picture.data, picture.filename) == (png, "my photo.png")
     # Inkscape's sodipodi:absref is the fallback for a link that moved
     assert load_picture("gone/my photo.png", "image", [str(elsewhere)], absref=str(tmp_path / "my photo.png")).data == png
+
+
+def test_a_linked_file_is_identified_from_its_header_and_read_only_when_sent(tmp_path: Path) -> None:
+    jpeg = encode("JPEG", (40, 30))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(jpeg + b"\0" * (3 << 20))  # 3 MB of trailing bytes: only the first MB is read
+    picture = load_picture(str(path), "image", [])
+    assert (picture.width, picture.height, picture.size, picture.embedded) == (40, 30, len(jpeg) + (3 << 20), None)
+    path.write_bytes(b"changed")  # read at the last moment, when it is sent
+    assert picture.data == b"changed"
+
+
+def test_job_ids_are_checked_and_quoted() -> None:
+    assert check_job_id("A" * 20 + "-_") == "A" * 20 + "-_"
+    for bad in ("abc def", "../health", "A" * 21, "A" * 21 + "/"):
+        with pytest.raises(BackendError, match="is not a job id: the backend's ids are 22 letters"):
+            check_job_id(bad)
+    assert Backend("http://127.0.0.1:1").live_page("a/b c") == "http://127.0.0.1:1/#job=a%2Fb%20c"
 
 
 def test_missing_and_unresolvable_links(tmp_path: Path) -> None:
@@ -211,6 +229,7 @@ def test_backend_urls() -> None:
         Backend("127.0.0.1:8765")
     assert [Backend(u).is_local for u in ("http://127.0.0.1:1", "http://localhost:2", "http://[::1]:3")] == [True] * 3
     assert not Backend("https://sketch.example.org").is_local
+    assert not Backend("http://127.evil.example:8765").is_local  # a name, not the loopback address
     assert Backend("https://sketch.example.org").port == 443
     local = Backend("http://localhost:9000/", token="s3cret-token-of-16+")
     assert how_to_start(local, None) == "clipasso serve --host localhost --port 9000 --token s3cret-token-of-16+"
