@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..encoders import load_encoder
+from ..encoders import load_encoder, resolve_device
 from ..images import Letterbox
-from ..options import CANVAS, ProgressCallback, SketchOptions, SketchResult, image_stroke_width
+from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .init import STARTS
 from .relay import relay_for
-from .render import render
+from .render import check_backend
 from .stopping import STOP_RULES
 from .target import AUGMENTATION_BANK, Target, prepare_target
 
@@ -44,6 +44,7 @@ def sketch(
     `should_stop` returns the best strokes so far with `cancelled=True`.
     """
     opts = options.validated()
+    check_backend(Renderer(opts.renderer).backend, resolve_device(opts.device))  # before the slow part
     timings = {"init": 0.0, "render": 0.0, "forward": 0.0, "backward": 0.0}
     t_start = time.perf_counter()
     encoder, reason = load_encoder(opts.encoder, opts.device, opts.weights, preferred=opts.recipe.encoder)
@@ -150,7 +151,7 @@ def loss_and_gradient(points: Tensor, target: Target, views: Tensor, timings: di
     """Render the strokes, compare them with the photo under `views` (-1: plain), and leave the loss's
     gradient in points.grad. Returns the plain view's loss."""
     t = time.perf_counter()
-    ink = render(points, CANVAS, CANVAS, stroke_width=target.stroke_width)
+    ink = target.render(points)
     t1 = time.perf_counter()
     loss, plain = target.loss(ink[None, None].expand(1, 3, CANVAS, CANVAS), views)
     t2 = time.perf_counter()
