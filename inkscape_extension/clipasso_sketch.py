@@ -40,6 +40,7 @@ class Sketch(inkex.EffectExtension):
         pars.add_argument("--iterations", type=int, default=0)
         pars.add_argument("--seed", type=int, default=0)
         pars.add_argument("--encoder", default="auto")
+        pars.add_argument("--renderer", default="auto")
         pars.add_argument("--stroke_width", type=float, default=1.0)
         pars.add_argument("--backend_url", default="http://127.0.0.1:8765")
         pars.add_argument("--token", default="")
@@ -71,7 +72,7 @@ class Sketch(inkex.EffectExtension):
         backend = Backend(opts.backend_url, opts.token)
         ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"), os.path.join(HERE, "clipasso_backend.pid"))
         deadline = time.monotonic() + opts.timeout
-        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder}
+        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer}
         if opts.iterations > 0:
             fields["iterations"] = opts.iterations
         jobs: list[str] = [job_id] if job_id else []

@@ -12,7 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .. import __version__
-from ..options import ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, SketchOptions
+from ..options import (
+    ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS, SketchOptions,
+    available_renderers,
+)
 from .jobs import JobStore
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
 
@@ -46,6 +49,7 @@ async def health(store: JobStore = Store) -> dict:
         "version": __version__,
         "device": store.device,
         "encoders": list(ENCODER_NAMES),
+        "renderers": available_renderers(),
         "queue": store.queued_count(),
     }
 
@@ -66,10 +70,12 @@ async def submit(
     seeds: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_SEEDS}),
     encoder: str | None = Form(None, json_schema_extra={"enum": list(ENCODER_NAMES)}),
     preset: str | None = Form(None, json_schema_extra={"enum": list(PRESETS)}),
+    renderer: str | None = Form(None, json_schema_extra={"enum": list(RENDERERS)},
+                                description="auto (ours), torch, or diffvg where /health lists it"),
 ) -> JSONResponse:
     """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
-             "encoder": encoder, "preset": preset}
+             "encoder": encoder, "preset": preset, "renderer": renderer}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     data = await image.read()
     view = await run_in_threadpool(store.submit, data, options)

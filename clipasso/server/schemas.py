@@ -54,6 +54,7 @@ class Health(BaseModel):
     version: str
     device: str
     encoders: list[str]
+    renderers: list[str]  #: the renderers this server can use (diffvg only where pydiffvg is installed)
     queue: int
 
 
