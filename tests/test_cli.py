@@ -80,6 +80,13 @@ def test_bad_input_one_line_exit_2(case, photo, tmp_path, capsys):
     assert not (tmp_path / "o.svg").exists() and not list(tmp_path.glob("*.part"))
 
 
+def test_diffvg_without_pydiffvg_is_refused_before_the_photo_is_read(without_pydiffvg, tmp_path, capsys):
+    assert main(["sketch", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "o.svg"), "--renderer", "diffvg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipasso: error: renderer 'diffvg' needs pydiffvg") and "\n" not in err
+    assert "https://github.com/BachiLi/diffvg" in err and "no such file" not in err
+
+
 def test_unknown_encoder_is_refused_by_argparse(photo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--encoder", "clip:ViT-L/14"])
