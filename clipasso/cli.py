@@ -20,7 +20,7 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
 from .images import load_photo
-from .options import ENCODER_NAMES, PRESETS, SketchOptions
+from .options import ENCODER_NAMES, PRESETS, RENDERERS, SketchOptions
 from .server import command
 
 
@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="default (fast) or paper")
     p.add_argument("--stroke-width", type=float, help="stroke width in the photo's pixels "
                    "(default: 3 px per 224 px of the photo's longest side)")
+    p.add_argument("--renderer", default="auto", choices=RENDERERS,
+                   help="the rasterizer: auto or torch (ours, the default: fastest, installs with pip), or "
+                   "diffvg (the reference's, where pydiffvg is installed)")
     p.add_argument("--preview", help="also write a PNG of the strokes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     options = SketchOptions(
         strokes=args.strokes, iterations=args.iterations, seed=args.seed, seeds=args.seeds,
         encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
-        stroke_width=args.stroke_width,
+        stroke_width=args.stroke_width, renderer=args.renderer,
     ).validated()
     photo = load_photo(args.input)
 

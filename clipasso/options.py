@@ -7,6 +7,7 @@ every limit that the CLI, the server and the extension's .inx state is defined o
 from __future__ import annotations
 
 import enum
+import importlib.util
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -35,6 +36,40 @@ CANVAS_STROKE_WIDTH = 3.0
 CLIP_ARCHS = ("RN101", "RN50", "ViT-B/32")
 ENCODER_NAMES = ("auto", "lite0") + tuple(f"clip:{a}" for a in CLIP_ARCHS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Where to get pydiffvg: it is not on PyPI, so the one-line error says to build it.
+DIFFVG_HINT = "build it from https://github.com/BachiLi/diffvg into this Python (python setup.py install)"
+
+
+class Renderer(str, enum.Enum):
+    """Which rasterizer draws the strokes, in the optimisation, the stroke re-laying and the previews."""
+
+    AUTO = "auto"  #: ours (torch): installs with pip, fastest on a CPU
+    TORCH = "torch"  #: our differentiable rasterizer in plain PyTorch
+    DIFFVG = "diffvg"  #: diffvg, the reference's rasterizer, where pydiffvg is installed
+
+    @property
+    def backend(self) -> str:
+        """The engine's render backend for this choice."""
+        return "diffvg" if self is Renderer.DIFFVG else "torch"
+
+
+RENDERERS = tuple(r.value for r in Renderer)
+
+
+def available_renderers() -> list[str]:
+    """The renderer names usable here: diffvg only where pydiffvg and its compiled module can be found.
+
+    Found, not imported: importing pydiffvg imports torch, which this module must not.
+    """
+    has_diffvg = all(_findable(m) for m in ("pydiffvg", "diffvg"))
+    return [r.value for r in Renderer if r is not Renderer.DIFFVG or has_diffvg]
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # None in sys.modules: Python's way of saying that a module must not be imported
+        return False
 
 
 class Init(str, enum.Enum):
@@ -82,6 +117,15 @@ def check_encoder_name(name: str) -> None:
         raise InputError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
 
 
+def check_renderer(name: str) -> None:
+    """Raise InputError for a renderer name the engine does not know, or diffvg where it is not installed."""
+    if name not in RENDERERS:
+        raise InputError(f"unknown renderer {name!r}; choose one of: {', '.join(RENDERERS)}")
+    if name not in available_renderers():
+        raise InputError(f"renderer {name!r} needs pydiffvg, which is not installed here: {DIFFVG_HINT}; "
+                         "or use renderer auto")
+
+
 def check_range(name: str, value: object, low: int, high: int) -> None:
     """Raise InputError unless `value` is an int in low..high."""
     if not isinstance(value, int) or not low <= value <= high:
@@ -102,6 +146,7 @@ class SketchOptions:
     weights: str | None = None
     #: Stroke width in the input image's pixels; None scales 3 px at 224 px to the image size.
     stroke_width: float | None = None
+    renderer: str = Renderer.AUTO.value
 
     def validated(self) -> "SketchOptions":
         """These options with the preset filled in; raises InputError on a value out of range."""
@@ -119,6 +164,7 @@ class SketchOptions:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
         check_encoder_name(self.encoder)
+        check_renderer(self.renderer)
         return replace(self, iterations=iterations, seeds=seeds)
 
     @property

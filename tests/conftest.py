@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
 import signal
+import sys
 import tempfile
+from types import ModuleType
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,3 +58,22 @@ def server_photo_png() -> bytes:
     image.save(buffer, "PNG")
     return buffer.getvalue()
 
+
+
+@pytest.fixture(scope="session")
+def pydiffvg() -> ModuleType:
+    """The real pydiffvg. Its tests skip where it is not installed, but fail under CI when .ci/run built it
+    (CLIPASSO_EXPECT_DIFFVG=1): there a skip would hide a broken build."""
+    try:
+        return importlib.import_module("pydiffvg")
+    except ImportError as exc:
+        if os.environ.get("CI") == "true" and os.environ.get("CLIPASSO_EXPECT_DIFFVG") == "1":
+            pytest.fail(f".ci/run built diffvg, but pydiffvg does not import: {exc}")
+        pytest.skip("pydiffvg is not installed (../shared/diffvg/build.sh PYTHON builds it)")
+
+
+@pytest.fixture
+def without_pydiffvg(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test runs as if pydiffvg were not installed: None in sys.modules is Python's import block."""
+    for name in ("pydiffvg", "diffvg"):
+        monkeypatch.setitem(sys.modules, name, None)

@@ -107,6 +107,13 @@ def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
     assert "cancelled, best so far: 4 strokes" in rest and svg.read_text().count("<path") == 4
 
 
+def test_diffvg_without_pydiffvg_is_refused_before_the_photo_is_read(without_pydiffvg, tmp_path, capsys):
+    assert main(["sketch", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "o.svg"), "--renderer", "diffvg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipasso: error: renderer 'diffvg' needs pydiffvg") and "\n" not in err
+    assert "https://github.com/BachiLi/diffvg" in err and "no such file" not in err
+
+
 def test_unknown_encoder_is_refused_by_argparse(photo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--encoder", "clip:ViT-L/14"])

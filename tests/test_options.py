@@ -16,7 +16,9 @@ from clipasso.options import (
     MAX_SEED,
     MAX_STROKES,
     PRESETS,
+    RENDERERS,
     SketchOptions,
+    available_renderers,
     image_stroke_width,
 )
 
@@ -45,10 +47,20 @@ def test_validated_fills_in_the_preset():
     ({"device": "tpu"}, "unknown device 'tpu'"),
     ({"encoder": "clip:RN999"}, "unknown encoder 'clip:RN999'"),
     ({"preset": "fast"}, "unknown preset 'fast'"),
+    ({"renderer": "cairo"}, "unknown renderer 'cairo'; choose one of: auto, torch, diffvg"),
 ])
 def test_out_of_range_values_are_one_line_errors(kw, message):
     with pytest.raises(InputError, match=message):
         SketchOptions(**kw).validated()
+
+
+def test_diffvg_without_pydiffvg_is_a_one_line_error_that_says_how_to_get_it(without_pydiffvg):
+    assert available_renderers() == ["auto", "torch"]
+    with pytest.raises(InputError, match=r"renderer 'diffvg' needs pydiffvg, which is not installed here: "
+                                         r"build it from https://github.com/BachiLi/diffvg") as error:
+        SketchOptions(renderer="diffvg").validated()
+    assert "\n" not in str(error.value)
+    assert SketchOptions(renderer="torch").validated().renderer == "torch"
 
 
 def test_stroke_width_rule():
@@ -67,3 +79,4 @@ def test_the_extension_states_the_same_limits():
     assert int(param["iterations"].get("max")) == MAX_ITERATIONS
     assert int(param["seed"].get("max")) == MAX_SEED
     assert [o.get("value") for o in param["encoder"].iterfind("i:option", ns)] == list(ENCODER_NAMES)
+    assert [o.get("value") for o in param["renderer"].iterfind("i:option", ns)] == list(RENDERERS)

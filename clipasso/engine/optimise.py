@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..encoders import load_encoder
+from ..encoders import load_encoder, resolve_device
 from ..images import Letterbox, Photo
-from ..options import CANVAS, ProgressCallback, SketchOptions, SketchResult, image_stroke_width
+from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .init import STARTS
 from .relay import relay_for
-from .render import render
+from .render import check_backend
 from .stopping import STOP_RULES
 from .target import AUGMENTATION_BANK, Target, prepare_target
 
@@ -46,6 +46,7 @@ def sketch(
     which encoder runs (what `auto` chose) as soon as it is loaded.
     """
     opts = options.validated()
+    check_backend(Renderer(opts.renderer).backend, resolve_device(opts.device))  # before the slow part
     photo = image if isinstance(image, Photo) else Photo.of(image)
     timings = {"init": 0.0, "render": 0.0, "forward": 0.0, "backward": 0.0}
     t_start = time.perf_counter()
@@ -155,7 +156,7 @@ def loss_and_gradient(points: Tensor, target: Target, views: Tensor, timings: di
     """Render the strokes, compare them with the photo under `views` (-1: plain), and leave the loss's
     gradient in points.grad. Returns the plain view's loss."""
     t = time.perf_counter()
-    ink = render(points, CANVAS, CANVAS, stroke_width=target.stroke_width)
+    ink = target.render(points)
     t1 = time.perf_counter()
     loss, plain = target.loss(ink[None, None].expand(1, 3, CANVAS, CANVAS), views)
     t2 = time.perf_counter()

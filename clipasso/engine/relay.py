@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..options import CANVAS
 from .init import traced_length, traced_strokes
-from .render import render, render_batch
 from .target import Target
 
 #: Fractions of the iterations at which the weakest strokes are laid again: late enough that strokes
@@ -31,10 +29,9 @@ def replace_weak_strokes(points: Tensor, target: Target, generator: torch.Genera
     n = points.shape[0]
     if n < 4:
         return 0
-    width = target.stroke_width
-    full = render(points, CANVAS, CANVAS, stroke_width=width)
+    full = target.render(points)
     without = torch.stack([torch.cat([points[:i], points[i + 1 :]]) for i in range(n)])
-    drops = target.loss.stroke_drop_losses(render_batch(without, CANVAS, CANVAS, stroke_width=width))
+    drops = target.loss.stroke_drop_losses(target.render_batch(without))
     base = target.loss.stroke_drop_losses(full[None])[0]
     worth = (drops - base).cpu()
     threshold = 0.5 * float(worth.median())

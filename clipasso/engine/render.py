@@ -16,10 +16,14 @@ _Raster), which is what makes it fast on a CPU.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from ..errors import InputError
+from ..options import DIFFVG_HINT
 
 #: Longest polyline segment, px: short segments keep their bounding boxes (the work) small.
 SEGMENT_LENGTH = 8.0
@@ -75,16 +79,14 @@ def render_batch(
     if int(height) < 1 or int(width) < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     b, n = points.shape[:2]
-    if backend == "diffvg":
-        widths = _per_stroke(stroke_width, b, n, points)
-        alphas = None if opacity is None else _per_stroke(opacity, b, n, points)
-        return torch.stack(
-            [
-                _render_diffvg(points[i], height, width, widths[i], None if alphas is None else alphas[i])
-                for i in range(b)
-            ]
-        )
     widths = _per_stroke(stroke_width, b, n, points)
+    if backend == "diffvg":
+        alphas = None if opacity is None else _per_stroke(opacity, b, n, points)
+        images = [
+            _render_diffvg(points[i], int(height), int(width), widths[i], None if alphas is None else alphas[i])
+            for i in range(b)
+        ]
+        return torch.stack(images) if images else points.new_ones(0, int(height), int(width))
     alphas = torch.ones_like(widths) if opacity is None else _per_stroke(opacity, b, n, points)
     return _render_tiles(points, widths, alphas, int(height), int(width))
 
@@ -307,33 +309,88 @@ class _Raster(torch.autograd.Function):
         return grad_ctrl, grad_half, grad_alpha, None, None, None, None
 
 
-def _render_diffvg(
-    points: Tensor, height: int, width: int, stroke_width: float | Tensor, opacity: Tensor | None
-) -> Tensor:
-    """The same image through diffvg (2x2 supersampling), for comparison where pydiffvg is installed."""
+def check_backend(backend: str, device: torch.device) -> None:
+    """Raise InputError unless `backend` can render on `device` here (for diffvg: pydiffvg imports, and
+    runs on the CPU, or on CUDA where it was built with CUDA). Cheap: call it before slow work."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "diffvg":
+        _diffvg_on(device)
+
+
+def _diffvg_on(device: torch.device):
+    """pydiffvg, told to render on `device` (it keeps one device for all calls, picked at its import);
+    InputError where it cannot."""
+    pydiffvg = _pydiffvg()
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"the diffvg renderer runs on the CPU or CUDA, not on {device.type}; "
+                         "use device cpu or renderer auto")
+    if device.type == "cuda" and not diffvg_has_cuda():
+        raise InputError("this pydiffvg was built without CUDA: rebuild it with DIFFVG_CUDA=1, "
+                         "or use device cpu or renderer auto")
+    pydiffvg.set_use_gpu(device.type == "cuda")
+    pydiffvg.set_device(device)
+    return pydiffvg
+
+
+def _pydiffvg():
+    """The pydiffvg module, or an InputError that says how to get it."""
     try:
-        import pydiffvg
+        import pydiffvg  # here, not at the top: it is optional, and only the diffvg backend needs it
     except ImportError as exc:
-        raise RuntimeError(
-            "backend='diffvg' needs the pydiffvg package (https://github.com/BachiLi/diffvg); "
-            "use backend='torch' instead"
-        ) from exc
-    n = points.shape[0]
-    widths = _per_stroke(stroke_width, 1, n, points)[0]
-    alphas = torch.ones_like(widths) if opacity is None else _per_stroke(opacity, 1, n, points)[0]
+        raise InputError(f"the diffvg renderer needs pydiffvg, which does not import here ({exc}): "
+                         f"{DIFFVG_HINT}; or use renderer auto") from None
+    return pydiffvg
+
+
+@functools.cache
+def diffvg_has_cuda() -> bool:
+    """Whether pydiffvg was built with CUDA. Its C++ side says so only by refusing a GPU scene, so this
+    renders a 1x1 one: the scene is laid out on the CPU, and a CPU build refuses it before any CUDA call,
+    so the answer is False on a machine without a GPU too."""
+    pydiffvg = _pydiffvg()
+    path = pydiffvg.Path(num_control_points=torch.tensor([0]), points=torch.zeros(2, 2),
+                         stroke_width=torch.tensor(1.0), is_closed=False)
+    group = pydiffvg.ShapeGroup(shape_ids=torch.tensor([0]), fill_color=None, stroke_color=torch.ones(4))
+    pydiffvg.set_device(torch.device("cpu"))
+    scene = pydiffvg.RenderFunction.serialize_scene(1, 1, [path], [group])
+    try:
+        pydiffvg.set_device(torch.device("cuda"))
+        pydiffvg.RenderFunction.apply(1, 1, 1, 1, 0, None, *scene)
+    except RuntimeError as exc:
+        if "not compiled with GPU" in str(exc):
+            return False
+        raise
+    finally:
+        pydiffvg.set_device(torch.device("cpu"))
+    return True
+
+
+def _render_diffvg(points: Tensor, height: int, width: int, widths: Tensor, alphas: Tensor | None) -> Tensor:
+    """The same image through diffvg (2x2 supersampling): points (N, 4, 2), widths and alphas (N,).
+
+    pydiffvg reads its buffers as float32 whatever their dtype, and renders on the device it was last
+    told about: so each call hands it float32 copies (gradients flow back through the casts), names the
+    points' device, and returns the image in the points' dtype.
+    """
+    device = points.device
+    pydiffvg = _diffvg_on(device)
+    if points.shape[0] == 0:
+        return points.new_ones(height, width)
+    points32 = points.float()
+    half = widths.float() * 0.5  # diffvg takes a half width
+    alphas32 = torch.ones_like(half) if alphas is None else alphas.float()
+    black = torch.zeros(3, device=device)
     shapes, groups = [], []
-    for i in range(n):
+    for i in range(points.shape[0]):
         shapes.append(
-            pydiffvg.Path(
-                num_control_points=torch.tensor([2]),
-                points=points[i],
-                stroke_width=widths[i] * 0.5,  # diffvg takes a half width
-                is_closed=False,
-            )
+            pydiffvg.Path(num_control_points=torch.tensor([2]), points=points32[i].contiguous(),
+                          stroke_width=half[i], is_closed=False)
         )
-        color = torch.cat([torch.zeros(3, dtype=points.dtype, device=points.device), alphas[i : i + 1]])
+        color = torch.cat([black, alphas32[i : i + 1]])
         groups.append(pydiffvg.ShapeGroup(shape_ids=torch.tensor([i]), fill_color=None, stroke_color=color))
     args = pydiffvg.RenderFunction.serialize_scene(width, height, shapes, groups)
     rgba = pydiffvg.RenderFunction.apply(width, height, 2, 2, 0, None, *args)
     alpha = rgba[:, :, 3]
-    return rgba[:, :, 0] * alpha + (1 - alpha)  # composite over white; ink is black
+    image = rgba[:, :, 0] * alpha + (1 - alpha)  # composite over white; ink is black
+    return image.to(points.dtype)

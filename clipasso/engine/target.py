@@ -15,9 +15,10 @@ from torch import Tensor
 
 from ..encoders import Encoder
 from ..images import Letterbox, Photo
-from ..options import CANVAS, SketchOptions, image_stroke_width
+from ..options import CANVAS, Renderer, SketchOptions, image_stroke_width
 from .init import STARTS, edge_tangents, init_distribution, xdog_edges
 from .losses import SketchLoss, augmentation_bank
+from .render import render, render_batch
 
 #: Least weight of the loss anywhere on the photo: the subject map only tilts it, so a wrong map
 #: still leaves the whole photo some pull.
@@ -36,6 +37,7 @@ class Target:
     stroke_width: float  #: in canvas pixels
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
+    backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
 
     @cached_property
     def tangents(self) -> np.ndarray:
@@ -45,6 +47,14 @@ class Target:
     @property
     def device(self) -> torch.device:
         return self.low.device
+
+    def render(self, points: Tensor) -> Tensor:
+        """Strokes (N, 4, 2) in canvas pixels drawn on the canvas: (S, S), 1 = paper."""
+        return render(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
+
+    def render_batch(self, points: Tensor) -> Tensor:
+        """B sketches (B, N, 4, 2) drawn at once: (B, S, S)."""
+        return render_batch(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
 
     def clamp(self, points: Tensor) -> Tensor:
         """Points moved onto the photo (not the letterbox's paper)."""
@@ -73,4 +83,5 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
+        backend=Renderer(options.renderer).backend,
     )

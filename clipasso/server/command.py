@@ -1,10 +1,10 @@
 """`clipasso serve`: the local HTTP backend that the Inkscape extension (and the page at `/`) talk to.
 
 Endpoints (JSON unless noted; the OpenAPI schema is at /openapi.json):
-  GET    /health                  status, version, device, encoders, queue length
+  GET    /health                  status, version, device, encoders, renderers (those usable here), queue length
   GET    /jobs                    every job, newest first
   POST   /jobs                    multipart: image (file), strokes, iterations, seed, seeds, encoder, preset,
-                                  attach -> 202 {"id", "state": "queued", ...}
+                                  attach, renderer -> 202 {"id", "state": "queued", ...}
   GET    /jobs/{id}               state, progress 0..1, iteration, iterations, loss, error, encoder, created,
                                   finished, attached, queue_position
   GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished; an

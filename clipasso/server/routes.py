@@ -13,7 +13,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .. import __version__
 from ..encoders.weights import readiness
-from ..options import ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, SketchOptions
+from ..options import (
+    ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS, SketchOptions,
+    available_renderers,
+)
 from .jobs import ATTACH_GRACE_SECONDS, JobStore
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
 
@@ -54,6 +57,7 @@ async def health(request: Request, store: JobStore = Store) -> dict:
         "device": store.device,
         "encoders": list(ENCODER_NAMES),
         "models": [s.to_dict() for s in readiness(store.weights)],
+        "renderers": available_renderers(),
         "queue": store.queued_count(),
         "max_upload_bytes": request.app.state.max_upload_bytes,
     }
@@ -78,10 +82,12 @@ async def submit(
     attach: bool = Form(False, description=(
         "tie the job to its event stream: once no GET /jobs/{id}/events of it has been open for "
         f"{ATTACH_GRACE_SECONDS:g} s, it is cancelled (for clients that may be killed mid-job)")),
+    renderer: str | None = Form(None, json_schema_extra={"enum": list(RENDERERS)},
+                                description="auto (ours), torch, or diffvg where /health lists it"),
 ) -> JSONResponse:
     """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
-             "encoder": encoder, "preset": preset}
+             "encoder": encoder, "preset": preset, "renderer": renderer}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})

@@ -66,6 +66,7 @@ class Health(BaseModel):
     device: str
     encoders: list[str]
     models: list[EncoderState]
+    renderers: list[str]  #: the renderers this server can use (diffvg only where pydiffvg is installed)
     queue: int
     max_upload_bytes: int
 

@@ -20,7 +20,8 @@ from schemathesis.checks import positive_data_acceptance
 from lxml import etree
 from PIL import Image
 
-from clipasso.options import SketchOptions
+from clipasso.errors import InputError
+from clipasso.options import SketchOptions, available_renderers
 from clipasso.server.jobs import JobStore
 from clipasso.server.worker import Worker
 
@@ -95,6 +96,7 @@ def test_health_and_schema(server_main: ServerProcess) -> None:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["device"] == "cpu" and health["queue"] == 0
         assert "lite0" in health["encoders"] and health["version"]
+        assert health["renderers"] == available_renderers() and health["renderers"][:2] == ["auto", "torch"]
         schema = client.get("/openapi.json").json()
     assert {"/health", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/result.svg"} <= set(
         schema["paths"]
@@ -138,6 +140,25 @@ def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerPro
     assert (folder / "result.svg").read_bytes() == result.content
     assert not list(server_main.data_dir.rglob("*.part"))
     assert job["id"] in (server_main.data_dir / "serve.log").read_text()
+
+
+def test_a_job_with_the_diffvg_renderer(pydiffvg, server_main: ServerProcess, server_photo_png: bytes) -> None:
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, **QUICK, renderer="diffvg")
+        follow(client, job["id"])
+        final = client.get(f"/jobs/{job['id']}").json()
+        result = client.get(f"/jobs/{job['id']}/result.svg")
+    assert final["state"] == "succeeded", final["error"]
+    assert len(paths(result.content)) == 4 and '"renderer": "diffvg"' in result.text
+
+
+def test_diffvg_without_pydiffvg_is_refused_before_queueing(without_pydiffvg, tmp_path: Path,
+                                                            server_photo_png: bytes) -> None:
+    """What POST /jobs runs before it queues: its InputError is the 400 (see test_bad_parameters_are_400)."""
+    store = JobStore(tmp_path)
+    with pytest.raises(InputError, match="renderer 'diffvg' needs pydiffvg"):
+        store.submit(server_photo_png, SketchOptions(renderer="diffvg"))
+    assert not store.root.exists() or not any(store.root.iterdir())
 
 
 def test_cancel_queue_limit_and_a_failing_job(server_main: ServerProcess, server_photo_png: bytes) -> None:
@@ -210,6 +231,7 @@ BAD_FIELDS = [
     ({"seeds": "17"}, "seeds must be"),
     ({"encoder": "vgg16"}, "unknown encoder 'vgg16'"),
     ({"preset": "best"}, "unknown preset 'best'"),
+    ({"renderer": "cairo"}, "unknown renderer 'cairo'"),
 ]
 
 
