@@ -108,7 +108,8 @@ PRESETS: dict[str, Preset] = {
 
 ProgressCallback = Callable[[int, int, float, np.ndarray], None]
 """on_progress(iteration, total, loss, strokes): iteration counts over all seeds (1..total); strokes
-are (N, 4, 2) control points in the input image's pixel coordinates."""
+are (N, 4, 2) control points in the input image's pixel coordinates. Iteration 0 (loss NaN) reports the
+starting strokes, as soon as they are laid, before most of the preparation."""
 
 
 def check_encoder_name(name: str) -> None:

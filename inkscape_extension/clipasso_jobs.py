@@ -55,7 +55,7 @@ class Photo:
     view: dict = field(default_factory=dict)  # the backend's latest view of the job
     running_since: float | None = None  # time.monotonic() when the job was first seen running
     preview: bytes = b""  # the backend's SVG of the latest strokes, while the window wants them
-    strokes: Strokes | None = None  # the result; None after a stop before the first iteration
+    strokes: Strokes | None = None  # the result; None after a stop before any strokes were laid
 
     @property
     def state(self) -> str:
@@ -201,8 +201,8 @@ class SketchRun:
                 continue  # the user asked before this photo was sent
             view, job = photo.view, photo.job_id
             if photo.state == "succeeded" or (photo.state == "cancelled" and stopped):
-                if photo.state == "cancelled" and not view.get("iteration"):
-                    continue  # stopped before its first iteration: nothing to place
+                if photo.state == "cancelled" and not view.get("drawn"):
+                    continue  # stopped before its strokes were laid: nothing to place
                 svg = self.backend.result_svg(job)
                 try:
                     photo.strokes = read_strokes(svg)
@@ -232,7 +232,7 @@ class SketchRun:
                     photo.view = view
                     iteration = int(view.get("iteration") or 0)
                     due = time.monotonic() - last_preview >= PREVIEW_INTERVAL_S
-                    if self.previews and iteration not in (0, previewed) and due:
+                    if self.previews and view.get("drawn") and iteration != previewed and due:
                         last_preview, previewed = time.monotonic(), iteration
                         photo.preview = self._preview(photo)
                     self._notify()

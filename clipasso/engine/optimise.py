@@ -103,6 +103,11 @@ class Progress:
     box: Letterbox
     done: int = field(default=0)
 
+    def start(self, points: Tensor) -> None:
+        """Report the starting strokes as iteration 0 (their loss is not known yet: NaN)."""
+        if self.callback is not None:
+            self.callback(0, self.total, float("nan"), self.box.to_image(points.detach().cpu().numpy()))
+
     def advance(self, loss: float, points: Tensor) -> None:
         self.done += 1
         if self.callback is not None:
@@ -126,6 +131,11 @@ def optimise_seed(
     stop = STOP_RULES[recipe.stop]()
     relay = relay_for(recipe.relay, opts.iterations, opts.strokes)
     run = SeedRun(seed, points.detach().clone())
+    if progress.done == 0:  # the first strokes show before the loss's photo side is ready
+        progress.start(points)
+        t = time.perf_counter()
+        _ = target.loss  # the photo's side of the loss, built now so that "init" times it
+        timings["init"] += time.perf_counter() - t
     for it in range(opts.iterations):
         if should_stop is not None and should_stop():
             run.cancelled = True

@@ -33,11 +33,20 @@ class Target:
     box: Letterbox
     placed: np.ndarray  #: the letterboxed photo, (S, S, 3) float32 in [0, 1]
     prob: np.ndarray  #: (S, S) probability of each pixel to start a stroke
-    loss: SketchLoss
+    canvas: Tensor  #: the letterboxed photo as (1, 3, S, S) on the encoder's device
+    encoder: Encoder
+    grids: Tensor  #: the augmentation bank's sampling grids
+    focus: Tensor  #: (S, S) weight of each place in the geometric loss
     stroke_width: float  #: in canvas pixels
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
     backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
+
+    @cached_property
+    def loss(self) -> SketchLoss:
+        """The loss, with the photo's features under every augmentation computed once, when first needed:
+        most of the preparation, which the first strokes need not wait for."""
+        return SketchLoss(self.encoder, self.canvas, self.grids, self.focus)
 
     @cached_property
     def tangents(self) -> np.ndarray:
@@ -79,7 +88,10 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         box=box,
         placed=placed,
         prob=init_distribution(saliency, edges, mask),
-        loss=SketchLoss(encoder, canvas, grids, focus),
+        canvas=canvas,
+        encoder=encoder,
+        grids=grids,
+        focus=focus,
         stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),

@@ -151,6 +151,7 @@ class Job:
             progress=round(progress, 4),
             iteration=self.iteration,
             iterations=self.iterations,
+            drawn=self.strokes is not None,
             loss=None if self.loss is None or not np.isfinite(self.loss) else round(float(self.loss), 6),
             error=self.error,
             encoder=self.encoder or self.options.encoder,

@@ -36,8 +36,9 @@ class JobView(BaseModel):
     id: str
     state: JobState
     progress: float
-    iteration: int
+    iteration: int  # 0 until the first step; with `drawn`, the starting strokes are there
     iterations: int
+    drawn: bool = False  # while it runs: whether strokes are laid (preview.svg shows them from the start)
     loss: float | None
     error: str | None
     encoder: str

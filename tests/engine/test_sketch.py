@@ -38,8 +38,9 @@ def test_sketch_of_a_photo(cat):
     result = sketch(cat, fast(), on_progress=lambda i, n, loss, s: seen.append((i, n, loss, s.shape)))
     assert result.strokes.shape == (8, 4, 2)
     assert result.encoder == "lite0" and not result.cancelled
-    assert [s[0] for s in seen] == list(range(1, len(seen) + 1)) and seen[-1][1] == 6
-    assert all(s[3] == (8, 4, 2) and np.isfinite(s[2]) for s in seen)
+    # Iteration 0 is the starting strokes, reported before the loss is ready (so its loss is NaN).
+    assert [s[0] for s in seen] == list(range(len(seen))) and seen[-1][1] == 6 and np.isnan(seen[0][2])
+    assert all(s[3] == (8, 4, 2) for s in seen) and all(np.isfinite(s[2]) for s in seen[1:])
     # Strokes stay on the photo, in its own pixel coordinates.
     xs, ys = result.strokes[..., 0], result.strokes[..., 1]
     assert xs.min() >= 0 and xs.max() <= cat.width and ys.min() >= 0 and ys.max() <= cat.height
@@ -82,7 +83,8 @@ def test_wide_image_keeps_its_aspect():
 
 def test_cancel_returns_best_so_far(cat):
     calls = []
-    result = sketch(cat, fast(iterations=50), should_stop=lambda: len(calls) >= 3, on_progress=lambda *a: calls.append(a))
+    # Stop once the starting strokes and three steps have been reported.
+    result = sketch(cat, fast(iterations=50), should_stop=lambda: len(calls) >= 4, on_progress=lambda *a: calls.append(a))
     assert result.cancelled and result.iterations == 3
     assert result.strokes.shape == (8, 4, 2) and np.isfinite(result.strokes).all()
 

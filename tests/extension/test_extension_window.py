@@ -208,7 +208,7 @@ def test_the_window_shows_strokes_forming_and_stop_and_place_places_them(backend
     assert (status, err) == (0, "")
     assert layers(document) == [("CLIPasso sketch - 8 strokes", 8)]
     stopped, waiting = run.job(first), run.job(second)
-    assert stopped["state"] == "cancelled" and 1 <= stopped["iteration"] < stopped["iterations"]
+    assert stopped["state"] == "cancelled" and stopped["drawn"] and stopped["iteration"] < stopped["iterations"]
     assert waiting["state"] == "cancelled" and waiting["error"] == "cancelled before it started"
 
 
