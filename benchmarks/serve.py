@@ -139,6 +139,7 @@ def main() -> int:
     parser.add_argument("--strokes", type=int, default=8)
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between one client's status polls")
     parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: its default)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory figure, no load test")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="clipasso-bench-") as tmp:
@@ -165,6 +166,9 @@ def main() -> int:
             photo = _photo()
             fields = {"encoder": "lite0", "iterations": str(args.iterations), "strokes": str(args.strokes)}
             memory = _decode_memory(url, server.pid, fields)
+            if args.memory_only:
+                print(json.dumps({"benchmark": "serve-memory", "cpus": os.cpu_count(), "memory": memory}))
+                return 0
             t0 = time.perf_counter()
             submit_ms, ids = [], []
             with httpx.Client(base_url=url, timeout=60) as client:
