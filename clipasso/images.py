@@ -90,13 +90,6 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2
                     "YCbCr": 4, "LAB": 4, "HSV": 4}
 
 
-def image_header(source: ImageSource, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """The displayed size (width, height) from the file's header alone, after the same checks as
-    `load_photo` that need no pixels: a readable image format, at least MIN_SIDE and at most max_pixels."""
-    with _open(source, max_pixels) as (im, name):
-        return _oriented_size(im)
-
-
 def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: int = WORKING_SIDE) -> Photo:
     """Open a file path or bytes as an 8-bit RGB photo on white paper, decoded within the memory budget.
 
@@ -130,7 +123,7 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
 def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, str]]:
     """The image opened lazily (header only) after the checks every caller needs; one InputError line for
     anything Pillow cannot read."""
-    if isinstance(source, (bytes, io.IOBase)) or hasattr(source, "read"):
+    if isinstance(source, bytes) or hasattr(source, "read"):
         name = "the uploaded image"
         stream: BinaryIO | Path = io.BytesIO(source) if isinstance(source, bytes) else source
         stream.seek(0, os.SEEK_END)
