@@ -172,6 +172,11 @@ class SketchOptions:
     def recipe(self) -> Preset:
         return PRESETS[self.preset]
 
+    @property
+    def encoder_choice(self) -> tuple[str, str, str | None, str]:
+        """What decides which encoder a sketch loads: sketches alike in it share one, and a batch."""
+        return (self.encoder, self.device, self.weights, self.recipe.encoder)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

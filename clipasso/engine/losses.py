@@ -80,7 +80,9 @@ class SketchLoss:
     """Loss of sketch views against the photo under the same views, with the photo's features cached.
 
     The geometric term is a weighted mean over locations, the weight being the subject map `focus`:
-    photo texture in the background then pulls no strokes away from the subject.
+    photo texture in the background then pulls no strokes away from the subject. One loss can serve
+    several photos at once (`joined`): the sketches of a batch are then compared in one encoder pass, each
+    with its own photo's views.
     """
 
     def __init__(self, encoder: Encoder, photo: Tensor, grids: Tensor, focus: Tensor | None = None) -> None:
@@ -88,6 +90,7 @@ class SketchLoss:
         View 0 is the plain photo, view k + 1 the photo under grids[k]."""
         self.encoder = encoder
         self.grids = grids
+        self.bank = len(grids)
         with torch.no_grad():
             views = torch.cat([photo, warp(photo.expand(len(grids), -1, -1, -1), grids)])
             maps, emb = encoder.features(views)
@@ -101,23 +104,39 @@ class SketchLoss:
         self.weights = [w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-8) for w in self.weights]
         self.photo_emb = F.normalize(emb, dim=-1)
 
-    def __call__(self, sketch: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
-        """sketch: (1, 3, S, S) with gradients; views: indices into the bank, -1 for the plain view.
+    @classmethod
+    def joined(cls, losses: list["SketchLoss"]) -> "SketchLoss":
+        """One loss over several photos (same encoder, same bank size): photo i's plain view is view
+        i * (bank + 1) and its augmentation k is grids[i * bank + k]. One photo's loss is itself."""
+        if len(losses) == 1:
+            return losses[0]
+        out = cls.__new__(cls)
+        out.encoder, out.bank = losses[0].encoder, losses[0].bank
+        out.grids = torch.cat([loss.grids for loss in losses])
+        out.photo_maps = [torch.cat(stage) for stage in zip(*(loss.photo_maps for loss in losses))]
+        out.weights = [torch.cat(stage) for stage in zip(*(loss.weights for loss in losses))]
+        out.photo_emb = torch.cat([loss.photo_emb for loss in losses])
+        return out
 
-        Returns the total loss over the views and the first view's loss alone (the plain view when
-        present: the caller evaluates on it).
+    def plain_view(self, photo: int) -> int:
+        """The view index of photo `photo`'s plain view (0 for a loss of one photo)."""
+        return photo * (self.bank + 1)
+
+    def __call__(self, sketches: Tensor, plain: Tensor, picks: Tensor, owners: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss of B sketches under their views, in one encoder pass.
+
+        sketches: (B, 3, S, S) with gradients; plain: (B,) each sketch's plain view (`plain_view`);
+        picks: (M,) augmentations (indices into the joined bank); owners: (M,) the sketch each warps.
+        Returns the total over all views and each sketch's plain-view loss (B,).
         """
-        aug = views >= 0
-        plain = int((~aug).sum())
-        parts = [sketch.expand(plain, -1, -1, -1)] if plain else []
-        if aug.any():
-            parts.append(warp(sketch.expand(int(aug.sum()), -1, -1, -1), self.grids[views[aug]]))
-        idx = torch.cat([torch.zeros(plain, dtype=torch.long, device=views.device), views[aug] + 1])
-        per_view = self._per_view(torch.cat(parts), idx)
-        return per_view.sum(), per_view[0]
+        images = torch.cat([sketches, warp(sketches[owners], self.grids[picks])]) if len(picks) else sketches
+        # Augmentation k of photo i is view i * (bank + 1) + 1 + k, and picks hold i * bank + k.
+        idx = torch.cat([plain, picks + picks // self.bank + 1])
+        per_view = self._per_view(images, idx)
+        return per_view.sum(), per_view[: len(sketches)]
 
     def _per_view(self, images: Tensor, idx: Tensor) -> Tensor:
-        """Loss of each of (B, 3, S, S) images against the photo's view idx[b] (0 = plain)."""
+        """Loss of each of (B, 3, S, S) images against the photo's view idx[b]."""
         per_location, emb = self._geometric(images, idx)
         semantic = SEMANTIC_WEIGHT * (1 - (F.normalize(emb, dim=-1) * self.photo_emb[idx]).sum(-1))
         return semantic + sum(e.sum(dim=(1, 2)) for e in per_location)
@@ -131,18 +150,19 @@ class SketchLoss:
         return per_location, emb
 
     @torch.no_grad()
-    def stroke_drop_losses(self, renders: Tensor) -> Tensor:
-        """Plain-view loss of each image in (B, S, S) sketch renders, e.g. the sketch minus one stroke."""
-        chunks = renders.split(16)
-        return torch.cat([self._per_view(c[:, None].expand(-1, 3, -1, -1), c.new_zeros(len(c), dtype=torch.long))
-                          for c in chunks])
+    def stroke_drop_losses(self, renders: Tensor, views: Tensor, chunk: int = 16) -> Tensor:
+        """Plain-view loss of each image in (B, S, S) sketch renders (e.g. a sketch minus one stroke)
+        against the plain view views[b], `chunk` images per encoder pass."""
+        return torch.cat([self._per_view(r[:, None].expand(-1, 3, -1, -1), v)
+                          for r, v in zip(renders.split(chunk), views.split(chunk))])
 
     @torch.no_grad()
-    def error_map(self, render: Tensor) -> Tensor:
-        """(S, S) map of where the plain sketch differs most from the photo, weighted by the subject."""
-        size = render.shape[-1]
-        per_location, _ = self._geometric(render[None, None].expand(1, 3, -1, -1), render.new_zeros(1, dtype=torch.long))
-        total = torch.zeros(1, 1, size, size, device=render.device)
+    def error_maps(self, renders: Tensor, views: Tensor) -> Tensor:
+        """(B, S, S) maps of where each plain sketch differs most from its photo view, weighted by the subject."""
+        size = renders.shape[-1]
+        per_location, _ = self._geometric(renders[:, None].expand(-1, 3, -1, -1), views)
+        total = torch.zeros(len(renders), 1, size, size, device=renders.device)
         for err in per_location:
-            total = total + F.interpolate(err[:, None] / err.sum().clamp_min(1e-12), size=(size, size), mode="bilinear")
-        return total[0, 0]
+            share = err[:, None] / err.sum(dim=(1, 2)).clamp_min(1e-12)[:, None, None, None]
+            total = total + F.interpolate(share, size=(size, size), mode="bilinear")
+        return total[:, 0]

@@ -1,12 +1,20 @@
-"""`sketch()`: the CLIPasso optimisation, the one entry point for the CLI, the service, tests and benchmarks.
+"""`sketch()` and `sketch_batch()`: the CLIPasso optimisation, the one entry point for the CLI, the service,
+tests and benchmarks.
 
 The method in a screenful: prepare the photo's side once (`prepare_target`), then for each seed start
 strokes on salient contours and move their control points with Adam until the encoder sees the photo in
 them, keeping the best strokes by the plain-view loss; the best seed is the result.
+
+Runs (a sketch's seeds, and the sketches of several requests) are stepped together: one render per
+stroke count, one encoder pass and one Adam update serve them all. On a GPU a batch costs about what one
+run costs; on a CPU what its runs cost one after another. Nothing in a step waits for the device: the
+stop rules and the best strokes so far live on it, and the host reads them back only every few steps, to
+report progress and to let finished runs go.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,19 +24,47 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..encoders import load_encoder, resolve_device
-from ..images import Letterbox, Photo
+from ..encoders import Encoder, load_encoder, resolve_device
+from ..images import Photo
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
+from .adam import BatchAdam
 from .init import STARTS
-from .relay import relay_for
-from .render import check_backend
+from .losses import SketchLoss
+from .relay import relay_iterations, replace_weak_strokes
+from .render import check_backend, render_batch
 from .stopping import STOP_RULES
 from .target import AUGMENTATION_BANK, Target, prepare_target
+
+log = logging.getLogger("clipasso.engine")
 
 #: Adam's step on control points in canvas pixels (the reference's): about a pixel per step at first.
 LEARNING_RATE = 1.0
 #: Seed k of a run is seed + k * SEED_STRIDE, as the reference's 0, 1000, 2000.
 SEED_STRIDE = 1000
+#: Progress is reported at most this often (seconds): a report waits for the device and copies strokes back.
+PROGRESS_INTERVAL = 0.2
+#: Off the CPU, the host looks for ended runs every this many steps (each look waits for the device). A run
+#: stepped past its end keeps the result it had: its best strokes stop changing when it ends.
+CHECK_EVERY = 8
+#: Images per encoder pass when judging strokes for re-laying: bounds memory on a CPU, launches elsewhere.
+RELAY_CHUNK = {"cpu": 16}
+RELAY_CHUNK_DEFAULT = 128
+
+Outcome = SketchResult | Exception
+
+
+@dataclass
+class SketchRequest:
+    """One sketch to make, with the caller's hooks; each hook hears only of its own request."""
+
+    image: Image.Image | Photo
+    options: SketchOptions = SketchOptions()
+    on_progress: ProgressCallback | None = None
+    should_stop: Callable[[], bool] | None = None
+    #: on_encoder(name, reason): which encoder runs (what `auto` chose), as soon as it is loaded.
+    on_encoder: Callable[[str, str], None] | None = None
+    #: on_finish(outcome): the request's result or exception, as soon as its runs have ended.
+    on_finish: Callable[[Outcome], None] | None = None
 
 
 def sketch(
@@ -37,143 +73,394 @@ def sketch(
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_encoder: Callable[[str, str], None] | None = None,
+    batch: int | None = None,
 ) -> SketchResult:
     """Optimise `options.strokes` Bezier strokes so the encoder sees the photo in them.
 
-    `image` is a photo from images.load_photo (or a PIL image, taken at its size). Runs `seeds` independent
-    optimisations and keeps the one with the lowest loss on the plain (un-augmented) view. Cancelling through
-    `should_stop` returns the best strokes so far with `cancelled=True`. `on_encoder(name, reason)` hears
-    which encoder runs (what `auto` chose) as soon as it is loaded.
+    `image` is a photo from images.load_photo (or a PIL image, taken at its size). Runs `seeds`
+    optimisations, `batch` at a time (None: all together), and keeps the one with the lowest loss on the
+    plain (un-augmented) view. Cancelling through `should_stop` returns the best strokes so far with
+    `cancelled=True`. `on_encoder(name, reason)` hears which encoder runs as soon as it is loaded.
     """
-    opts = options.validated()
-    check_backend(Renderer(opts.renderer).backend, resolve_device(opts.device))  # before the slow part
-    photo = image if isinstance(image, Photo) else Photo.of(image)
-    timings = {"init": 0.0, "render": 0.0, "forward": 0.0, "backward": 0.0}
-    t_start = time.perf_counter()
-    encoder, reason = load_encoder(opts.encoder, opts.device, opts.weights, preferred=opts.recipe.encoder)
-    timings["load"] = time.perf_counter() - t_start
-    if on_encoder is not None:
-        on_encoder(encoder.name, reason)
-
-    t0 = time.perf_counter()
-    target = prepare_target(photo, encoder, opts)
-    timings["init"] = time.perf_counter() - t0
-
-    progress = Progress(opts.iterations * opts.seeds, on_progress, target.box)
-    runs: list[SeedRun] = []
-    for k in range(opts.seeds):
-        runs.append(optimise_seed(target, opts.seed + SEED_STRIDE * k, opts, progress, should_stop, timings))
-        if runs[-1].cancelled:
-            break
-    best = min(runs, key=lambda run: run.loss)
-
-    timings["total"] = time.perf_counter() - t_start
-    return SketchResult(
-        strokes=target.box.to_image(best.points.cpu().numpy().astype(np.float64)),
-        width=photo.width,
-        height=photo.height,
-        stroke_width=image_stroke_width(opts, photo.width, photo.height),
-        loss=best.loss,
-        encoder=encoder.name,
-        encoder_reason=reason,
-        options=opts,
-        iterations=progress.done,
-        best_seed=best.seed,
-        cancelled=runs[-1].cancelled,
-        timings=timings,
-    )
+    outcome = sketch_batch([SketchRequest(image, options, on_progress, should_stop, on_encoder)], batch)[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
-@dataclass
-class SeedRun:
-    """One seed's best strokes (canvas pixels) and their plain-view loss."""
+def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> list[Outcome]:
+    """Make several sketches, stepping up to `batch` runs together (None: all of them).
 
-    seed: int
-    points: Tensor
-    loss: float = float("inf")
-    cancelled: bool = False
-
-
-@dataclass
-class Progress:
-    """Counts iterations over all seeds and reports each with the strokes in the photo's pixels."""
-
-    total: int
-    callback: ProgressCallback | None
-    box: Letterbox
-    done: int = field(default=0)
-
-    def start(self, points: Tensor) -> None:
-        """Report the starting strokes as iteration 0 (their loss is not known yet: NaN)."""
-        if self.callback is not None:
-            self.callback(0, self.total, float("nan"), self.box.to_image(points.detach().cpu().numpy()))
-
-    def advance(self, loss: float, points: Tensor) -> None:
-        self.done += 1
-        if self.callback is not None:
-            self.callback(self.done, self.total, loss, self.box.to_image(points.detach().cpu().numpy()))
+    Requests for the same encoder share one; each keeps its own options, hooks and result. A request
+    that fails (bad options, its photo, its own hooks) gets its exception as its outcome and the others
+    go on; a failure of a shared step is every unfinished request's outcome.
+    """
+    sketches = [_Sketch(i, request) for i, request in enumerate(requests)]
+    groups: dict[tuple, list[_Sketch]] = {}
+    for s in sketches:
+        try:
+            s.opts = s.request.options.validated()
+            check_backend(Renderer(s.opts.renderer).backend, resolve_device(s.opts.device))  # before the slow part
+        except Exception as exc:
+            s.fail(exc)
+            continue
+        groups.setdefault(s.opts.encoder_choice, []).append(s)
+    for group in groups.values():
+        _run_group(group, batch)
+    return [s.outcome for s in sketches]
 
 
-def optimise_seed(
-    target: Target,
-    seed: int,
-    opts: SketchOptions,
-    progress: Progress,
-    should_stop: Callable[[], bool] | None,
-    timings: dict[str, float],
-) -> SeedRun:
-    """Start strokes from `seed` and move them until the preset's stop rule (or a cancel) ends the run."""
-    recipe = opts.recipe
-    gen = torch.Generator().manual_seed(seed)
-    start = STARTS[recipe.init].strokes(target, opts.strokes, gen)
-    points = target.clamp(start.to(target.device)).requires_grad_(True)
-    optimiser = torch.optim.Adam([points], lr=LEARNING_RATE)
-    stop = STOP_RULES[recipe.stop]()
-    relay = relay_for(recipe.relay, opts.iterations, opts.strokes)
-    run = SeedRun(seed, points.detach().clone())
-    if progress.done == 0:  # the first strokes show before the loss's photo side is ready
-        progress.start(points)
-        t = time.perf_counter()
-        _ = target.loss  # the photo's side of the loss, built now so that "init" times it
-        timings["init"] += time.perf_counter() - t
-    for it in range(opts.iterations):
-        if should_stop is not None and should_stop():
-            run.cancelled = True
-            break
-        loss = loss_and_gradient(points, target, draw_views(recipe.augmentations, gen, target.device), timings)
-        # The plain view's loss belongs to the points before this step: keep them if they are best.
-        if loss < run.loss:
-            run.loss, run.points = loss, points.detach().clone()
-        optimiser.step()
-        if relay(it, points, target, gen):
-            optimiser = torch.optim.Adam([points], lr=LEARNING_RATE)
-            stop.restart(it)
-        with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
-            points.copy_(target.clamp(points))
-        progress.advance(loss, points)
-        if stop.done(it, loss):
-            break
-    return run
-
-
-def draw_views(augmentations: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """This step's views: the plain one (-1) first, then `augmentations` random picks from the bank."""
-    picks = torch.randint(0, AUGMENTATION_BANK, (augmentations,), generator=generator)
-    return torch.cat([torch.tensor([-1]), picks]).to(device)
-
-
-def loss_and_gradient(points: Tensor, target: Target, views: Tensor, timings: dict[str, float]) -> float:
-    """Render the strokes, compare them with the photo under `views` (-1: plain), and leave the loss's
-    gradient in points.grad. Returns the plain view's loss."""
+def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
+    """Sketches that share an encoder: load it, prepare each photo, then step their runs in batches."""
     t = time.perf_counter()
-    ink = target.render(points)
-    t1 = time.perf_counter()
-    loss, plain = target.loss(ink[None, None].expand(1, 3, CANVAS, CANVAS), views)
-    t2 = time.perf_counter()
-    points.grad = None
-    loss.backward()
-    t3 = time.perf_counter()
-    timings["render"] += t1 - t
-    timings["forward"] += t2 - t1
-    timings["backward"] += t3 - t2
-    return float(plain.detach())
+    try:
+        first = sketches[0].opts
+        encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder)
+    except Exception as exc:
+        for s in sketches:
+            s.fail(exc)
+        return
+    load = time.perf_counter() - t
+    runs: list[_Run] = []
+    for s in sketches:
+        s.timings["load"] = load
+        try:
+            runs += s.prepare(encoder, reason)
+        except Exception as exc:
+            s.fail(exc)
+    size = batch or len(runs) or 1
+    for i in range(0, len(runs), size):
+        chunk = [r for r in runs[i : i + size] if r.sketch.outcome is None]
+        if chunk:
+            _Batch(chunk, encoder).run()
+
+
+@dataclass
+class _Sketch:
+    """One request as the engine works on it: its photo's target, its runs and what it reports."""
+
+    index: int
+    request: SketchRequest
+    opts: SketchOptions | None = None
+    target: Target | None = None
+    encoder: str = ""
+    encoder_reason: str = ""
+    runs: list[_Run] = field(default_factory=list)
+    outcome: Outcome | None = None
+    timings: dict[str, float] = field(default_factory=lambda: {"init": 0.0, "render": 0.0, "forward": 0.0,
+                                                                 "backward": 0.0})
+    started: float = field(default_factory=time.perf_counter)
+
+    def prepare(self, encoder: Encoder, reason: str) -> list[_Run]:
+        """Place the photo, lay every seed's first strokes (the first are reported at once, as iteration 0),
+        then build the loss's photo side, the slow part of the preparation."""
+        request, opts = self.request, self.opts
+        self.encoder, self.encoder_reason = encoder.name, reason
+        if request.on_encoder is not None:
+            request.on_encoder(encoder.name, reason)
+        photo = request.image if isinstance(request.image, Photo) else Photo.of(request.image)
+        t = time.perf_counter()
+        self.target = prepare_target(photo, encoder, opts)
+        self.runs = [_Run(self, opts.seed + SEED_STRIDE * k) for k in range(opts.seeds)]
+        self.report(0, float("nan"), self.runs[0].start)
+        _ = self.target.loss  # the photo's side of the loss, built now so that "init" times it
+        self.timings["init"] += time.perf_counter() - t
+        return self.runs
+
+    @property
+    def total(self) -> int:
+        return self.opts.iterations * self.opts.seeds
+
+    def report(self, done: int, loss: float, points: Tensor) -> None:
+        """Tell the caller of `done` iterations, with the given strokes (canvas pixels) in the photo's pixels."""
+        if self.request.on_progress is not None:
+            strokes = self.target.box.to_image(points.detach().cpu().numpy())
+            self.request.on_progress(done, self.total, loss, strokes)
+
+    def fail(self, exc: Exception) -> None:
+        self.finish(exc)
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        if self.request.on_finish is not None:
+            try:
+                self.request.on_finish(outcome)
+            except Exception:  # the caller's hook; the other sketches of the batch go on
+                log.exception("on_finish of sketch %d failed", self.index)
+
+    def result(self) -> SketchResult:
+        """The best run's strokes, once every run has ended."""
+        best = min(self.runs, key=lambda run: run.loss)
+        self.timings["total"] = time.perf_counter() - self.started
+        photo = self.target.box
+        return SketchResult(
+            strokes=photo.to_image(best.points.numpy().astype(np.float64)),
+            width=photo.width,
+            height=photo.height,
+            stroke_width=image_stroke_width(self.opts, photo.width, photo.height),
+            loss=best.loss,
+            encoder=self.encoder,
+            encoder_reason=self.encoder_reason,
+            options=self.opts,
+            iterations=sum(run.steps for run in self.runs),
+            best_seed=best.seed,
+            cancelled=any(run.cancelled for run in self.runs),
+            timings=dict(self.timings),
+        )
+
+
+class _Run:
+    """One seed of one sketch: its random stream, its start, and once ended its best strokes and loss."""
+
+    def __init__(self, sketch: _Sketch, seed: int) -> None:
+        opts, target = sketch.opts, sketch.target
+        self.sketch, self.seed = sketch, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.start = target.clamp(STARTS[opts.recipe.init].strokes(target, opts.strokes, self.generator).to(target.device))
+        self.last = opts.iterations - 1  # the last iteration it may run
+        self.relay_at = relay_iterations(opts.recipe.relay, opts.iterations, opts.strokes)
+        self.picks: list[Tensor] = []  # the augmentations of each iteration, drawn ahead (see draw_until)
+        self.steps = 0
+        self.loss = float("inf")
+        self.points = self.start.cpu()
+        self.cancelled = False
+        self.ended = False
+
+    def draw_until(self, iteration: int) -> None:
+        """Draw the augmented views of each iteration up to `iteration`, from the run's own stream.
+
+        Views are drawn one iteration at a time and re-laying draws from the same stream, so drawing ahead
+        only as far as the next re-laying gives the numbers a step-by-step loop would.
+        """
+        while len(self.picks) <= iteration:
+            self.picks.append(torch.randint(0, AUGMENTATION_BANK, (self.sketch.opts.recipe.augmentations,),
+                                            generator=self.generator))
+
+    def horizon(self, iteration: int) -> int:
+        """How far ahead of `iteration` views can be drawn: up to its next re-laying, or its last iteration."""
+        return min([i for i in self.relay_at if i >= iteration] + [self.last])
+
+
+class _Cohort:
+    """Runs that share a stroke count, a rasterizer and a stop rule, stacked: one tensor of strokes, one
+    Adam, one stop rule, and each run's best strokes so far, all on the device."""
+
+    def __init__(self, runs: list[_Run], views: list[int]) -> None:
+        self.runs = runs
+        targets = [r.sketch.target for r in runs]
+        device = targets[0].device
+        self.backend = targets[0].backend
+        self.points = torch.stack([r.start for r in runs]).requires_grad_(True)
+        n = self.points.shape[1]
+        self.widths = torch.tensor([t.stroke_width for t in targets], device=device)[:, None].expand(-1, n)
+        self.low = torch.stack([t.low for t in targets])[:, None, None]
+        self.high = torch.stack([t.high for t in targets])[:, None, None]
+        self.views = torch.tensor(views, device=device)
+        self.last = torch.tensor([r.last for r in runs], device=device)
+        self.adam = BatchAdam(self.points, LEARNING_RATE)
+        self.stop = STOP_RULES[runs[0].sketch.opts.recipe.stop](len(runs), device)
+        self.best_points = self.points.detach().clone()
+        self.best_loss = torch.full((len(runs),), float("inf"), device=device)
+        self.loss = self.best_loss.clone()  # the last step's plain-view losses, for progress reports
+        self.active = torch.ones(len(runs), dtype=torch.bool, device=device)
+        self.steps = torch.zeros(len(runs), dtype=torch.long, device=device)
+
+    def render(self) -> Tensor:
+        return render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.backend)
+
+    def update(self, iteration: int, loss: Tensor) -> None:
+        """After the backward pass: keep the best strokes (the loss is the points' before this step), step."""
+        loss = loss.detach()
+        better = self.active & (loss < self.best_loss)
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.best_points = torch.where(better[:, None, None, None], self.points.detach(), self.best_points)
+        self.loss = loss
+        self.adam.step(self.points, self.points.grad)
+
+    def settle(self, iteration: int) -> None:
+        """After re-laying: keep strokes on the photo, count the step, and end runs whose rule says so."""
+        with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
+            self.points.copy_(torch.maximum(torch.minimum(self.points, self.high), self.low))
+        self.steps += self.active
+        done = self.stop.done(iteration, self.loss)
+        self.active = self.active & ~done & (iteration < self.last)
+
+    def end(self, row: int, cancelled: bool = False) -> None:
+        """Run `row` ends now (its result is what it has)."""
+        self.active[row] = False
+        self.runs[row].cancelled = cancelled
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these runs: the others have ended and taken their results."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.points.device)
+        self.runs = [self.runs[i] for i in rows]
+        self.points = self.points.detach()[idx].requires_grad_(True)
+        for name in ("widths", "low", "high", "views", "last", "best_points", "best_loss", "loss", "active", "steps"):
+            setattr(self, name, getattr(self, name)[idx])
+        self.adam.keep(idx)
+        self.stop.keep(idx)
+
+
+class _Batch:
+    """Runs stepped together until each has ended: the loop of the method."""
+
+    def __init__(self, runs: list[_Run], encoder: Encoder) -> None:
+        sketches = list({id(r.sketch): r.sketch for r in runs}.values())
+        self.sketches = sketches
+        self.loss = SketchLoss.joined([s.target.loss for s in sketches])
+        photo_of = {id(s): i for i, s in enumerate(sketches)}
+        cohorts: dict[tuple, list[_Run]] = {}
+        for r in runs:
+            recipe = r.sketch.opts.recipe
+            cohorts.setdefault((r.start.shape[0], r.sketch.target.backend, recipe.stop), []).append(r)
+        self.cohorts = [_Cohort(rs, [self.loss.plain_view(photo_of[id(r.sketch)]) for r in rs])
+                        for rs in cohorts.values()]
+        self.device = sketches[0].target.device
+        self.chunk = RELAY_CHUNK.get(self.device.type, RELAY_CHUNK_DEFAULT)
+        self.timings = {"render": 0.0, "forward": 0.0, "backward": 0.0}
+        self.schedule: Tensor | None = None  # (iterations, M) augmentations drawn ahead, see _plan
+        self.owners: Tensor | None = None
+        self.planned = (0, -1)  # first and last iteration of the schedule
+        self.last_report = float("-inf")
+
+    def run(self) -> None:
+        try:
+            iteration = 0
+            while self.cohorts:
+                self._cancel_asked(iteration)
+                if not self.cohorts:
+                    break
+                self._step(iteration)
+                check = self.device.type == "cpu" or (iteration + 1) % CHECK_EVERY == 0
+                due = time.perf_counter() - self.last_report >= PROGRESS_INTERVAL or iteration == 0
+                if due:
+                    self._report()
+                if check or any(iteration >= r.last for c in self.cohorts for r in c.runs):
+                    self._collect()
+                iteration += 1
+        except Exception as exc:  # a shared step failed: every sketch still running fails with it
+            for s in self.sketches:
+                if s.outcome is None:
+                    s.fail(exc)
+
+    def _step(self, iteration: int) -> None:
+        if iteration > self.planned[1]:
+            self._plan(iteration)
+        t = time.perf_counter()
+        sketches = torch.cat([c.render() for c in self.cohorts])[:, None].expand(-1, 3, -1, -1)
+        t1 = time.perf_counter()
+        plain = torch.cat([c.views for c in self.cohorts])
+        total, losses = self.loss(sketches, plain, self.schedule[iteration - self.planned[0]], self.owners)
+        t2 = time.perf_counter()
+        for c in self.cohorts:
+            c.points.grad = None
+        total.backward()
+        t3 = time.perf_counter()
+        for c, loss in zip(self.cohorts, losses.split([len(c.runs) for c in self.cohorts])):
+            c.update(iteration, loss)
+        self._relay(iteration)
+        for c in self.cohorts:
+            c.settle(iteration)
+        for name, seconds in (("render", t1 - t), ("forward", t2 - t1), ("backward", t3 - t2)):
+            self.timings[name] += seconds
+
+    def _plan(self, iteration: int) -> None:
+        """Draw every run's augmented views ahead, as far as the nearest re-laying or end, and send them to
+        the device at once: one copy for many steps, not one a step."""
+        runs = [r for c in self.cohorts for r in c.runs]
+        last = min(r.horizon(iteration) for r in runs)
+        for r in runs:
+            r.draw_until(last)
+        photo_of = {id(s): i for i, s in enumerate(self.sketches)}
+        offsets = [photo_of[id(r.sketch)] * self.loss.bank for r in runs]
+        self.schedule = torch.stack([torch.cat([r.picks[i] + o for r, o in zip(runs, offsets)])
+                                     for i in range(iteration, last + 1)]).to(self.device)
+        self.owners = torch.cat([torch.full((len(r.picks[iteration]),), k) for k, r in enumerate(runs)]).to(self.device)
+        self.planned = (iteration, last)
+
+    def _relay(self, iteration: int) -> None:
+        """Lay weak strokes again in the runs due at this iteration (and still running)."""
+        for c in self.cohorts:
+            due = [k for k, r in enumerate(c.runs) if iteration in r.relay_at]
+            if not due:
+                continue
+            rows = [k for k, alive in zip(due, c.active[due].tolist()) if alive]
+            if not rows:
+                continue
+            with torch.no_grad():
+                points = c.points.detach()[rows]
+                moved = replace_weak_strokes(points, c.widths[rows], [c.runs[k].sketch.target for k in rows],
+                                             c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk)
+                c.points[rows] = points
+            for k, count in zip(rows, moved):
+                if count:
+                    c.adam.reset(k)
+                    c.stop.restart(k, iteration)
+
+    def _cancel_asked(self, iteration: int) -> None:
+        """End the runs of sketches whose caller asked to stop (or whose hook failed)."""
+        for s in self.sketches:
+            if s.outcome is not None or s.request.should_stop is None:
+                continue
+            try:
+                stop = s.request.should_stop()
+            except Exception as exc:
+                self._drop(s, exc)
+                continue
+            if stop:
+                for c in self.cohorts:
+                    for k, r in enumerate(c.runs):
+                        if r.sketch is s:
+                            c.end(k, cancelled=True)
+                self._collect()
+
+    def _report(self) -> None:
+        """Report each running sketch's progress: its iterations so far, and its best-placed run's strokes."""
+        self.last_report = time.perf_counter()
+        current: dict[int, list[tuple[float, Tensor]]] = {}
+        steps: dict[int, int] = {}
+        for c in self.cohorts:
+            losses, counts, points = c.loss.tolist(), c.steps.tolist(), c.points.detach().cpu()
+            for r, loss, count, p in zip(c.runs, losses, counts, points):
+                current.setdefault(id(r.sketch), []).append((loss, p))
+                steps[id(r)] = count
+        for s in self.sketches:
+            if s.outcome is not None or id(s) not in current:
+                continue
+            done = sum(steps.get(id(r), r.steps) for r in s.runs)
+            loss, points = min(current[id(s)], key=lambda lp: lp[0])
+            try:
+                s.report(done, loss, points)
+            except Exception as exc:
+                self._drop(s, exc)
+
+    def _drop(self, sketch: _Sketch, exc: Exception) -> None:
+        """A sketch's own hook failed: it fails with that, the others go on."""
+        sketch.fail(exc)
+        for c in self.cohorts:
+            for k, r in enumerate(c.runs):
+                if r.sketch is sketch:
+                    c.end(k)
+        self._collect()
+
+    def _collect(self) -> None:
+        """Take the results of runs that have ended, finish sketches whose runs all have, and go on with
+        the rest."""
+        for c in list(self.cohorts):
+            active = c.active.tolist()
+            if all(active):
+                continue
+            ended = [k for k, alive in enumerate(active) if not alive]
+            losses, steps, points = c.best_loss[ended].tolist(), c.steps[ended].tolist(), c.best_points[ended].cpu()
+            for k, loss, count, p in zip(ended, losses, steps, points):
+                run = c.runs[k]
+                run.loss, run.steps, run.points, run.ended = loss, count, p, True
+            c.keep([k for k, alive in enumerate(active) if alive])
+            if not c.runs:
+                self.cohorts.remove(c)
+            self.planned = (0, -1)  # the runs changed: draw the schedule again from the next step
+        for s in self.sketches:
+            if s.outcome is None and all(r.ended for r in s.runs):
+                for name, seconds in self.timings.items():
+                    s.timings[name] += seconds
+                s.finish(s.result())

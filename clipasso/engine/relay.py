@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..options import CANVAS
 from .init import traced_length, traced_strokes
+from .losses import SketchLoss
+from .render import render_batch
 from .target import Target
 
 #: Fractions of the iterations at which the weakest strokes are laid again: late enough that strokes
@@ -19,56 +22,54 @@ REPLACE_AT = (0.25, 0.5)
 MAX_REPLACE_STROKES = 64
 
 
-def replace_weak_strokes(points: Tensor, target: Target, generator: torch.Generator) -> int:
-    """Move the strokes that matter least to where the sketch misses most of the subject.
+def relay_iterations(enabled: bool, iterations: int, strokes: int) -> frozenset[int]:
+    """The iterations after whose step a run's weak strokes are laid again (none for the reference's
+    recipe, where strokes only move by gradient)."""
+    if not enabled or strokes > MAX_REPLACE_STROKES:
+        return frozenset()
+    return frozenset(int(iterations * f) for f in REPLACE_AT)
 
-    A stroke's worth is how much the plain-view loss rises without it. The weakest quarter (those
-    worth less than half the median stroke) are laid again, along contours, where the
-    subject-weighted feature error is largest. Returns how many strokes moved.
+
+@torch.no_grad()
+def replace_weak_strokes(
+    points: Tensor,
+    widths: Tensor,
+    targets: list[Target],
+    views: Tensor,
+    loss: SketchLoss,
+    generators: list[torch.Generator],
+    chunk: int,
+) -> list[int]:
+    """Move the strokes that matter least, in R runs at once, to where each sketch misses most of its subject.
+
+    points: (R, N, 4, 2) strokes, changed in place; widths: (R, N); views: (R,) each run's plain view in
+    `loss`. A stroke's worth is how much the plain-view loss rises without it. The weakest quarter (those
+    worth less than half the median stroke) are laid again, along contours, where the subject-weighted
+    feature error is largest. Returns how many strokes moved in each run.
     """
-    n = points.shape[0]
+    runs, n = points.shape[:2]
     if n < 4:
-        return 0
-    full = target.render(points)
-    without = torch.stack([torch.cat([points[:i], points[i + 1 :]]) for i in range(n)])
-    drops = target.loss.stroke_drop_losses(target.render_batch(without))
-    base = target.loss.stroke_drop_losses(full[None])[0]
-    worth = (drops - base).cpu()
-    threshold = 0.5 * float(worth.median())
-    weak = [i for i in worth.argsort()[: n // 4].tolist() if float(worth[i]) < threshold]
-    if not weak:
-        return 0
-    error = target.loss.error_map(full).cpu().numpy()
-    wanted = target.prob * error
-    wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
-    fresh = traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generator).to(points)
-    points[weak] = fresh
-    return len(weak)
-
-
-class WeakStrokeRelay:
-    """Our recipe: at REPLACE_AT of the run, lay the weak strokes again (up to MAX_REPLACE_STROKES strokes)."""
-
-    def __init__(self, iterations: int, strokes: int) -> None:
-        self.at = {int(iterations * f) for f in REPLACE_AT} if strokes <= MAX_REPLACE_STROKES else set()
-
-    def __call__(self, iteration: int, points: Tensor, target: Target, generator: torch.Generator) -> int:
-        """How many strokes moved at this iteration (0 when none were due)."""
-        if iteration not in self.at:
-            return 0
-        with torch.no_grad():
-            return replace_weak_strokes(points, target, generator)
-
-
-class NoRelay:
-    """The reference's: strokes only move by gradient."""
-
-    def __init__(self, iterations: int, strokes: int) -> None:
-        pass
-
-    def __call__(self, iteration: int, points: Tensor, target: Target, generator: torch.Generator) -> int:
-        return 0
-
-
-def relay_for(enabled: bool, iterations: int, strokes: int) -> WeakStrokeRelay | NoRelay:
-    return (WeakStrokeRelay if enabled else NoRelay)(iterations, strokes)
+        return [0] * runs
+    backend = targets[0].backend
+    full = render_batch(points, CANVAS, CANVAS, widths, backend=backend)
+    others = torch.tensor([[j for j in range(n) if j != i] for i in range(n)], device=points.device)
+    without = points[:, others].flatten(0, 1)  # (R * N, N - 1, 4, 2): each sketch without each stroke
+    drops = loss.stroke_drop_losses(
+        render_batch(without, CANVAS, CANVAS, widths[:, others].flatten(0, 1), backend=backend),
+        views.repeat_interleave(n),
+        chunk,
+    ).view(runs, n)
+    base = loss.stroke_drop_losses(full, views, chunk)
+    worth = (drops - base[:, None]).cpu()
+    errors = loss.error_maps(full, views).cpu().numpy()
+    moved = []
+    for r, (target, generator) in enumerate(zip(targets, generators)):
+        threshold = 0.5 * float(worth[r].median())
+        weak = [i for i in worth[r].argsort()[: n // 4].tolist() if float(worth[r, i]) < threshold]
+        if weak:
+            wanted = target.prob * errors[r]
+            wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
+            fresh = traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generator)
+            points[r, weak] = fresh.to(points)
+        moved.append(len(weak))
+    return moved

@@ -1,8 +1,13 @@
-"""When one seed's optimisation ends: small stop rules, one per preset, fed the plain-view loss each step."""
+"""When a run's optimisation ends before its last iteration: small stop rules, one per preset.
+
+Each rule judges a whole batch of runs at once on their device, fed the plain-view losses of each step
+as a tensor: deciding needs no copy of the losses to the host, so a GPU is never made to wait for it.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import torch
+from torch import Tensor
 
 from ..options import Stop
 
@@ -18,44 +23,56 @@ EVAL_EVERY = 10
 REFERENCE_TOLERANCE = 1e-5
 
 
+def exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (the rules compare losses as a float64 host loop would)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class Plateau:
-    """Stop once the loss has not improved by MIN_IMPROVEMENT for PATIENCE iterations (after MIN_ITERATIONS)."""
+    """Stop a run once its loss has not improved by MIN_IMPROVEMENT for PATIENCE iterations (after
+    MIN_ITERATIONS)."""
 
-    def __init__(self) -> None:
-        self.best = float("inf")
-        self.last_gain_at = 0
+    def __init__(self, runs: int, device: torch.device) -> None:
+        self.best = torch.full((runs,), float("inf"), dtype=exact_dtype(device), device=device)
+        self.last_gain_at = torch.zeros(runs, dtype=torch.long, device=device)
 
-    def restart(self, iteration: int) -> None:
-        """Strokes were moved: give them PATIENCE iterations to settle."""
-        self.last_gain_at = iteration
+    def restart(self, run: int, iteration: int) -> None:
+        """Run `run`'s strokes were moved: give them PATIENCE iterations to settle."""
+        self.last_gain_at[run] = iteration
 
-    def done(self, iteration: int, loss: float) -> bool:
-        if loss < self.best * (1 - MIN_IMPROVEMENT):
-            self.last_gain_at = iteration
-        self.best = min(self.best, loss)
-        return iteration >= MIN_ITERATIONS and iteration - self.last_gain_at >= PATIENCE
+    def done(self, iteration: int, loss: Tensor) -> Tensor:
+        """(B,) bool: which runs stop after this iteration, given its (B,) plain-view losses."""
+        loss = loss.detach().to(self.best.dtype)
+        gain = loss < self.best * (1 - MIN_IMPROVEMENT)
+        self.last_gain_at = torch.where(gain, iteration, self.last_gain_at)
+        self.best = torch.minimum(self.best, loss)
+        return (iteration - self.last_gain_at >= PATIENCE) & (iteration >= MIN_ITERATIONS)
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only these runs (the others have ended)."""
+        self.best, self.last_gain_at = self.best[rows], self.last_gain_at[rows]
 
 
 class ReferenceStop:
     """The reference's rule: the last two evaluations (every EVAL_EVERY steps) each changed the loss by
     under REFERENCE_TOLERANCE."""
 
-    def __init__(self) -> None:
-        self.evals: list[float] = []
+    def __init__(self, runs: int, device: torch.device) -> None:
+        self.evals = torch.full((runs, 3), float("nan"), dtype=exact_dtype(device), device=device)
+        self.count = 0  # evaluations so far: the runs of a batch start together, so all have as many
 
-    def restart(self, iteration: int) -> None:
+    def restart(self, run: int, iteration: int) -> None:
         pass
 
-    def done(self, iteration: int, loss: float) -> bool:
-        if iteration % EVAL_EVERY == 0:
-            self.evals.append(loss)
-        return reference_converged(self.evals)
+    def done(self, iteration: int, loss: Tensor) -> Tensor:
+        if iteration % EVAL_EVERY:
+            return torch.zeros(len(self.evals), dtype=torch.bool, device=self.evals.device)
+        self.evals = torch.cat([self.evals[:, 1:], loss.detach().to(self.evals.dtype)[:, None]], dim=1)
+        self.count += 1
+        return (self.evals.diff(dim=1).abs() < REFERENCE_TOLERANCE).all(dim=1) & (self.count >= 3)
 
-
-def reference_converged(evals: list[float]) -> bool:
-    """The last two evaluations each changed the loss by under REFERENCE_TOLERANCE."""
-    steps = np.abs(np.diff(evals[-3:]))
-    return len(steps) == 2 and bool((steps < REFERENCE_TOLERANCE).all())
+    def keep(self, rows: Tensor) -> None:
+        self.evals = self.evals[rows]
 
 
 STOP_RULES: dict[Stop, type[Plateau] | type[ReferenceStop]] = {Stop.PLATEAU: Plateau, Stop.REFERENCE: ReferenceStop}

@@ -18,7 +18,6 @@ from ..images import Letterbox, Photo
 from ..options import CANVAS, Renderer, SketchOptions, image_stroke_width
 from .init import STARTS, edge_tangents, init_distribution, xdog_edges
 from .losses import SketchLoss, augmentation_bank
-from .render import render, render_batch
 
 #: Least weight of the loss anywhere on the photo: the subject map only tilts it, so a wrong map
 #: still leaves the whole photo some pull.
@@ -56,14 +55,6 @@ class Target:
     @property
     def device(self) -> torch.device:
         return self.low.device
-
-    def render(self, points: Tensor) -> Tensor:
-        """Strokes (N, 4, 2) in canvas pixels drawn on the canvas: (S, S), 1 = paper."""
-        return render(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
-
-    def render_batch(self, points: Tensor) -> Tensor:
-        """B sketches (B, N, 4, 2) drawn at once: (B, S, S)."""
-        return render_batch(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
 
     def clamp(self, points: Tensor) -> Tensor:
         """Points moved onto the photo (not the letterbox's paper)."""

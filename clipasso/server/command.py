@@ -58,6 +58,11 @@ def default_data_dir() -> Path:
     return base / "clipasso"
 
 
+#: Jobs a GPU optimises together by default: 16 sketches cost it about what one does.
+GPU_BATCH = 16
+MAX_BATCH = 256
+
+
 def default_threads() -> int:
     """All cores but one: the HTTP side and the desktop keep a core, and PyTorch threads do not fight
     other busy processes (on a loaded 2-core machine 1 thread ran the engine 3-4x faster than 2)."""
@@ -84,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"remove finished jobs older than this many days (default {DEFAULT_KEEP_DAYS:g})")
     parser.add_argument("--max-data-gb", type=float, default=None,
                         help="remove the oldest finished jobs while the data folder holds more (default: no limit)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"most jobs optimised together (same encoder), on one device (default "
+                             f"{GPU_BATCH} on a GPU, 1 elsewhere: a CPU gains nothing from it)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the engine (default: all cores but one, here %(default)s)")
 
@@ -150,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     disable_progress_bars()  # a weight download's bar would garble serve.log; the job's state says it waits
     device = str(resolve_device(args.device))
+    batch = args.batch if args.batch is not None else (GPU_BATCH if device.startswith("cuda") else 1)
+    if not 1 <= batch <= MAX_BATCH:
+        raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {args.batch}")
     if args.keep_days <= 0 or (args.max_data_gb is not None and args.max_data_gb <= 0):
         raise InputError("--keep-days and --max-data-gb must be above 0")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
@@ -165,11 +176,12 @@ def run(args: argparse.Namespace) -> int:
     max_bytes = None if args.max_data_gb is None else int(args.max_data_gb * 1e9)
     store = JobStore(data_dir, device=device, weights=args.weights, max_queued=args.max_queue,
                      keep_days=args.keep_days, max_bytes=max_bytes)
-    worker = Worker(store, preload=None if args.preload == "none" else args.preload)
+    worker = Worker(store, preload=None if args.preload == "none" else args.preload, batch=batch)
     app = create_app(store, worker, token=token, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
     host, port = sock.getsockname()[:2]
-    log.info("clipasso %s serving on http://%s:%d (device %s, %d engine threads, data in %s, token %s)",
-             __version__, host, port, device, args.threads, data_dir, "required" if token else "off")
+    log.info("clipasso %s serving on http://%s:%d (device %s, %d engine threads, batches of up to %d jobs, "
+             "data in %s, token %s)", __version__, host, port, device, args.threads, batch, data_dir,
+             "required" if token else "off")
     config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

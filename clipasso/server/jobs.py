@@ -491,19 +491,25 @@ class JobStore:
 
     # ----- worker side -----------------------------------------------------------------------------
 
-    def next_job(self, timeout: float) -> Job | None:
-        """Take the oldest queued job and mark it running; None after `timeout` or once closed."""
+    def next_jobs(self, limit: int, timeout: float) -> list[Job]:
+        """Take the oldest queued job and up to `limit` - 1 more queued jobs that use the same encoder (the
+        next in queue order), and mark them running; [] after `timeout` or once closed."""
         with self._wake:
             if not self._queue and not self._closed:
                 self._wake.wait(timeout)
             if self._closed or not self._queue:
-                return None
-            job = self._jobs[self._queue.popleft()]
-            job.state, job.started, job.iteration, job.loss = JobState.RUNNING, time.time(), 0, None
-            job.version += 1
-            self._last_checkpoint[job.id] = time.monotonic()
-        self._persist(job)
-        return job
+                return []
+            choice = self._jobs[self._queue[0]].options.encoder_choice
+            jobs = [self._jobs[i] for i in self._queue if self._jobs[i].options.encoder_choice == choice][:limit]
+            now = time.time()
+            for job in jobs:
+                self._queue.remove(job.id)
+                job.state, job.started, job.iteration, job.loss = JobState.RUNNING, now, 0, None
+                job.version += 1
+                self._last_checkpoint[job.id] = time.monotonic()
+        for job in jobs:
+            self._persist(job)
+        return jobs
 
     def should_stop(self, job: Job) -> bool:
         return job.cancel_requested or self._closed

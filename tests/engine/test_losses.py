@@ -45,17 +45,21 @@ def test_warp_with_the_identity_grid_keeps_the_image_and_pads_with_white():
     assert torch.allclose(warp(image, outside), torch.ones_like(image))
 
 
+def one_sketch(loss_fn: SketchLoss, sketch: torch.Tensor, picks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one (1, 3, S, S) sketch: its plain view and the augmentations `picks`."""
+    return loss_fn(sketch, torch.tensor([0]), torch.tensor(picks, dtype=torch.long), torch.zeros(len(picks), dtype=torch.long))
+
+
 def test_the_photo_itself_has_no_loss_and_a_blank_page_has_some(loss_fn, photo):
-    views = torch.tensor([-1, 0, 2])
-    same_total, same_plain = loss_fn(photo, views)
-    blank_total, blank_plain = loss_fn(torch.ones_like(photo), views)
+    same_total, same_plain = one_sketch(loss_fn, photo, [0, 2])
+    blank_total, blank_plain = one_sketch(loss_fn, torch.ones_like(photo), [0, 2])
     assert same_total.item() == pytest.approx(0.0, abs=1e-4) and same_plain.item() == pytest.approx(0.0, abs=1e-4)
     assert blank_plain.item() > 1.0 and blank_total.item() > blank_plain.item()
 
 
 def test_gradient_reaches_the_sketch(loss_fn, photo):
     sketch = torch.ones_like(photo).requires_grad_(True)
-    total, _ = loss_fn(sketch, torch.tensor([-1, 1]))
+    total, _ = one_sketch(loss_fn, sketch, [1])
     total.backward()
     assert sketch.grad is not None and sketch.grad.abs().sum() > 0
 
@@ -63,10 +67,27 @@ def test_gradient_reaches_the_sketch(loss_fn, photo):
 def test_stroke_worth_uses_the_plain_view_formula(loss_fn, photo):
     """stroke_drop_losses is the plain view's loss of each render: the same number the loop reports."""
     renders = torch.stack([photo[0].mean(0), torch.ones(224, 224), torch.full((224, 224), 0.5)])
-    drops = loss_fn.stroke_drop_losses(renders)
+    drops = loss_fn.stroke_drop_losses(renders, torch.zeros(3, dtype=torch.long), chunk=2)
     for render, drop in zip(renders, drops):
-        _, plain = loss_fn(render[None, None].expand(1, 3, -1, -1), torch.tensor([-1]))
+        _, plain = one_sketch(loss_fn, render[None, None].expand(1, 3, -1, -1), [])
         assert drop.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_a_joined_loss_gives_each_sketch_its_own_photos_loss(loss_fn, photo):
+    """Two photos in one encoder pass: each sketch's losses are what its photo's own loss gives."""
+    encoder = loss_fn.encoder
+    other_photo = photo.flip(-1)
+    other = SketchLoss(encoder, other_photo, augmentation_bank(4, torch.Generator().manual_seed(1), 224))
+    joined = SketchLoss.joined([loss_fn, other])
+    sketches = torch.cat([torch.ones_like(photo), photo.mean(1, keepdim=True).expand(1, 3, -1, -1)])
+    # Sketch 0 against photo 0 with its augmentation 3; sketch 1 against photo 1 with its augmentations 0, 2.
+    total, plain = joined(sketches, torch.tensor([joined.plain_view(0), joined.plain_view(1)]),
+                          torch.tensor([3, 4 + 0, 4 + 2]), torch.tensor([0, 1, 1]))
+    alone0, plain0 = one_sketch(loss_fn, sketches[:1], [3])
+    alone1, plain1 = one_sketch(other, sketches[1:], [0, 2])
+    assert plain.tolist() == pytest.approx([plain0.item(), plain1.item()], rel=1e-4)
+    assert total.item() == pytest.approx(alone0.item() + alone1.item(), rel=1e-4)
+    assert SketchLoss.joined([loss_fn]) is loss_fn
 
 
 def test_focus_weights_only_the_subject(photo):
@@ -75,6 +96,6 @@ def test_focus_weights_only_the_subject(photo):
     focus = torch.zeros(224, 224)
     focus[:, :112] = 1.0  # only the left half counts
     loss_fn = SketchLoss(encoder, photo, grids, focus)
-    error = loss_fn.error_map(torch.ones(224, 224)).numpy()
+    error = loss_fn.error_maps(torch.ones(1, 224, 224), torch.zeros(1, dtype=torch.long))[0].numpy()
     assert error.shape == (224, 224) and np.isfinite(error).all()
     assert error[:, :100].sum() > 20 * error[:, 124:].sum()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from extension_support import import_extension
 
+from clipasso.engine import sketch
+from clipasso.images import load_photo
 from clipasso.options import SketchOptions, SketchResult
 from clipasso.server.jobs import ATTACH_GRACE_SECONDS, Job, JobStateError, JobStore, QueueFull, UnknownJob
 from clipasso.server.schemas import FINAL_STATES, JobState
@@ -36,9 +40,9 @@ def record(store: JobStore, job_id: str) -> dict:
 def test_a_job_runs_with_the_real_engine(store, server_photo_png):
     view = store.submit(server_photo_png, QUICK)
     assert view["state"] == "queued" and view["iterations"] == 2
-    job = store.next_job(timeout=0)
-    assert job is not None and job.state == JobState.RUNNING and record(store, job.id)["state"] == "running"
-    Worker(store).run_job(job)
+    [job] = store.next_jobs(1, timeout=0)
+    assert job.state == JobState.RUNNING and record(store, job.id)["state"] == "running"
+    Worker(store).run_jobs([job])
     _, done = store.snapshot(job.id)
     assert done["state"] == "succeeded" and done["progress"] == 1.0 and done["encoder"] == "lite0"
     assert record(store, job.id)["state"] == "succeeded"
@@ -53,7 +57,7 @@ def test_a_failing_job_fails_alone_with_its_reason(store, server_photo_png):
     good = store.submit(server_photo_png, QUICK)
     worker = Worker(store)
     for _ in range(2):
-        worker.run_job(store.next_job(timeout=0))
+        worker.run_jobs(store.next_jobs(1, timeout=0))
     failed = store.snapshot(bad["id"])[1]
     assert failed["state"] == "failed" and "CLIPASSO_OFFLINE=1" in failed["error"]
     assert store.snapshot(good["id"])[1]["state"] == "succeeded"
@@ -62,13 +66,42 @@ def test_a_failing_job_fails_alone_with_its_reason(store, server_photo_png):
 
 
 def test_an_engine_crash_marks_only_that_job_failed(store, server_photo_png):
-    def broken_engine(*args, **kwargs) -> SketchResult:
+    def broken_engine(*args, **kwargs) -> list[SketchResult]:
         raise RuntimeError("the engine broke\nacross lines")
 
     job_id = store.submit(server_photo_png, QUICK)["id"]
-    Worker(store, engine=broken_engine).run_job(store.next_job(timeout=0))
+    Worker(store, engine=broken_engine).run_jobs(store.next_jobs(1, timeout=0))
     view = store.snapshot(job_id)[1]
     assert view["state"] == "failed" and view["error"] == "RuntimeError: the engine broke across lines"
+
+
+def test_jobs_run_together_and_fail_or_cancel_alone(store, server_photo_png, monkeypatch):
+    """One batch of the real engine: a job whose photo was lost fails alone, one cancelled mid-run ends
+    cancelled, and the others finish as they would alone. Jobs for another encoder wait for their own batch."""
+    store.max_queued = 10
+    alone = sketch(load_photo(io.BytesIO(server_photo_png)), replace(QUICK, iterations=6, device="cpu"))
+    ids = [store.submit(server_photo_png, replace(QUICK, iterations=6))["id"] for _ in range(4)]
+    other = store.submit(server_photo_png, SketchOptions(encoder="clip:RN50", strokes=4, iterations=2))["id"]
+    late = store.submit(server_photo_png, replace(QUICK, iterations=6))["id"]
+    (store.job_dir(ids[1]) / "photo.png").unlink()
+    record_progress = store.progress
+
+    def progress_then_cancel(job, iteration, loss, strokes) -> None:
+        record_progress(job, iteration, loss, strokes)
+        if job.id == ids[2] and iteration >= 1 and not job.cancel_requested:
+            store.cancel(job.id)
+
+    monkeypatch.setattr(store, "progress", progress_then_cancel)
+    jobs = store.next_jobs(4, timeout=0)
+    assert [j.id for j in jobs] == [ids[0], ids[1], ids[2], ids[3]]
+    assert store.snapshot(other)[1]["queue_position"] == 0 and store.snapshot(late)[1]["queue_position"] == 1
+    Worker(store, batch=4).run_jobs(jobs)
+    views = [store.snapshot(i)[1] for i in ids]
+    assert [v["state"] for v in views] == ["succeeded", "failed", "cancelled", "succeeded"]
+    assert "stored photo could not be read" in views[1]["error"]
+    for v in (views[0], views[3]):
+        assert v["iteration"] == alone.iterations and v["loss"] == pytest.approx(alone.loss, rel=1e-3)
+    assert [j.id for j in store.next_jobs(4, timeout=0)] == [other]  # the next batch: one encoder at a time
 
 
 def test_cancel_queued_and_finished(store, server_photo_png):
@@ -88,15 +121,17 @@ def test_cancel_while_running_keeps_the_best_strokes(store, server_photo_png, mo
 
     def progress_then_cancel(job, iteration, loss, strokes) -> None:
         record_progress(job, iteration, loss, strokes)
-        seen.append(store.snapshot(job_id)[1]["encoder"])
-        if iteration == 3:
+        seen.append((iteration, store.snapshot(job_id)[1]["encoder"]))
+        if iteration >= 3 and not job.cancel_requested:
             store.cancel(job_id)  # as another client would, during the run
 
     monkeypatch.setattr(store, "progress", progress_then_cancel)
-    Worker(store).run_job(store.next_job(timeout=0))
+    Worker(store).run_jobs(store.next_jobs(1, timeout=0))
     view = store.snapshot(job_id)[1]
-    assert seen == ["lite0"] * 4  # the starting strokes (iteration 0), then three steps
-    assert view["state"] == "cancelled" and view["iteration"] == 3
+    assert seen[0] == (0, "lite0") and all(encoder == "lite0" for _, encoder in seen)
+    # Cancelled at the first report from iteration 3 on: the run ends before its next step.
+    cancelled_at = next(i for i, _ in seen if i >= 3)
+    assert view["state"] == "cancelled" and view["iteration"] == cancelled_at
     assert store.result_svg(job_id).count("<path") == 4
 
 
@@ -127,7 +162,7 @@ def test_attached_jobs_are_abandoned_only_when_nobody_follows_them(store, server
 def test_queue_position(store, server_photo_png):
     ids = [store.submit(server_photo_png, QUICK)["id"] for _ in range(3)]
     assert [store.snapshot(i)[1]["queue_position"] for i in ids] == [0, 1, 2]
-    store.next_job(timeout=0)
+    store.next_jobs(1, timeout=0)
     store.cancel(ids[1])
     assert [store.snapshot(i)[1]["queue_position"] for i in ids] == [None, None, 0]
     assert [j["queue_position"] for j in store.list()] == [0, None, None]
@@ -151,7 +186,7 @@ def test_restart_requeues_queued_jobs_and_fails_interrupted_ones(tmp_path, serve
     first.load()
     running = first.submit(server_photo_png, QUICK)["id"]
     queued = first.submit(server_photo_png, QUICK)["id"]
-    first.next_job(timeout=0)  # the first one is running when the process "dies"
+    first.next_jobs(1, timeout=0)  # the first one is running when the process "dies"
     (tmp_path / "data" / "jobs" / ("B" * 22)).mkdir()  # a folder without a readable job.json
 
     second = JobStore(tmp_path / "data", device="cuda:1")

@@ -354,26 +354,27 @@ def test_restart_keeps_results_and_accounts_for_unfinished_jobs(server_factory, 
 
 
 def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: bytes) -> None:
-    """The worker's error handling with engines that raise as a real one can (no server needed)."""
+    """The worker's error handling with an engine that fails each job of a batch as a real one can (no
+    server needed): each job gets its own one-line reason."""
     calls = []
 
-    def engine(image, options, on_progress, should_stop, on_encoder):
-        calls.append(options.strokes)
-        if options.strokes == 1:
-            raise MemoryError()
-        if options.strokes == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        raise ValueError("bad\nthing")
+    def engine(requests, batch):
+        calls.append([r.options.strokes for r in requests])
+        outcomes = []
+        for r in requests:
+            exc = {1: MemoryError(), 2: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")}.get(
+                r.options.strokes, ValueError("bad\nthing"))
+            r.on_finish(exc)
+            outcomes.append(exc)
+        return outcomes
 
     store = JobStore(tmp_path, device="cpu")
     store.load()
     ids = [store.submit(server_photo_png, SketchOptions(strokes=n, iterations=1, encoder="lite0"))["id"]
            for n in (1, 2, 3)]
-    worker = Worker(store, engine=engine)
-    for _ in ids:
-        worker.run_job(store.next_job(timeout=0))
+    Worker(store, engine=engine, batch=3).run_jobs(store.next_jobs(3, timeout=0))
     errors = [store.snapshot(i)[1]["error"] for i in ids]
-    assert calls == [1, 2, 3]
+    assert calls == [[1, 2, 3]]
     assert errors[0].startswith("out of memory;") and errors[1].startswith("out of memory on cpu:")
     assert errors[2] == "ValueError: bad thing"
     assert all(store.snapshot(i)[1]["state"] == "failed" for i in ids)
@@ -410,7 +411,7 @@ def test_reload_runs_queued_jobs_on_the_new_device_and_skips_broken_folders(tmp_
 
     after = JobStore(tmp_path, device="cuda:1", weights="/models/clip")
     after.load()
-    job = after.next_job(timeout=0)
-    assert job is not None and job.id == queued["id"]
+    [job] = after.next_jobs(1, timeout=0)
+    assert job.id == queued["id"]
     assert (job.options.device, job.options.weights, job.options.strokes) == ("cuda:1", "/models/clip", 2)
     assert [j["id"] for j in after.list()] == [queued["id"]]
