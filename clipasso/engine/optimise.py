@@ -15,7 +15,9 @@ report progress and to let finished runs go.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +30,7 @@ from ..encoders import Encoder, load_encoder, resolve_device
 from ..images import Photo
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .adam import BatchAdam
+from .graphs import LossPass
 from .init import STARTS
 from .losses import SketchLoss
 from .relay import relay_iterations, replace_weak_strokes
@@ -43,9 +46,16 @@ LEARNING_RATE = 1.0
 SEED_STRIDE = 1000
 #: Progress is reported at most this often (seconds): a report waits for the device and copies strokes back.
 PROGRESS_INTERVAL = 0.2
-#: Off the CPU, the host looks for ended runs every this many steps (each look waits for the device). A run
-#: stepped past its end keeps the result it had: its best strokes stop changing when it ends.
-CHECK_EVERY = 8
+#: How often (in steps) the host looks for ended runs: each look waits for the device, which costs nothing
+#: on a CPU. A run stepped past its end keeps the result it had: its best strokes stop changing when it ends.
+CHECK_EVERY = {"cpu": 1}
+CHECK_EVERY_DEFAULT = 8
+#: Devices where ended runs leave the batch at once; elsewhere they stay until half of their cohort has
+#: ended (stepping them costs next to nothing there, and each new batch shape costs a new CUDA graph).
+LEAVE_AT_ONCE = {"cpu"}
+#: Threads that prepare photos and lay strokes side by side (numpy and torch let go of the GIL): a GPU's
+#: batch of jobs would otherwise wait for one CPU core to prepare them one after another.
+PREPARE_THREADS = min(8, os.cpu_count() or 1)
 #: Images per encoder pass when judging strokes for re-laying: bounds memory on a CPU, launches elsewhere.
 RELAY_CHUNK = {"cpu": 16}
 RELAY_CHUNK_DEFAULT = 128
@@ -111,7 +121,8 @@ def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> lis
 
 
 def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
-    """Sketches that share an encoder: load it, prepare each photo, then step their runs in batches."""
+    """Sketches that share an encoder: load it, prepare the photos side by side, then step their runs in
+    batches."""
     t = time.perf_counter()
     try:
         first = sketches[0].opts
@@ -121,18 +132,44 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
             s.fail(exc)
         return
     load = time.perf_counter() - t
-    runs: list[_Run] = []
-    for s in sketches:
-        s.timings["load"] = load
-        try:
-            runs += s.prepare(encoder, reason)
-        except Exception as exc:
-            s.fail(exc)
-    size = batch or len(runs) or 1
-    for i in range(0, len(runs), size):
-        chunk = [r for r in runs[i : i + size] if r.sketch.outcome is None]
-        if chunk:
-            _Batch(chunk, encoder).run()
+    with ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
+        t = time.perf_counter()
+        for s in sketches:
+            s.timings["load"] = load
+            _guarded(s, lambda s: s.choose(encoder, reason))
+        # First the photos and the first strokes, reported at once (iteration 0); then the loss's photo
+        # side, the slow part of the preparation.
+        _each(pool, sketches, lambda s: s.place(encoder))
+        pairs = [(s, k) for s in sketches if s.outcome is None for k in range(s.opts.seeds)]
+        for (s, _), run in zip(pairs, pool.map(lambda pair: _guarded(pair[0], lambda s: _Run(s, s.opts.seed + SEED_STRIDE * pair[1])), pairs)):
+            s.runs.append(run)
+        for s in sketches:
+            _guarded(s, lambda s: s.report(0, float("nan"), s.runs[0].start))
+        _each(pool, sketches, lambda s: s.target.loss)
+        for s in sketches:
+            s.timings["init"] = time.perf_counter() - t
+        runs = [r for s in sketches if s.outcome is None for r in s.runs]
+        size = batch or len(runs) or 1
+        for i in range(0, len(runs), size):
+            chunk = [r for r in runs[i : i + size] if r.sketch.outcome is None]
+            if chunk:
+                _Batch(chunk, pool).run()
+
+
+def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
+    """`work(sketch)` unless the sketch has failed; a sketch whose work raises fails with that."""
+    if sketch.outcome is not None:
+        return None
+    try:
+        return work(sketch)
+    except Exception as exc:
+        sketch.fail(exc)
+        return None
+
+
+def _each(pool: ThreadPoolExecutor, sketches: list[_Sketch], work: Callable[[_Sketch], object]) -> None:
+    """`work` on every sketch still going, side by side."""
+    list(pool.map(lambda s: _guarded(s, work), sketches))
 
 
 @dataclass
@@ -151,21 +188,16 @@ class _Sketch:
                                                                  "backward": 0.0})
     started: float = field(default_factory=time.perf_counter)
 
-    def prepare(self, encoder: Encoder, reason: str) -> list[_Run]:
-        """Place the photo, lay every seed's first strokes (the first are reported at once, as iteration 0),
-        then build the loss's photo side, the slow part of the preparation."""
-        request, opts = self.request, self.opts
+    def choose(self, encoder: Encoder, reason: str) -> None:
+        """The encoder that runs, told to the caller as soon as it is known."""
         self.encoder, self.encoder_reason = encoder.name, reason
-        if request.on_encoder is not None:
-            request.on_encoder(encoder.name, reason)
-        photo = request.image if isinstance(request.image, Photo) else Photo.of(request.image)
-        t = time.perf_counter()
-        self.target = prepare_target(photo, encoder, opts)
-        self.runs = [_Run(self, opts.seed + SEED_STRIDE * k) for k in range(opts.seeds)]
-        self.report(0, float("nan"), self.runs[0].start)
-        _ = self.target.loss  # the photo's side of the loss, built now so that "init" times it
-        self.timings["init"] += time.perf_counter() - t
-        return self.runs
+        if self.request.on_encoder is not None:
+            self.request.on_encoder(encoder.name, reason)
+
+    def place(self, encoder: Encoder) -> None:
+        """The photo on the canvas and where strokes start (not yet the loss's photo side)."""
+        image = self.request.image
+        self.target = prepare_target(image if isinstance(image, Photo) else Photo.of(image), encoder, self.opts)
 
     @property
     def total(self) -> int:
@@ -304,8 +336,9 @@ class _Cohort:
 class _Batch:
     """Runs stepped together until each has ended: the loop of the method."""
 
-    def __init__(self, runs: list[_Run], encoder: Encoder) -> None:
+    def __init__(self, runs: list[_Run], pool: ThreadPoolExecutor) -> None:
         sketches = list({id(r.sketch): r.sketch for r in runs}.values())
+        self.pool = pool
         self.sketches = sketches
         self.loss = SketchLoss.joined([s.target.loss for s in sketches])
         photo_of = {id(s): i for i, s in enumerate(sketches)}
@@ -316,6 +349,7 @@ class _Batch:
         self.cohorts = [_Cohort(rs, [self.loss.plain_view(photo_of[id(r.sketch)]) for r in rs])
                         for rs in cohorts.values()]
         self.device = sketches[0].target.device
+        self.loss_pass = LossPass(self.loss, self.device)
         self.chunk = RELAY_CHUNK.get(self.device.type, RELAY_CHUNK_DEFAULT)
         self.timings = {"render": 0.0, "forward": 0.0, "backward": 0.0}
         self.schedule: Tensor | None = None  # (iterations, M) augmentations drawn ahead, see _plan
@@ -331,11 +365,11 @@ class _Batch:
                 if not self.cohorts:
                     break
                 self._step(iteration)
-                check = self.device.type == "cpu" or (iteration + 1) % CHECK_EVERY == 0
+                check = (iteration + 1) % CHECK_EVERY.get(self.device.type, CHECK_EVERY_DEFAULT) == 0
                 due = time.perf_counter() - self.last_report >= PROGRESS_INTERVAL or iteration == 0
                 if due:
                     self._report()
-                if check or any(iteration >= r.last for c in self.cohorts for r in c.runs):
+                if check or any(iteration >= r.last and not r.ended for c in self.cohorts for r in c.runs):
                     self._collect()
                 iteration += 1
         except Exception as exc:  # a shared step failed: every sketch still running fails with it
@@ -347,10 +381,10 @@ class _Batch:
         if iteration > self.planned[1]:
             self._plan(iteration)
         t = time.perf_counter()
-        sketches = torch.cat([c.render() for c in self.cohorts])[:, None].expand(-1, 3, -1, -1)
+        renders = torch.cat([c.render() for c in self.cohorts])
         t1 = time.perf_counter()
         plain = torch.cat([c.views for c in self.cohorts])
-        total, losses = self.loss(sketches, plain, self.schedule[iteration - self.planned[0]], self.owners)
+        total, losses = self.loss_pass(renders, plain, self.schedule[iteration - self.planned[0]], self.owners)
         t2 = time.perf_counter()
         for c in self.cohorts:
             c.points.grad = None
@@ -368,7 +402,7 @@ class _Batch:
         """Draw every run's augmented views ahead, as far as the nearest re-laying or end, and send them to
         the device at once: one copy for many steps, not one a step."""
         runs = [r for c in self.cohorts for r in c.runs]
-        last = min(r.horizon(iteration) for r in runs)
+        last = min(r.horizon(iteration) for r in runs if not r.ended)  # ended runs in the batch just follow
         for r in runs:
             r.draw_until(last)
         photo_of = {id(s): i for i, s in enumerate(self.sketches)}
@@ -390,7 +424,8 @@ class _Batch:
             with torch.no_grad():
                 points = c.points.detach()[rows]
                 moved = replace_weak_strokes(points, c.widths[rows], [c.runs[k].sketch.target for k in rows],
-                                             c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk)
+                                             c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk,
+                                             self.pool.map)
                 c.points[rows] = points
             for k, count in zip(rows, moved):
                 if count:
@@ -422,8 +457,9 @@ class _Batch:
         for c in self.cohorts:
             losses, counts, points = c.loss.tolist(), c.steps.tolist(), c.points.detach().cpu()
             for r, loss, count, p in zip(c.runs, losses, counts, points):
-                current.setdefault(id(r.sketch), []).append((loss, p))
-                steps[id(r)] = count
+                if not r.ended:
+                    current.setdefault(id(r.sketch), []).append((loss, p))
+                    steps[id(r)] = count
         for s in self.sketches:
             if s.outcome is not None or id(s) not in current:
                 continue
@@ -445,20 +481,22 @@ class _Batch:
 
     def _collect(self) -> None:
         """Take the results of runs that have ended, finish sketches whose runs all have, and go on with
-        the rest."""
+        the rest (see LEAVE_AT_ONCE)."""
         for c in list(self.cohorts):
             active = c.active.tolist()
-            if all(active):
-                continue
-            ended = [k for k, alive in enumerate(active) if not alive]
-            losses, steps, points = c.best_loss[ended].tolist(), c.steps[ended].tolist(), c.best_points[ended].cpu()
-            for k, loss, count, p in zip(ended, losses, steps, points):
-                run = c.runs[k]
-                run.loss, run.steps, run.points, run.ended = loss, count, p, True
-            c.keep([k for k, alive in enumerate(active) if alive])
-            if not c.runs:
+            ended = [k for k, alive in enumerate(active) if not alive and not c.runs[k].ended]
+            if ended:
+                losses, steps, points = c.best_loss[ended].tolist(), c.steps[ended].tolist(), c.best_points[ended].cpu()
+                for k, loss, count, p in zip(ended, losses, steps, points):
+                    run = c.runs[k]
+                    run.loss, run.steps, run.points, run.ended = loss, count, p, True
+            alive = [k for k, a in enumerate(active) if a]
+            if not alive:
                 self.cohorts.remove(c)
-            self.planned = (0, -1)  # the runs changed: draw the schedule again from the next step
+                self.planned = (0, -1)  # the runs changed: draw the schedule again from the next step
+            elif len(alive) < len(active) and (self.device.type in LEAVE_AT_ONCE or 2 * len(alive) <= len(active)):
+                c.keep(alive)
+                self.planned = (0, -1)
         for s in self.sketches:
             if s.outcome is None and all(r.ended for r in s.runs):
                 for name, seconds in self.timings.items():

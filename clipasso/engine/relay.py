@@ -6,6 +6,8 @@ the run costs a few forward passes and recovers most of what a second seed would
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import torch
 from torch import Tensor
 
@@ -39,13 +41,15 @@ def replace_weak_strokes(
     loss: SketchLoss,
     generators: list[torch.Generator],
     chunk: int,
+    each: Callable[..., Iterator] = map,
 ) -> list[int]:
     """Move the strokes that matter least, in R runs at once, to where each sketch misses most of its subject.
 
     points: (R, N, 4, 2) strokes, changed in place; widths: (R, N); views: (R,) each run's plain view in
     `loss`. A stroke's worth is how much the plain-view loss rises without it. The weakest quarter (those
     worth less than half the median stroke) are laid again, along contours, where the subject-weighted
-    feature error is largest. Returns how many strokes moved in each run.
+    feature error is largest; `each` (map, or a thread pool's) lays the runs' strokes. Returns how many
+    strokes moved in each run.
     """
     runs, n = points.shape[:2]
     if n < 4:
@@ -62,14 +66,19 @@ def replace_weak_strokes(
     base = loss.stroke_drop_losses(full, views, chunk)
     worth = (drops - base[:, None]).cpu()
     errors = loss.error_maps(full, views).cpu().numpy()
-    moved = []
-    for r, (target, generator) in enumerate(zip(targets, generators)):
+    def fresh_strokes(r: int) -> tuple[list[int], Tensor | None]:
         threshold = 0.5 * float(worth[r].median())
         weak = [i for i in worth[r].argsort()[: n // 4].tolist() if float(worth[r, i]) < threshold]
+        if not weak:
+            return weak, None
+        target = targets[r]
+        wanted = target.prob * errors[r]
+        wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
+        return weak, traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generators[r])
+
+    moved = []
+    for r, (weak, fresh) in enumerate(each(fresh_strokes, range(runs))):
         if weak:
-            wanted = target.prob * errors[r]
-            wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
-            fresh = traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generator)
             points[r, weak] = fresh.to(points)
         moved.append(len(weak))
     return moved

@@ -7,7 +7,7 @@ distribution (salient edges), the contours' tangent field, and the loss with the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     with torch.no_grad():
         saliency = encoder.saliency(canvas).cpu().numpy()
     edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
-    grids = augmentation_bank(AUGMENTATION_BANK, torch.Generator().manual_seed(options.seed), CANVAS).to(device)
+    grids = bank_grids(options.seed, device)
     focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
     return Target(
         box=box,
@@ -88,3 +88,10 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
         backend=Renderer(options.renderer).backend,
     )
+
+
+@lru_cache(maxsize=8)
+def bank_grids(seed: int, device: torch.device) -> Tensor:
+    """The augmentation bank of a seed: the same for every photo, so made once per seed and device (for the
+    last few seeds asked for)."""
+    return augmentation_bank(AUGMENTATION_BANK, torch.Generator().manual_seed(seed), CANVAS).to(device)

@@ -15,7 +15,7 @@ from tiny_clip import save_tiny_clip
 
 from clipasso.encoders import registry
 from clipasso.encoders.clip import load_clip
-from clipasso.engine import SketchRequest, render, sketch, sketch_batch
+from clipasso.engine import SketchRequest, optimise, render, sketch, sketch_batch
 from clipasso.engine.init import edge_tangents, init_distribution, traced_strokes, xdog_edges
 from clipasso.engine.stopping import EVAL_EVERY, MIN_ITERATIONS, PATIENCE, Plateau, ReferenceStop
 from clipasso.errors import InputError
@@ -248,3 +248,18 @@ def test_a_batch_of_requests_keeps_each_apart(cat):
         assert np.abs(outcome.strokes - solo.strokes).max() < 0.5
     assert isinstance(outcomes[2], RuntimeError) and "disk is full" in str(outcomes[2])
     assert outcomes[3].cancelled and outcomes[3].iterations == 2 and outcomes[3].strokes.shape == (6, 4, 2)
+
+
+def test_the_loop_as_it_runs_on_a_gpu_gives_the_same_sketches(cat, monkeypatch):
+    """Off the CPU the host looks at the runs every few steps and ended runs stay in the batch until half
+    have ended; here on the CPU with those settings, each sketch is what it is alone."""
+    monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 4})
+    monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
+    short, long = fast(iterations=3, strokes=6), fast(iterations=9, strokes=6, seed=3)
+    outcomes = sketch_batch([SketchRequest(cat, short), SketchRequest(cat, long), SketchRequest(cat, long)])
+    for outcome, options in zip(outcomes, [short, long, long]):
+        assert outcome.iterations == options.iterations
+    monkeypatch.undo()
+    for outcome, options in zip(outcomes, [short, long]):
+        solo = sketch(cat, options)
+        assert outcome.loss == pytest.approx(solo.loss, rel=1e-3) and np.abs(outcome.strokes - solo.strokes).max() < 0.5

@@ -1,0 +1,184 @@
+"""The engine on a GPU: one JSON line per measurement, in under 3 minutes on an H100.
+
+- `single`: one 16-stroke sketch of the example photo with the default preset, for lite0 and for CLIP
+  RN101's architecture with random weights (real weights cannot be had here, and random ones cost the same;
+  their sketch means nothing and is not kept);
+- `seeds`: `--seeds 8` against one seed (the seeds run together);
+- `service`: the service's job store and worker (no HTTP) finishing 32 queued 16-stroke lite0 jobs in
+  batches of `--batch` (and, for comparison, a few jobs one at a time);
+- each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
+
+`--no-graphs` runs without CUDA graphs (to measure what they gain), `--only` one kind of measurement.
+`--device cpu --small` runs the same code with small sizes (a tiny random CLIP, few iterations and jobs),
+so that the test suite smoke-tests this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clipasso.encoders import registry  # noqa: E402
+from clipasso.encoders.clip import ClipEncoder  # noqa: E402
+from clipasso.engine import graphs, sketch  # noqa: E402
+from clipasso.options import SketchOptions  # noqa: E402
+from clipasso.server.jobs import JobStore  # noqa: E402
+from clipasso.server.schemas import FINAL_STATES  # noqa: E402
+from clipasso.server.worker import Worker  # noqa: E402
+
+PHOTO = ROOT / "examples" / "chelsea.jpg"
+#: A ResNet CLIP as (blocks per stage, width): RN101's own, and a tiny one for --small.
+RN101 = ((3, 4, 23, 3), 64)
+TINY = ((1, 1, 1, 1), 8)
+#: The weights key under which the random model is registered as if loaded (no file is written).
+RANDOM = "random-weights"
+
+
+def register_random_clip(device: str, layers: tuple[int, ...], width: int) -> None:
+    """Put a random-weight CLIP ResNet where load_encoder keeps loaded encoders, as clip:RN101 with weights
+    RANDOM: sketches then run the real CLIP code path on it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from clip.model import ModifiedResNet
+    visual = ModifiedResNet(layers, output_dim=512, heads=width * 32 // 64, input_resolution=224, width=width)
+    registry._LOADED[("clip:RN101", device, RANDOM)] = ClipEncoder(visual, "RN101").to(device).freeze()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else None
+
+
+def timed(photo: Image.Image, options: SketchOptions, repeats: int) -> tuple[float, object]:
+    """Median wall time of `repeats` sketches (after the caller's warm-up), and the last result."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = sketch(photo, options)
+        sync(options.device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def bench_single(photo: Image.Image, device: str, encoder: str, weights: str | None, label: str,
+                 strokes: int, iterations: int | None, repeats: int) -> dict:
+    options = SketchOptions(strokes=strokes, encoder=encoder, weights=weights, device=device, iterations=iterations)
+    sketch(photo, options)  # warm-up: loading, first kernels
+    peak_reset(device)
+    seconds, result = timed(photo, options, repeats)
+    return {"bench": "single", "encoder": label, "strokes": strokes, "graphs": graphs.ENABLED,
+            "seconds": round(seconds, 3), "iterations": result.iterations,
+            "ms_per_iteration": round(1000 * seconds / result.iterations, 2), "loss": round(result.loss, 5),
+            "peak_gpu_mb": peak_mb(device)}
+
+
+def bench_seeds(photo: Image.Image, device: str, strokes: int, iterations: int | None, seeds: int,
+                repeats: int) -> dict:
+    one = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations, seeds=1)
+    many = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations, seeds=seeds)
+    sketch(photo, many)  # warm-up at the batch's size
+    t1, _ = timed(photo, one, repeats)
+    peak_reset(device)
+    tk, result = timed(photo, many, repeats)
+    peak = peak_mb(device)
+    t = time.perf_counter()
+    alone = sketch(photo, many, batch=1)  # the same seeds one after another: the same sketch, slower
+    sequential = time.perf_counter() - t
+    return {"bench": "seeds", "seeds": seeds, "one_seed_s": round(t1, 3), "seeds_s": round(tk, 3),
+            "ratio": round(tk / t1, 2), "one_after_another_s": round(sequential, 3),
+            "iterations": result.iterations, "loss": round(result.loss, 5), "best_seed": result.best_seed,
+            "one_after_another_loss": round(alone.loss, 5), "one_after_another_best_seed": alone.best_seed,
+            "peak_gpu_mb": peak}
+
+
+def bench_service(png: bytes, device: str, strokes: int, iterations: int | None, jobs: int, batch: int) -> dict:
+    """Queue `jobs` jobs, then time the worker from its start until every job has finished."""
+    with tempfile.TemporaryDirectory() as data:
+        store = JobStore(data, device=device, max_queued=jobs)
+        store.load()
+        options = SketchOptions(strokes=strokes, encoder="lite0", iterations=iterations)
+        ids = [store.submit(png, options)["id"] for _ in range(jobs)]
+        done = threading.Event()
+        finish = store.finish
+
+        def finish_and_count(*args, **kwargs) -> None:
+            finish(*args, **kwargs)
+            if all(store.snapshot(i)[1]["state"] in FINAL_STATES for i in ids):
+                done.set()
+
+        store.finish = finish_and_count
+        worker = Worker(store, batch=batch)
+        peak_reset(device)
+        t = time.perf_counter()
+        worker.start()
+        done.wait()
+        seconds = time.perf_counter() - t
+        store.close()
+        worker.join(30)
+        states = [store.snapshot(i)[1]["state"] for i in ids]
+    return {"bench": "service", "jobs": jobs, "batch": batch, "strokes": strokes, "seconds": round(seconds, 2),
+            "sketches_per_second": round(jobs / seconds, 2), "succeeded": states.count("succeeded"),
+            "peak_gpu_mb": peak_mb(device)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
+    ap.add_argument("--batch", type=int, default=16, help="jobs per batch in the service measurement")
+    ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
+    ap.add_argument("--only", choices=("single", "seeds", "service"))
+    args = ap.parse_args()
+    device = args.device
+    graphs.ENABLED = not args.no_graphs
+    if args.small:
+        strokes, iterations, repeats, seeds, jobs, clip = 4, 3, 1, 2, 4, TINY
+    else:
+        strokes, iterations, repeats, seeds, jobs, clip = 16, None, 3, 8, 32, RN101
+    photo = Image.open(PHOTO).convert("RGB")
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    png = buf.getvalue()
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small}), flush=True)
+    register_random_clip(device, *clip)
+    rows = [
+        ("single", lambda: bench_single(photo, device, "lite0", None, "lite0", strokes, iterations, repeats)),
+        ("single", lambda: bench_single(
+            photo, device, "clip:RN101", RANDOM,
+            "tiny CLIP ResNet (random weights)" if args.small else "clip:RN101 (random weights)",
+            strokes, iterations, repeats)),
+        ("seeds", lambda: bench_seeds(photo, device, strokes, iterations, seeds, repeats)),
+        ("service", lambda: bench_service(png, device, strokes, iterations, jobs, args.batch)),
+        ("service", lambda: bench_service(png, device, strokes, iterations, max(2, jobs // 4), 1)),
+    ]
+    for kind, row in rows:
+        if args.only in (None, kind):
+            print(json.dumps(row()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
