@@ -3,14 +3,16 @@
 - `single`: one 16-stroke sketch of the example photo with the default preset, for lite0 and for CLIP
   RN101's architecture with random weights (real weights cannot be had here, and random ones cost the same;
   their sketch means nothing and is not kept);
-- `seeds`: `--seeds 8` against one seed (the seeds run together);
+- `seeds`: `--seeds 8` against one seed (the seeds run together), and the same seeds one after another;
 - `service`: the service's job store and worker (no HTTP) finishing 32 queued 16-stroke lite0 jobs in
   batches of `--batch` (and, for comparison, a few jobs one at a time);
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
 
-`--no-graphs` runs without CUDA graphs (to measure what they gain), `--only` one kind of measurement.
-`--device cpu --small` runs the same code with small sizes (a tiny random CLIP, few iterations and jobs),
-so that the test suite smoke-tests this script.
+`--no-graphs` runs without CUDA graphs (to measure what they gain), `--only` one kind of measurement,
+`--profile` where a step's time goes (torch.profiler over a short sketch: the operations that take the most
+host time, and how often the host waited for the device).
+`--device cpu --small` runs the same code with small sizes (a tiny random CLIP in place of RN101 and of
+lite0 where many sketches are made, few iterations and jobs), so that the test suite smoke-tests it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +87,10 @@ def timed(photo: Image.Image, options: SketchOptions, repeats: int) -> tuple[flo
 
 
 def bench_single(photo: Image.Image, device: str, encoder: str, weights: str | None, label: str,
-                 strokes: int, iterations: int | None, repeats: int) -> dict:
+                 strokes: int, iterations: int | None, repeats: int, warm_up: bool) -> dict:
     options = SketchOptions(strokes=strokes, encoder=encoder, weights=weights, device=device, iterations=iterations)
-    sketch(photo, options)  # warm-up: loading, first kernels
+    if warm_up:
+        sketch(photo, options)  # loading, first kernels, the CUDA graph's capture
     peak_reset(device)
     seconds, result = timed(photo, options, repeats)
     return {"bench": "single", "encoder": label, "strokes": strokes, "graphs": graphs.ENABLED,
@@ -95,11 +99,13 @@ def bench_single(photo: Image.Image, device: str, encoder: str, weights: str | N
             "peak_gpu_mb": peak_mb(device)}
 
 
-def bench_seeds(photo: Image.Image, device: str, strokes: int, iterations: int | None, seeds: int,
-                repeats: int) -> dict:
-    one = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations, seeds=1)
-    many = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations, seeds=seeds)
-    sketch(photo, many)  # warm-up at the batch's size
+def bench_seeds(photo: Image.Image, device: str, encoder: tuple[str, str | None], strokes: int,
+                iterations: int | None, seeds: int, repeats: int, warm_up: bool) -> dict:
+    name, weights = encoder
+    one = SketchOptions(strokes=strokes, encoder=name, weights=weights, device=device, iterations=iterations, seeds=1)
+    many = replace(one, seeds=seeds)
+    if warm_up:
+        sketch(photo, many)  # at the batch's size
     t1, _ = timed(photo, one, repeats)
     peak_reset(device)
     tk, result = timed(photo, many, repeats)
@@ -107,19 +113,21 @@ def bench_seeds(photo: Image.Image, device: str, strokes: int, iterations: int |
     t = time.perf_counter()
     alone = sketch(photo, many, batch=1)  # the same seeds one after another: the same sketch, slower
     sequential = time.perf_counter() - t
-    return {"bench": "seeds", "seeds": seeds, "one_seed_s": round(t1, 3), "seeds_s": round(tk, 3),
+    return {"bench": "seeds", "encoder": name, "seeds": seeds, "one_seed_s": round(t1, 3), "seeds_s": round(tk, 3),
             "ratio": round(tk / t1, 2), "one_after_another_s": round(sequential, 3),
             "iterations": result.iterations, "loss": round(result.loss, 5), "best_seed": result.best_seed,
             "one_after_another_loss": round(alone.loss, 5), "one_after_another_best_seed": alone.best_seed,
             "peak_gpu_mb": peak}
 
 
-def bench_service(png: bytes, device: str, strokes: int, iterations: int | None, jobs: int, batch: int) -> dict:
+def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], strokes: int, iterations: int | None,
+                  jobs: int, batch: int) -> dict:
     """Queue `jobs` jobs, then time the worker from its start until every job has finished."""
+    name, weights = encoder
     with tempfile.TemporaryDirectory() as data:
-        store = JobStore(data, device=device, max_queued=jobs)
+        store = JobStore(data, device=device, weights=weights, max_queued=jobs)
         store.load()
-        options = SketchOptions(strokes=strokes, encoder="lite0", iterations=iterations)
+        options = SketchOptions(strokes=strokes, encoder=name, iterations=iterations)
         ids = [store.submit(png, options)["id"] for _ in range(jobs)]
         done = threading.Event()
         finish = store.finish
@@ -139,23 +147,48 @@ def bench_service(png: bytes, device: str, strokes: int, iterations: int | None,
         store.close()
         worker.join(30)
         states = [store.snapshot(i)[1]["state"] for i in ids]
-    return {"bench": "service", "jobs": jobs, "batch": batch, "strokes": strokes, "seconds": round(seconds, 2),
+    return {"bench": "service", "encoder": name, "jobs": jobs, "batch": batch, "strokes": strokes, "seconds": round(seconds, 2),
             "sketches_per_second": round(jobs / seconds, 2), "succeeded": states.count("succeeded"),
             "peak_gpu_mb": peak_mb(device)}
+
+
+def profile(photo: Image.Image, device: str, strokes: int) -> list[dict]:
+    """The operations that cost the most host time over a 40-iteration sketch, and the waits for the device."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    options = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=40)
+    sketch(photo, options)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    t = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        result = sketch(photo, options)
+        sync(device)
+    wall = time.perf_counter() - t
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{"bench": "profile", "iterations": result.iterations, "profiled_wall_s": round(wall, 3),
+             "events": sum(e.count for e in events)}]
+    for e in events[:15]:
+        rows.append({"bench": "profile", "op": e.key, "count": e.count,
+                     "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2)})
+    waits = [e for e in events if "Synchronize" in e.key or "Memcpy" in e.key]
+    rows += [{"bench": "profile", "wait": e.key, "count": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2)}
+             for e in waits]
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
-    ap.add_argument("--batch", type=int, default=16, help="jobs per batch in the service measurement")
+    ap.add_argument("--batch", default="16", help="jobs per batch in the service measurement (several: 16,32)")
     ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
-    ap.add_argument("--only", choices=("single", "seeds", "service"))
+    ap.add_argument("--only", choices=("single", "seeds", "service", "profile"))
     args = ap.parse_args()
     device = args.device
     graphs.ENABLED = not args.no_graphs
     if args.small:
-        strokes, iterations, repeats, seeds, jobs, clip = 4, 3, 1, 2, 4, TINY
+        strokes, iterations, repeats, seeds, jobs, clip = 4, 2, 1, 2, 2, TINY
     else:
         strokes, iterations, repeats, seeds, jobs, clip = 16, None, 3, 8, 32, RN101
     photo = Image.open(PHOTO).convert("RGB")
@@ -165,19 +198,26 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small}), flush=True)
     register_random_clip(device, *clip)
+    warm = not args.small
+    # The measurements of many sketches: lite0, or on a CPU smoke test the tiny CLIP (its photo side is cheap).
+    many = ("clip:RN101", RANDOM) if args.small else ("lite0", None)
     rows = [
-        ("single", lambda: bench_single(photo, device, "lite0", None, "lite0", strokes, iterations, repeats)),
+        ("single", lambda: bench_single(photo, device, "lite0", None, "lite0", strokes, iterations, repeats, warm)),
         ("single", lambda: bench_single(
             photo, device, "clip:RN101", RANDOM,
             "tiny CLIP ResNet (random weights)" if args.small else "clip:RN101 (random weights)",
-            strokes, iterations, repeats)),
-        ("seeds", lambda: bench_seeds(photo, device, strokes, iterations, seeds, repeats)),
-        ("service", lambda: bench_service(png, device, strokes, iterations, jobs, args.batch)),
-        ("service", lambda: bench_service(png, device, strokes, iterations, max(2, jobs // 4), 1)),
+            strokes, iterations, repeats, warm)),
+        ("seeds", lambda: bench_seeds(photo, device, many, strokes, iterations, seeds, repeats, warm)),
     ]
+    rows += [("service", lambda b=int(b): bench_service(png, device, many, strokes, iterations, jobs, b))
+             for b in args.batch.split(",")]
+    rows.append(("service", lambda: bench_service(png, device, many, strokes, iterations, max(2, jobs // 4), 1)))
     for kind, row in rows:
         if args.only in (None, kind):
             print(json.dumps(row()), flush=True)
+    if args.only == "profile":
+        for line in profile(photo, device, strokes):
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,28 @@
+"""benchmarks/gpu.py runs here too, at small sizes on the CPU: the GPU measurements' code stays working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+
+
+def test_gpu_benchmark_runs_on_a_cpu_at_small_sizes():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--batch", "2"],
+                         capture_output=True, text=True, timeout=600, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert rows[0] == {"device": "cpu", "torch": rows[0]["torch"], "small": True}
+    single = [r for r in rows if r.get("bench") == "single"]
+    assert [r["encoder"] for r in single] == ["lite0", "tiny CLIP ResNet (random weights)"]
+    assert all(r["iterations"] == 2 and r["seconds"] > 0 for r in single)
+    [seeds] = [r for r in rows if r.get("bench") == "seeds"]
+    # On a CPU the seeds run together give what they give one after another.
+    assert seeds["iterations"] == 4 and seeds["best_seed"] == seeds["one_after_another_best_seed"]
+    assert seeds["loss"] == pytest.approx(seeds["one_after_another_loss"], rel=1e-3)
+    service = [r for r in rows if r.get("bench") == "service"]
+    assert [(r["batch"], r["succeeded"]) for r in service] == [(2, 2), (1, 2)]
