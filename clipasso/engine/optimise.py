@@ -112,7 +112,7 @@ def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> lis
             s.opts = s.request.options.validated()
             check_backend(Renderer(s.opts.renderer).backend, resolve_device(s.opts.device))  # before the slow part
         except Exception as exc:
-            s.fail(exc)
+            s.finish(exc)
             continue
         groups.setdefault(s.opts.encoder_choice, []).append(s)
     for group in groups.values():
@@ -129,7 +129,7 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder)
     except Exception as exc:
         for s in sketches:
-            s.fail(exc)
+            s.finish(exc)
         return
     load = time.perf_counter() - t
     with ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
@@ -140,8 +140,9 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         # First the photos and the first strokes, reported at once (iteration 0); then the loss's photo
         # side, the slow part of the preparation.
         _each(pool, sketches, lambda s: s.place(encoder))
-        pairs = [(s, k) for s in sketches if s.outcome is None for k in range(s.opts.seeds)]
-        for (s, _), run in zip(pairs, pool.map(lambda pair: _guarded(pair[0], lambda s: _Run(s, s.opts.seed + SEED_STRIDE * pair[1])), pairs)):
+        seeds = [(s, s.opts.seed + SEED_STRIDE * k) for s in sketches if s.outcome is None for k in range(s.opts.seeds)]
+        made = pool.map(lambda pair: _guarded(pair[0], lambda s: _Run(s, pair[1])), seeds)
+        for (s, _), run in zip(seeds, made):
             s.runs.append(run)
         for s in sketches:
             _guarded(s, lambda s: s.report(0, float("nan"), s.runs[0].start))
@@ -163,7 +164,7 @@ def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
     try:
         return work(sketch)
     except Exception as exc:
-        sketch.fail(exc)
+        sketch.finish(exc)
         return None
 
 
@@ -208,9 +209,6 @@ class _Sketch:
         if self.request.on_progress is not None:
             strokes = self.target.box.to_image(points.detach().cpu().numpy())
             self.request.on_progress(done, self.total, loss, strokes)
-
-    def fail(self, exc: Exception) -> None:
-        self.finish(exc)
 
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -375,7 +373,7 @@ class _Batch:
         except Exception as exc:  # a shared step failed: every sketch still running fails with it
             for s in self.sketches:
                 if s.outcome is None:
-                    s.fail(exc)
+                    s.finish(exc)
 
     def _step(self, iteration: int) -> None:
         if iteration > self.planned[1]:
@@ -472,7 +470,7 @@ class _Batch:
 
     def _drop(self, sketch: _Sketch, exc: Exception) -> None:
         """A sketch's own hook failed: it fails with that, the others go on."""
-        sketch.fail(exc)
+        sketch.finish(exc)
         for c in self.cohorts:
             for k, r in enumerate(c.runs):
                 if r.sketch is sketch:
