@@ -20,6 +20,7 @@ from ..encoders import load_encoder, resolve_device
 from ..images import Letterbox, Photo
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .init import STARTS
+from .ladder import build_ladder
 from .relay import relay_for
 from .render import check_backend
 from .stopping import STOP_RULES
@@ -66,6 +67,12 @@ def sketch(
         if runs[-1].cancelled:
             break
     best = min(runs, key=lambda run: run.loss)
+    levels = None
+    if opts.levels:  # the abstraction ladder (engine/ladder.py): coarser levels made from the best run
+        t = time.perf_counter()
+        ladder = build_ladder(target, best.points, opts.levels)
+        levels = {n: target.box.to_image(p.cpu().numpy().astype(np.float64)) for n, p in ladder.items()}
+        timings["ladder"] = time.perf_counter() - t
 
     timings["total"] = time.perf_counter() - t_start
     return SketchResult(
@@ -81,6 +88,7 @@ def sketch(
         best_seed=best.seed,
         cancelled=runs[-1].cancelled,
         timings=timings,
+        levels=levels,
     )
 
 
@@ -125,7 +133,7 @@ def optimise_seed(
     """Start strokes from `seed` and move them until the preset's stop rule (or a cancel) ends the run."""
     recipe = opts.recipe
     gen = torch.Generator().manual_seed(seed)
-    start = STARTS[recipe.init].strokes(target, opts.strokes, gen)
+    start = target.start_strokes(STARTS[recipe.init], opts.strokes, gen)  # with the strokes to refine
     points = target.clamp(start.to(target.device)).requires_grad_(True)
     optimiser = torch.optim.Adam([points], lr=LEARNING_RATE)
     stop = STOP_RULES[recipe.stop]()

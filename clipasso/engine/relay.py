@@ -19,6 +19,18 @@ REPLACE_AT = (0.25, 0.5)
 MAX_REPLACE_STROKES = 64
 
 
+@torch.no_grad()
+def stroke_worth(points: Tensor, target: Target, full: Tensor | None = None) -> Tensor:
+    """How much the plain-view loss rises without each stroke: (N,) on the CPU. `full`: the strokes'
+    render, when the caller has it."""
+    n = points.shape[0]
+    full = target.render(points) if full is None else full
+    without = torch.stack([torch.cat([points[:i], points[i + 1 :]]) for i in range(n)])
+    drops = target.loss.stroke_drop_losses(target.render_batch(without))
+    base = target.loss.stroke_drop_losses(full[None])[0]
+    return (drops - base).cpu()
+
+
 def replace_weak_strokes(points: Tensor, target: Target, generator: torch.Generator) -> int:
     """Move the strokes that matter least to where the sketch misses most of the subject.
 
@@ -30,10 +42,7 @@ def replace_weak_strokes(points: Tensor, target: Target, generator: torch.Genera
     if n < 4:
         return 0
     full = target.render(points)
-    without = torch.stack([torch.cat([points[:i], points[i + 1 :]]) for i in range(n)])
-    drops = target.loss.stroke_drop_losses(target.render_batch(without))
-    base = target.loss.stroke_drop_losses(full[None])[0]
-    worth = (drops - base).cpu()
+    worth = stroke_worth(points, target, full)
     threshold = 0.5 * float(worth.median())
     weak = [i for i in worth.argsort()[: n // 4].tolist() if float(worth[i]) < threshold]
     if not weak:
