@@ -167,8 +167,12 @@ class SketchOptions:
         p = PRESETS[self.preset]
         iterations = p.iterations if self.iterations is None else self.iterations
         seeds = p.seeds if self.seeds is None else self.seeds
-        keep, refine = drawn_paths("keep", self.keep), drawn_paths("refine", self.refine)
+        drawn_paths("keep", self.keep)  # a bad file is refused here, before the photo is read
+        refine = drawn_paths("refine", self.refine)
         levels = check_levels(self.levels)
+        if levels is not None and levels[0] < len(refine):
+            raise InputError(f"levels: the finest level has {levels[0]} strokes, fewer than the {len(refine)} "
+                             "paths to refine")
         strokes = self.strokes if levels is None else levels[0] - len(refine)
         check_range("strokes", strokes, 0 if refine else 1, MAX_STROKES - len(refine))
         check_range("iterations", iterations, 1, MAX_ITERATIONS)

@@ -113,6 +113,7 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
     (dict(levels=(0, 8)), "between 1 and 512"),
     (dict(levels=(513,)), "between 1 and 512"),
     (dict(levels=tuple(range(1, 10))), "1 to 8"),
+    (dict(levels=(1,), refine=MINE), "fewer than the 2 paths to refine"),
 ])
 def test_bad_mixing_options(options, message):
     with pytest.raises(InputError, match=message):
