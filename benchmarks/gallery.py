@@ -1,7 +1,9 @@
 """Contact sheet for judging sketches by eye: photo | 4 | 8 | 16 | 32 strokes, one row per photo.
 
 Photos are scikit-image's samples (CC0 or public domain; see each loader's docstring). Prints one JSON
-line per sketch (time, loss) and writes the sheet as a PNG.
+line per sketch (time, loss) and writes the sheet as a PNG. A second sheet (--mixing-output) shows the
+mixing modes on chelsea: a hand-drawn outline (benchmarks/data/chelsea-outline.svg) kept and completed by
+8 strokes, and an abstraction ladder 32/16/8/4 from one run, with what the ladder cost over its finest run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +25,8 @@ from clipasso.options import SketchOptions  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "motorcycle", "camera", "rocket")
 CELL = 224
+OUTLINE = Path(__file__).resolve().parent / "data" / "chelsea-outline.svg"
+LADDER = (32, 16, 8, 4)
 
 
 def sample_photo(name: str) -> Image.Image:
@@ -49,8 +54,15 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--iterations", type=int)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mixing-output", default="out/mixing.png",
+                    help="the sheet of the mixing modes (keep, ladder); empty: none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mixing_output:
+        mixing_sheet(args).save(args.mixing_output)
+        print(json.dumps({"mixing": args.mixing_output}))
+    if not args.photos:
+        return
     photos = args.photos.split(",")
     counts = [int(c) for c in args.strokes.split(",")]
     sheet = Image.new("RGB", (CELL * (1 + len(counts)), (CELL + 16) * len(photos)), "white")
@@ -73,6 +85,38 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
     print(json.dumps({"gallery": args.output}))
+
+
+def mixing_sheet(args: argparse.Namespace) -> Image.Image:
+    """Row 1: photo | the hand-drawn outline | kept and completed by 8 strokes. Row 2: photo | a ladder."""
+    photo = sample_photo("chelsea")
+    sheet = Image.new("RGB", (CELL * (1 + len(LADDER)), (CELL + 16) * 2), "white")
+    draw = ImageDraw.Draw(sheet)
+    keep = SketchOptions(strokes=8, encoder=args.encoder, preset=args.preset, iterations=args.iterations,
+                         keep=OUTLINE.read_text())
+    t = time.perf_counter()
+    kept = sketch(photo, keep)
+    print(json.dumps({"mode": "keep", "strokes": 8, "seconds": round(time.perf_counter() - t, 2),
+                      "loss": round(kept.loss, 4)}), flush=True)
+    outline_only = replace(kept, strokes=kept.strokes[:0])
+    for c, (image, label) in enumerate([(photo, "chelsea"), (preview_image(outline_only), "drawn by hand (kept)"),
+                                        (preview_image(kept), "kept + 8 AI strokes")]):
+        sheet.paste(fit(image), (c * CELL, 16))
+        draw.text((c * CELL + 4, 2), label, fill="black")
+    ladder = SketchOptions(levels=LADDER, encoder=args.encoder, preset=args.preset, iterations=args.iterations)
+    result = sketch(photo, ladder)
+    total, extra = result.timings["total"], result.timings["ladder"]
+    print(json.dumps({"mode": "ladder", "levels": list(LADDER), "seconds": round(total, 2),
+                      "ladder_seconds": round(extra, 2), "iterations": result.iterations,
+                      "cost_over_finest_run": round(total / (total - extra), 3)}), flush=True)
+    y = CELL + 16
+    sheet.paste(fit(photo), (0, y + 16))
+    draw.text((4, y + 2), "ladder, one run", fill="black")
+    for c, n in enumerate(LADDER):
+        level = replace(result, strokes=result.levels[n], levels=None)
+        sheet.paste(fit(preview_image(level, max_side=2 * CELL)), ((c + 1) * CELL, y + 16))
+        draw.text(((c + 1) * CELL + 4, y + 2), f"level {n}", fill="black")
+    return sheet
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
 from .images import load_photo
-from .options import ENCODER_NAMES, PRESETS, RENDERERS, SketchOptions
+from .options import ENCODER_NAMES, PRESETS, RENDERERS, SketchOptions, parse_levels
 from .server import command
 
 
@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `clipasso sketch`."""
     p.add_argument("input", help="the photo (PNG, JPEG, WebP, TIFF, GIF, BMP ...)")
     p.add_argument("-o", "--output", required=True, help="the SVG to write")
-    p.add_argument("--strokes", type=int, default=16, help="number of strokes, 1..512 (default 16)")
+    p.add_argument("--strokes", type=int, help="number of new strokes, 1..512 (default 16; with --refine, "
+                   "how many to add to its strokes: default 0)")
     p.add_argument("--iterations", type=int, help="optimisation steps per seed (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--seeds", type=int, help="independent runs, the best kept (default: the preset's)")
@@ -70,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--renderer", default="auto", choices=RENDERERS,
                    help="the rasterizer: auto or torch (ours, the default: fastest, installs with pip), or "
                    "diffvg (the reference's, where pydiffvg is installed)")
+    p.add_argument("--keep", metavar="SVG", help="an SVG of your own paths in the photo's pixels: they stay as "
+                   "drawn, take part in the sketch, and come first in the output; --strokes new ones complete them")
+    p.add_argument("--refine", metavar="SVG", help="an SVG whose paths' first segments are the strokes to start "
+                   "from (a previous result, say); they are moved, and --strokes more are added")
+    p.add_argument("--levels", metavar="N,N,...", help="an abstraction ladder, e.g. 32,16,8,4: "
+                   "one group per level, each coarser level a subset of the finer one, settled again")
     p.add_argument("--preview", help="also write a PNG of the strokes")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
@@ -92,12 +99,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.preview}: the preview and the SVG cannot be the same file")
     if Path(args.output).suffix.lower() != ".svg":
         raise InputError(f"{args.output}: the output must be an .svg file")
+    keep, refine = _read_svg("--keep", args.keep), _read_svg("--refine", args.refine)
+    strokes = args.strokes if args.strokes is not None else (0 if refine else 16)
     options = SketchOptions(
-        strokes=args.strokes, iterations=args.iterations, seed=args.seed, seeds=args.seeds,
+        strokes=strokes, keep=keep, refine=refine, levels=parse_levels(args.levels) if args.levels else None,
+        iterations=args.iterations, seed=args.seed, seeds=args.seeds,
         encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
         stroke_width=args.stroke_width, renderer=args.renderer,
     ).validated()
     photo = load_photo(args.input)
+    for warning in options.drawn_on_photo(photo.width, photo.height)[2]:
+        print(f"clipasso: warning: {warning}", file=sys.stderr)
 
     stop = {"asked": False}
 
@@ -140,6 +152,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
     return EXIT_INTERRUPTED if stop["asked"] else 0
+
+
+def _read_svg(option: str, name: str | None) -> str | None:
+    """The text of an SVG file named on the command line; InputError in one line."""
+    if name is None:
+        return None
+    try:
+        return Path(name).read_text("utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{option} {name}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{option} {name}: not an SVG file (not text)") from None
+    except OSError as exc:
+        raise InputError(f"{option} {name}: cannot be read ({exc.strerror})") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:

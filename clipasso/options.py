@@ -15,9 +15,14 @@ import numpy as np
 
 from .errors import InputError
 from .images import Letterbox
+from .paths import DrawnPath, read_paths
 from .svg import strokes_to_svg
 
 MAX_STROKES = 512
+#: Most paths a --keep or --refine file may hold.
+MAX_DRAWN_PATHS = 512
+#: Most levels of an abstraction ladder (--levels).
+MAX_LEVELS = 8
 MAX_ITERATIONS = 10_000
 MAX_SEEDS = 16
 MAX_SEED = 2**31 - 1
@@ -148,6 +153,12 @@ class SketchOptions:
     #: Stroke width in the input image's pixels; None scales 3 px at 224 px to the image size.
     stroke_width: float | None = None
     renderer: str = Renderer.AUTO.value
+    #: SVG text of the artist's paths that stay as drawn and take part in the loss (`strokes` are added).
+    keep: str | None = None
+    #: SVG text of strokes to start from (each path's first segment); `strokes` more are added (0 allowed).
+    refine: str | None = None
+    #: Stroke counts of an abstraction ladder, finest first; the run sketches the finest, `strokes` follows it.
+    levels: tuple[int, ...] | None = None
 
     def validated(self) -> "SketchOptions":
         """These options with the preset filled in; raises InputError on a value out of range."""
@@ -156,7 +167,14 @@ class SketchOptions:
         p = PRESETS[self.preset]
         iterations = p.iterations if self.iterations is None else self.iterations
         seeds = p.seeds if self.seeds is None else self.seeds
-        check_range("strokes", self.strokes, 1, MAX_STROKES)
+        drawn_paths("keep", self.keep)  # a bad file is refused here, before the photo is read
+        refine = drawn_paths("refine", self.refine)
+        levels = check_levels(self.levels)
+        if levels is not None and levels[0] < len(refine):
+            raise InputError(f"levels: the finest level has {levels[0]} strokes, fewer than the {len(refine)} "
+                             "paths to refine")
+        strokes = self.strokes if levels is None else levels[0] - len(refine)
+        check_range("strokes", strokes, 0 if refine else 1, MAX_STROKES - len(refine))
         check_range("iterations", iterations, 1, MAX_ITERATIONS)
         check_range("seeds", seeds, 1, MAX_SEEDS)
         check_range("seed", self.seed, 0, MAX_SEED)
@@ -166,7 +184,23 @@ class SketchOptions:
             raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
         check_encoder_name(self.encoder)
         check_renderer(self.renderer)
-        return replace(self, iterations=iterations, seeds=seeds)
+        return replace(self, iterations=iterations, seeds=seeds, strokes=strokes, levels=levels)
+
+    def drawn_on_photo(self, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...], list[str]]:
+        """The kept and the refined paths that lie on a photo of this size, and a warning line for each
+        file some of whose paths lie wholly off it (those are ignored); InputError when none is left."""
+        found, warnings = [], []
+        for name, text in (("keep", self.keep), ("refine", self.refine)):
+            paths = drawn_paths(name, text)
+            on = tuple(p for p in paths if p.inside(width, height))
+            if paths and not on:
+                raise InputError(f"{name}: none of its {len(paths)} paths lies on the {width}x{height} photo; "
+                                 "its coordinates must be the photo's pixels")
+            if len(on) < len(paths):
+                warnings.append(f"{name}: {len(paths) - len(on)} of its {len(paths)} paths lie off the "
+                                f"{width}x{height} photo and are ignored")
+            found.append(on)
+        return found[0], found[1], warnings
 
     @property
     def recipe(self) -> Preset:
@@ -179,6 +213,41 @@ class SketchOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def drawn_paths(name: str, text: str | None) -> tuple[DrawnPath, ...]:
+    """The paths of a --keep or --refine SVG (none when not given); InputError naming the option."""
+    if text is None:
+        return ()
+    try:
+        paths = read_paths(text)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+    if len(paths) > MAX_DRAWN_PATHS:
+        raise InputError(f"{name}: has {len(paths)} paths; at most {MAX_DRAWN_PATHS} are allowed")
+    return paths
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """`32,16,8,4` as a tuple of ints; InputError for anything else."""
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise InputError(f"levels must be stroke counts separated by commas, like 32,16,8,4; got {text!r}") from None
+
+
+def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:
+    """The levels, finest first; InputError for a count outside 1..MAX_STROKES, a repeat, or too many."""
+    if levels is None:
+        return None
+    levels = tuple(levels)
+    if not 1 <= len(levels) <= MAX_LEVELS:
+        raise InputError(f"levels: give 1 to {MAX_LEVELS} stroke counts, got {len(levels)}")
+    for n in levels:
+        check_range("each level", n, 1, MAX_STROKES)
+    if len(set(levels)) != len(levels):
+        raise InputError(f"levels: each stroke count may appear once, got {','.join(map(str, levels))}")
+    return tuple(sorted(levels, reverse=True))
 
 
 def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:
@@ -204,10 +273,18 @@ class SketchResult:
     best_seed: int
     cancelled: bool = False
     timings: dict[str, float] = field(default_factory=dict)  #: seconds
+    #: An abstraction ladder: each level's stroke count and its strokes (image pixels), finest first.
+    levels: dict[int, np.ndarray] | None = None
+
+    @property
+    def kept(self) -> tuple[DrawnPath, ...]:
+        """The artist's paths that stayed as drawn (written first)."""
+        return self.options.drawn_on_photo(self.width, self.height)[0]
 
     @property
     def svg(self) -> str:
-        return strokes_to_svg(self.strokes, self.width, self.height, self.stroke_width, self.metadata())
+        return strokes_to_svg(self.strokes, self.width, self.height, self.stroke_width, self.metadata(),
+                              kept=self.kept, levels=self.levels)
 
     def summary(self) -> dict:
         """One-line JSON summary for `clipasso sketch --json` and the benchmarks."""
@@ -230,5 +307,8 @@ class SketchResult:
             "best_seed": self.best_seed,
             "loss": round(float(self.loss), 6) if np.isfinite(self.loss) else None,
             "cancelled": self.cancelled,
-            "options": self.options.to_dict(),
+            # The artist's SVG files stay out: the document holds their paths already.
+            "options": {k: v for k, v in self.options.to_dict().items() if k not in ("keep", "refine")},
+            "kept": len(self.kept),
+            "levels": None if self.levels is None else list(self.levels),
         }

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import numpy as np
 from lxml import etree
 
+from .paths import DrawnPath
+
 SVG_NS = "http://www.w3.org/2000/svg"
+#: Colour of the artist's kept paths in live previews (the new strokes are black).
+KEPT_PREVIEW_COLOUR = "#999999"
 CLIPASSO_NS = "https://github.com/clipasso-inkscape/clipasso-inkscape#"
 
 
@@ -23,8 +28,15 @@ def strokes_to_svg(
     height: int,
     stroke_width: float,
     metadata: dict | None = None,
+    kept: Sequence[DrawnPath] = (),
+    kept_colour: str = "#000000",
+    levels: dict[int, np.ndarray] | None = None,
 ) -> str:
-    """A standalone SVG document: size and viewBox equal to the image's pixel size."""
+    """A standalone SVG document: size and viewBox equal to the image's pixel size.
+
+    The artist's `kept` paths come first (group `clipasso-kept`, their path data and transforms as they
+    were), then the strokes (group `clipasso-strokes`), or with `levels` one group `level-N` per level.
+    """
     strokes = np.asarray(strokes, dtype=np.float64).reshape(-1, 4, 2)
     root = etree.Element(
         f"{{{SVG_NS}}}svg",
@@ -38,15 +50,33 @@ def strokes_to_svg(
         meta = etree.SubElement(root, f"{{{SVG_NS}}}metadata")
         data = etree.SubElement(meta, f"{{{CLIPASSO_NS}}}settings", nsmap={"clipasso": CLIPASSO_NS})
         data.text = json.dumps(metadata, sort_keys=True)
-    # Each path carries its own style, so that a stroke moved out of the group keeps its look.
-    style = {
+    if kept:
+        group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-kept")
+        for i, path in enumerate(kept):
+            element = etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"kept-{i + 1}", d=path.d,
+                                       attrib=_style(path.stroke_width, kept_colour))
+            if path.transform:
+                element.set("transform", path.transform)
+    style = _style(stroke_width, "#000000")
+    if levels is None:
+        group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-strokes")
+        for i, stroke in enumerate(strokes):
+            etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"stroke-{i + 1}", d=path_data(stroke), attrib=style)
+    else:
+        for n, level in levels.items():
+            group = etree.SubElement(root, f"{{{SVG_NS}}}g", id=f"level-{n}")
+            for i, stroke in enumerate(np.asarray(level, dtype=np.float64).reshape(-1, 4, 2)):
+                etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"level-{n}-stroke-{i + 1}", d=path_data(stroke),
+                                 attrib=style)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True).decode("utf-8")
+
+
+def _style(stroke_width: float, colour: str) -> dict[str, str]:
+    """Each path carries its own style, so that a stroke moved out of its group keeps its look."""
+    return {
         "fill": "none",
-        "stroke": "#000000",
+        "stroke": colour,
         "stroke-width": f"{stroke_width:.4g}",
         "stroke-linecap": "round",
         "stroke-linejoin": "round",
     }
-    group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-strokes")
-    for i, stroke in enumerate(strokes):
-        etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"stroke-{i + 1}", d=path_data(stroke), attrib=style)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True).decode("utf-8")

@@ -51,6 +51,7 @@ class Photo:
 
     name: str  # how messages name the image
     picture: Picture
+    fields: dict = field(default_factory=dict)  # this photo's own job fields (the artist's paths over it)
     job_id: str = ""
     view: dict = field(default_factory=dict)  # the backend's latest view of the job
     running_since: float | None = None  # time.monotonic() when the job was first seen running
@@ -134,7 +135,7 @@ class SketchRun:
             else:
                 try:
                     photo.view = self.backend.submit(photo.picture.data, photo.picture.filename, photo.picture.mime,
-                                                     self.fields, attach=True)
+                                                     {**self.fields, **photo.fields}, attach=True)
                 except BackendError as exc:
                     raise BackendError(f"The backend refused {photo.name}: {exc}") from None
                 photo.job_id = str(photo.view["id"])

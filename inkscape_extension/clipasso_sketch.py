@@ -18,9 +18,12 @@ message, and Inkscape then leaves the document as it was. Nothing is printed to 
 
 from __future__ import annotations
 
+import enum
+import math
 import os
 import sys
 import warnings
+from xml.sax.saxutils import quoteattr
 
 import inkex
 
@@ -28,12 +31,21 @@ from clipasso_client import Backend, BackendError, check_job_id, ensure_backend,
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
 from clipasso_jobs import Phase, Photo, SketchRun
+from clipasso_strokes import Strokes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
 CONFIG = os.path.join(HERE, "clipasso_backend.json")
 SVG_NS = "http://www.w3.org/2000/svg"
 STROKE_STYLE = "fill:none;stroke:#000000;stroke-linecap:round;stroke-linejoin:round;stroke-width:{:.6g}"
+
+
+class PathUse(str, enum.Enum):
+    """What the sketch does with the paths selected together with the photo."""
+
+    KEEP = "keep"  # they stay as drawn and take part; new strokes complete them
+    REFINE = "refine"  # the sketch starts from them (a copy: the artist's own stay as they are)
+    IGNORE = "ignore"
 
 
 class Sketch(inkex.EffectExtension):
@@ -52,6 +64,8 @@ class Sketch(inkex.EffectExtension):
         pars.add_argument("--timeout", type=int, default=1800)
         pars.add_argument("--job_id", default="")
         pars.add_argument("--window", type=inkex.Boolean, default=True)
+        pars.add_argument("--paths", default=PathUse.KEEP.value, choices=[u.value for u in PathUse])
+        pars.add_argument("--levels", default="")
 
     def effect(self):
         try:
@@ -79,6 +93,14 @@ class Sketch(inkex.EffectExtension):
         fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer}
         if opts.iterations > 0:
             fields["iterations"] = opts.iterations
+        if opts.levels.strip():
+            fields["levels"] = opts.levels.strip()
+        paths = [] if job_id or opts.paths == PathUse.IGNORE.value else self.selected_paths()
+        drawn = [drawn_paths(paths, img, pic, vp) for img, pic, vp in zip(images, pictures, viewports)]
+        off = [p for p in paths if not any(p is element for on in drawn for element, _, _ in on)]
+        if off:
+            sys.stderr.write(f"CLIPasso: {len(off)} of the {len(paths)} selected paths lie off the photo and are "
+                             "ignored\n")
 
         def prepare() -> None:
             """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
@@ -97,7 +119,8 @@ class Sketch(inkex.EffectExtension):
                         "--max-upload-mb) and run Line sketch again."
                     )
 
-        photos = [Photo(describe(img), pic) for img, pic in zip(images, pictures)]
+        photos = [Photo(describe(img), pic, drawn_fields(opts.paths, on, pic)) for img, pic, on in
+                  zip(images, pictures, drawn)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
         follow(run, opts.window)
         if run.phase in (Phase.FAILED, Phase.TIMED_OUT):
@@ -109,7 +132,14 @@ class Sketch(inkex.EffectExtension):
         if not done:
             raise BackendError("Stopped before the backend had drawn any strokes: nothing was placed")
         for img, pic, viewport, strokes in done:
-            self.insert_sketch(img, pic, viewport, strokes.viewbox, strokes.paths)
+            self.insert_sketch(img, pic, viewport, strokes)
+
+    def selected_paths(self) -> list:
+        """The <path> elements in the selection, also those inside selected groups: the artist's strokes."""
+        found: list = []
+        for element in self.svg.selection.values():
+            found += [p for p in element.iter(f"{{{SVG_NS}}}path") if p not in found]
+        return found
 
     def selected_images(self) -> list:
         """The <image> elements in the selection, also those inside selected groups, in selection order."""
@@ -125,31 +155,48 @@ class Sketch(inkex.EffectExtension):
             )
         return found
 
-    def insert_sketch(self, image, picture: Picture, viewport: tuple, viewbox: tuple, strokes: list) -> None:
-        """A new layer right above the image's layer, with the strokes placed exactly over the image."""
+    def insert_sketch(self, image, picture: Picture, viewport: tuple, strokes: Strokes) -> None:
+        """A new layer right above the image's layer, with the strokes placed exactly over the image; for a
+        ladder, one sub-layer per level, the finest shown and the others hidden."""
         anchor = layer_anchor(image, self.svg)
         parent = anchor.getparent()
         aspect = parse_aspect_ratio(image.get("preserveAspectRatio"))
         pixels = (0.0, 0.0, float(picture.width), float(picture.height))
         # result coordinates -> the image's pixels -> the image's user space (its viewport)
         local = inkex.Transform(viewbox_to_viewport(pixels, viewport, aspect)) @ inkex.Transform(
-            viewbox_to_viewport(viewbox, pixels, AspectRatio("none", False))
+            viewbox_to_viewport(strokes.viewbox, pixels, AspectRatio("none", False))
         )
         placement = -composed_transform(parent) @ composed_transform(image) @ local
+        layer_id = self.svg.get_unique_id("clipasso-sketch")
+        clip = self._clip(-local, viewport) if aspect.slice else None  # the image is cut to its viewport; so are the strokes
 
-        layer = inkex.Layer.new(f"CLIPasso sketch - {len(strokes)} strokes")
-        layer.set("id", self.svg.get_unique_id("clipasso-sketch"))
-        group = inkex.Group()
-        # Straight into the attribute: inkex would round the matrix to 6 digits.
-        group.attrib["transform"] = "matrix({})".format(" ".join(f"{v:.12g}" for v in placement.to_hexad()))
-        if aspect.slice:  # the image is cut to its viewport; so are the strokes
-            group.set("clip-path", f"url(#{self._clip(-local, viewport)})")
-        for d, width in strokes:
-            path = inkex.PathElement()
-            path.set("d", d)
-            path.set("style", STROKE_STYLE.format(width * self.options.stroke_width))
-            group.append(path)
-        layer.append(group)
+        def placed(paths: list) -> inkex.Group:
+            group = inkex.Group()
+            # Straight into the attribute: inkex would round the matrix to 6 digits.
+            group.attrib["transform"] = "matrix({})".format(" ".join(f"{v:.12g}" for v in placement.to_hexad()))
+            if clip:
+                group.set("clip-path", f"url(#{clip})")
+            for d, width in paths:
+                path = inkex.PathElement()
+                path.set("d", d)
+                path.set("style", STROKE_STYLE.format(width * self.options.stroke_width))
+                group.append(path)
+            return group
+
+        if strokes.levels:
+            counts = "/".join(str(n) for n, _ in strokes.levels)
+            layer = inkex.Layer.new(f"CLIPasso sketch - {counts} strokes")
+            for i, (n, paths) in enumerate(strokes.levels):
+                level = inkex.Layer.new(f"{n} stroke" if n == 1 else f"{n} strokes")
+                level.set("id", self.svg.get_unique_id(f"clipasso-level-{n}-"))
+                if i > 0:
+                    level.set("style", "display:none")  # the eye icon in Layers shows it
+                level.append(placed(paths))
+                layer.append(level)
+        else:
+            layer = inkex.Layer.new(f"CLIPasso sketch - {len(strokes.paths)} strokes")
+            layer.append(placed(strokes.paths))
+        layer.set("id", layer_id)
         anchor.addnext(layer)
 
     def _clip(self, inverse: inkex.Transform, viewport: tuple) -> str:
@@ -162,6 +209,34 @@ class Sketch(inkex.EffectExtension):
         clip.append(inkex.Rectangle.new(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)))
         self.svg.defs.append(clip)
         return clip.get("id")
+
+
+def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:
+    """Of the artist's paths, those that lie on the image, each as (element, path data in the image's
+    pixels, stroke width in its pixels): mapped through every transform from the document to the photo."""
+    aspect = parse_aspect_ratio(image.get("preserveAspectRatio"))
+    pixels = (0.0, 0.0, float(picture.width), float(picture.height))
+    to_pixels = -(composed_transform(image) @ inkex.Transform(viewbox_to_viewport(pixels, viewport, aspect)))
+    found = []
+    for element in paths:
+        m = to_pixels @ composed_transform(element)
+        # As cubics (arcs too), then mapped: an arc does not stay an arc under a skew.
+        data = inkex.Path(element.path.to_superpath()).transform(m)
+        box = data.bounding_box()
+        if box is None or box.right < 0 or box.bottom < 0 or box.left > picture.width or box.top > picture.height:
+            continue
+        width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
+        found.append((element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))))
+    return found
+
+
+def drawn_fields(use: str, drawn: list, picture: Picture) -> dict:
+    """The job fields that send the artist's paths over one photo: an SVG in the photo's pixels."""
+    if not drawn:
+        return {}
+    w, h = picture.width, picture.height
+    body = "".join(f"<path d={quoteattr(d)} stroke-width=\"{width:.6g}\"/>" for _, d, width in drawn)
+    return {use: f'<svg xmlns="{SVG_NS}" width="{w}" height="{h}" viewBox="0 0 {w} {h}">{body}</svg>'}
 
 
 def follow(run: SketchRun, window: bool) -> None:

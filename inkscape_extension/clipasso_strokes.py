@@ -1,7 +1,8 @@
 """The backend's stroke drawings (results and live previews) as the extension uses them.
 
 The backend writes one `<path d="M x0,y0 C x1,y1 x2,y2 x3,y3">` per stroke in an SVG whose viewBox is the
-photo's pixel box; the effect places the path data as it is.
+photo's pixel box; the effect places the path data as it is. The artist's kept paths (group
+`clipasso-kept`) are theirs already and are left out; an abstraction ladder has one group `level-N` per level.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ class StrokeError(ValueError):
     """The SVG is not a stroke drawing the backend makes."""
 
 
+KEPT_GROUP = "clipasso-kept"
+LEVEL_GROUP = re.compile(r"level-(\d+)$")
+
+
 class Strokes(NamedTuple):
-    """A drawing of strokes: its viewBox (x, y, width, height) and each stroke as (path data, width)."""
+    """A drawing of strokes: its viewBox (x, y, width, height) and each new stroke as (path data, width);
+    for a ladder, `levels` holds (stroke count, strokes) per level, finest first, and `paths` the finest."""
 
     viewbox: tuple
     paths: list
+    levels: list = []
 
 
 def read_strokes(svg: bytes) -> Strokes:
@@ -35,8 +42,22 @@ def read_strokes(svg: bytes) -> Strokes:
             raise ValueError(box)
     except (etree.XMLSyntaxError, ValueError, TypeError):
         raise StrokeError("not an SVG with a size") from None
-    paths = [(p.get("d"), stroke_width(p)) for p in root.iter(f"{{{SVG_NS}}}path") if p.get("d")]
-    return Strokes(viewbox, paths)
+    levels = []
+    for group in root.iter(f"{{{SVG_NS}}}g"):
+        match = LEVEL_GROUP.match(group.get("id") or "")
+        if match:
+            levels.append((int(match.group(1)), _paths(group)))
+    if levels:
+        levels.sort(key=lambda level: -level[0])
+        return Strokes(viewbox, levels[0][1], levels)
+    new = [p for p in _paths(root, raw=True) if not any(a.get("id") == KEPT_GROUP for a in p.iterancestors())]
+    return Strokes(viewbox, [(p.get("d"), stroke_width(p)) for p in new])
+
+
+def _paths(element, raw: bool = False) -> list:
+    """The paths with data under `element`: the elements, or (path data, width) pairs."""
+    found = [p for p in element.iter(f"{{{SVG_NS}}}path") if p.get("d")]
+    return found if raw else [(p.get("d"), stroke_width(p)) for p in found]
 
 
 def stroke_width(element) -> float:

@@ -49,6 +49,12 @@ def bad(tmp_path: Path, photo: Path) -> dict:
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (1, 1)).save(tiny)
     out = str(tmp_path / "o.svg")
+    no_paths = tmp_path / "empty.svg"
+    no_paths.write_text('<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9"/></svg>')
+    too_many = tmp_path / "many.svg"
+    too_many.write_text('<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 9 9"/>' * 513 + "</svg>")
+    off = tmp_path / "off.svg"
+    off.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 700 500 L 900 900"/></svg>')
     return {
         "missing file": ([str(tmp_path / "none.jpg"), "-o", out], "no such file"),
         "not an image": ([str(notimg), "-o", out], "not an image"),
@@ -62,11 +68,22 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "cuda absent": ([str(photo), "-o", out, "--device", "cuda"], "no CUDA GPU"),
         "output is the input": ([str(photo), "-o", out, "--preview", str(photo)], "that is the input photo"),
         "preview is the svg": ([str(photo), "-o", out, "--preview", out], "cannot be the same file"),
+        "keep missing": ([str(photo), "-o", out, "--keep", str(tmp_path / "none.svg")], "no such file"),
+        "keep not svg": ([str(photo), "-o", out, "--keep", str(photo)], "not an SVG file"),
+        "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], "keep: has no <path>"),
+        "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
+        "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
+        "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
+        "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "between 1 and 512"),
+        "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),
+        "levels text": ([str(photo), "-o", out, "--levels", "many"], "separated by commas"),
     }
 
 
 CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
-         "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg"]
+         "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg",
+         "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "refine off the photo",
+         "levels repeated", "levels 0", "levels 9", "levels text"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -81,6 +98,24 @@ def test_bad_input_one_line_exit_2(case, photo, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("clipasso: error:") and message in err and "\n" not in err
     assert not (tmp_path / "o.svg").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_keep_adds_new_strokes_after_the_artist_paths(photo, tmp_path, capsys):
+    mine = tmp_path / "mine.svg"
+    mine.write_text('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 600 400">'
+                    '<path d="M 200 100 A 100 80 0 1 1 400 100 Z" stroke-width="5"/>'
+                    '<path d="M 5000 10 L 5100 10"/></svg>')
+    out = tmp_path / "out.svg"
+    assert main(["sketch", str(photo), "-o", str(out), "--keep", str(mine), "--strokes", "3", "--iterations", "2",
+                 "--encoder", "lite0"]) == 0
+    assert "warning: keep: 1 of its 2 paths lie off the 600x400 photo and are ignored" in capsys.readouterr().err
+    text = out.read_text()
+    assert text.count("<path") == 4 and text.index('d="M 200 100 A 100 80 0 1 1 400 100 Z"') < text.index("stroke-1")
+    # Refining that result starts from its 4 paths and adds none unless asked.
+    again = tmp_path / "again.svg"
+    assert main(["sketch", str(photo), "-o", str(again), "--refine", str(out), "--iterations", "1",
+                 "--encoder", "lite0", "--quiet"]) == 0
+    assert again.read_text().count("<path") == 4
 
 
 def test_the_input_photo_is_never_overwritten(photo, tmp_path, capsys):

@@ -32,6 +32,7 @@ from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchR
 from .adam import BatchAdam
 from .graphs import LossPass
 from .init import STARTS
+from .ladder import build_ladder
 from .losses import SketchLoss
 from .relay import relay_iterations, replace_weak_strokes
 from .render import check_backend, render_batch
@@ -219,10 +220,16 @@ class _Sketch:
                 log.exception("on_finish of sketch %d failed", self.index)
 
     def result(self) -> SketchResult:
-        """The best run's strokes, once every run has ended."""
+        """The best run's strokes, once every run has ended, and the abstraction ladder made from them."""
         best = min(self.runs, key=lambda run: run.loss)
-        self.timings["total"] = time.perf_counter() - self.started
         photo = self.target.box
+        levels = None
+        if self.opts.levels:  # engine/ladder.py: coarser levels made from the best run
+            t = time.perf_counter()
+            ladder = build_ladder(self.target, best.points.to(self.target.device), self.opts.levels)
+            levels = {n: photo.to_image(p.cpu().numpy().astype(np.float64)) for n, p in ladder.items()}
+            self.timings["ladder"] = time.perf_counter() - t
+        self.timings["total"] = time.perf_counter() - self.started
         return SketchResult(
             strokes=photo.to_image(best.points.numpy().astype(np.float64)),
             width=photo.width,
@@ -236,6 +243,7 @@ class _Sketch:
             best_seed=best.seed,
             cancelled=any(run.cancelled for run in self.runs),
             timings=dict(self.timings),
+            levels=levels,
         )
 
 
@@ -246,9 +254,10 @@ class _Run:
         opts, target = sketch.opts, sketch.target
         self.sketch, self.seed = sketch, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.start = target.clamp(STARTS[opts.recipe.init].strokes(target, opts.strokes, self.generator).to(target.device))
+        start = target.start_strokes(STARTS[opts.recipe.init], opts.strokes, self.generator)  # with those to refine
+        self.start = target.clamp(start.to(target.device))
         self.last = opts.iterations - 1  # the last iteration it may run
-        self.relay_at = relay_iterations(opts.recipe.relay, opts.iterations, opts.strokes)
+        self.relay_at = relay_iterations(opts.recipe.relay, opts.iterations, len(self.start))
         self.picks: list[Tensor] = []  # the augmentations of each iteration, drawn ahead (see draw_until)
         self.steps = 0
         self.loss = float("inf")
@@ -283,6 +292,9 @@ class _Cohort:
         self.points = torch.stack([r.start for r in runs]).requires_grad_(True)
         n = self.points.shape[1]
         self.widths = torch.tensor([t.stroke_width for t in targets], device=device)[:, None].expand(-1, n)
+        kept = [t.kept for t in targets]  # the artist's kept paths each run's strokes are drawn over
+        self.kept = None if all(k is None for k in kept) else torch.stack(
+            [torch.ones(CANVAS, CANVAS, device=device) if k is None else k for k in kept])
         self.low = torch.stack([t.low for t in targets])[:, None, None]
         self.high = torch.stack([t.high for t in targets])[:, None, None]
         self.views = torch.tensor(views, device=device)
@@ -296,7 +308,8 @@ class _Cohort:
         self.steps = torch.zeros(len(runs), dtype=torch.long, device=device)
 
     def render(self) -> Tensor:
-        return render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.backend)
+        ink = render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.backend)
+        return ink if self.kept is None else ink * self.kept
 
     def update(self, iteration: int, loss: Tensor) -> None:
         """After the backward pass: keep the best strokes (the loss is the points' before this step), step."""
@@ -327,6 +340,8 @@ class _Cohort:
         self.points = self.points.detach()[idx].requires_grad_(True)
         for name in ("widths", "low", "high", "views", "last", "best_points", "best_loss", "loss", "active", "steps"):
             setattr(self, name, getattr(self, name)[idx])
+        if self.kept is not None:
+            self.kept = self.kept[idx]
         self.adam.keep(idx)
         self.stop.keep(idx)
 
@@ -421,7 +436,8 @@ class _Batch:
                 continue
             with torch.no_grad():
                 points = c.points.detach()[rows]
-                moved = replace_weak_strokes(points, c.widths[rows], [c.runs[k].sketch.target for k in rows],
+                moved = replace_weak_strokes(points, c.widths[rows], None if c.kept is None else c.kept[rows],
+                                             [c.runs[k].sketch.target for k in rows],
                                              c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk,
                                              self.pool.map)
                 c.points[rows] = points

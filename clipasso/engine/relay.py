@@ -33,9 +33,32 @@ def relay_iterations(enabled: bool, iterations: int, strokes: int) -> frozenset[
 
 
 @torch.no_grad()
+def stroke_worths(points: Tensor, full: Tensor, draw: Callable[[Tensor], Tensor], views: Tensor, loss: SketchLoss,
+                  chunk: int) -> Tensor:
+    """How much each of R sketches' plain-view loss rises without each of its strokes: (R, N) on the CPU.
+
+    points: (R, N, 4, 2); full: (R, S, S) their renders; draw: renders (R * N, N - 1, 4, 2) sketches, run r's
+    N first; views: (R,) each sketch's plain view in `loss`.
+    """
+    runs, n = points.shape[:2]
+    others = torch.tensor([[j for j in range(n) if j != i] for i in range(n)], device=points.device)
+    without = points[:, others].flatten(0, 1)  # each sketch without each stroke
+    drops = loss.stroke_drop_losses(draw(without), views.repeat_interleave(n), chunk).view(runs, n)
+    base = loss.stroke_drop_losses(full, views, chunk)
+    return (drops - base[:, None]).cpu()
+
+
+def stroke_worth(points: Tensor, target: Target) -> Tensor:
+    """(N,) what one sketch's plain-view loss loses without each of its strokes (N, 4, 2), on its own target."""
+    view = torch.zeros(1, dtype=torch.long, device=points.device)
+    return stroke_worths(points[None], target.render(points)[None], target.render_batch, view, target.loss, 16)[0]
+
+
+@torch.no_grad()
 def replace_weak_strokes(
     points: Tensor,
     widths: Tensor,
+    kept: Tensor | None,
     targets: list[Target],
     views: Tensor,
     loss: SketchLoss,
@@ -45,27 +68,26 @@ def replace_weak_strokes(
 ) -> list[int]:
     """Move the strokes that matter least, in R runs at once, to where each sketch misses most of its subject.
 
-    points: (R, N, 4, 2) strokes, changed in place; widths: (R, N); views: (R,) each run's plain view in
-    `loss`. A stroke's worth is how much the plain-view loss rises without it. The weakest quarter (those
-    worth less than half the median stroke) are laid again, along contours, where the subject-weighted
-    feature error is largest; `each` (map, or a thread pool's) lays the runs' strokes. Returns how many
-    strokes moved in each run.
+    points: (R, N, 4, 2) strokes, changed in place; widths: (R, N); kept: None or (R, S, S) the artist's
+    kept paths each sketch is drawn over; views: (R,) each run's plain view in `loss`. A stroke's worth is
+    how much the plain-view loss rises without it. The weakest quarter (those worth less than half the
+    median stroke) are laid again, along contours, where the subject-weighted feature error is largest;
+    `each` (map, or a thread pool's) lays the runs' strokes. Returns how many strokes moved in each run.
     """
     runs, n = points.shape[:2]
     if n < 4:
         return [0] * runs
     backend = targets[0].backend
-    full = render_batch(points, CANVAS, CANVAS, widths, backend=backend)
-    others = torch.tensor([[j for j in range(n) if j != i] for i in range(n)], device=points.device)
-    without = points[:, others].flatten(0, 1)  # (R * N, N - 1, 4, 2): each sketch without each stroke
-    drops = loss.stroke_drop_losses(
-        render_batch(without, CANVAS, CANVAS, widths[:, others].flatten(0, 1), backend=backend),
-        views.repeat_interleave(n),
-        chunk,
-    ).view(runs, n)
-    base = loss.stroke_drop_losses(full, views, chunk)
-    worth = (drops - base[:, None]).cpu()
+
+    def draw(strokes: Tensor, rows: Tensor) -> Tensor:
+        ink = render_batch(strokes, CANVAS, CANVAS, widths[rows, : strokes.shape[1]], backend=backend)
+        return ink if kept is None else ink * kept[rows]
+
+    every = torch.arange(runs, device=points.device)
+    full = draw(points, every)
+    worth = stroke_worths(points, full, lambda without: draw(without, every.repeat_interleave(n)), views, loss, chunk)
     errors = loss.error_maps(full, views).cpu().numpy()
+
     def fresh_strokes(r: int) -> tuple[list[int], Tensor | None]:
         threshold = 0.5 * float(worth[r].median())
         weak = [i for i in worth[r].argsort()[: n // 4].tolist() if float(worth[r, i]) < threshold]

@@ -11,13 +11,16 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
 from ..encoders import Encoder
 from ..images import Letterbox, Photo
 from ..options import CANVAS, Renderer, SketchOptions, image_stroke_width
-from .init import STARTS, edge_tangents, init_distribution, xdog_edges
+from ..paths import DrawnPath
+from .init import STARTS, PaperStart, TracedStart, edge_tangents, init_distribution, xdog_edges
 from .losses import SketchLoss, augmentation_bank
+from .render import render, render_batch
 
 #: Least weight of the loss anywhere on the photo: the subject map only tilts it, so a wrong map
 #: still leaves the whole photo some pull.
@@ -25,6 +28,9 @@ FOCUS_FLOOR = 0.25
 #: Size of the fixed augmentation bank whose photo features are computed once: enough variety that
 #: strokes do not fit one warp, few enough that the photo's side costs under a second.
 AUGMENTATION_BANK = 24
+#: How far (canvas pixels, a Gaussian's sigma) new strokes' start points keep from the artist's kept
+#: paths: the new strokes complete the picture instead of doubling what is drawn.
+KEPT_CLEARANCE = 4.0
 
 
 @dataclass
@@ -40,6 +46,10 @@ class Target:
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
     backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
+    #: (S, S) the artist's kept paths, drawn once (1 = paper): every render of the strokes is multiplied by it
+    kept: Tensor | None = None
+    #: (R, 4, 2) strokes to refine, in canvas pixels: each seed starts from them
+    refine: Tensor | None = None
 
     @cached_property
     def loss(self) -> SketchLoss:
@@ -55,6 +65,21 @@ class Target:
     @property
     def device(self) -> torch.device:
         return self.low.device
+
+    def render(self, points: Tensor) -> Tensor:
+        """Strokes (N, 4, 2) in canvas pixels drawn on the canvas, over the kept paths: (S, S), 1 = paper."""
+        ink = render(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
+        return ink if self.kept is None else ink * self.kept
+
+    def render_batch(self, points: Tensor) -> Tensor:
+        """B sketches (B, N, 4, 2) drawn at once, each over the kept paths: (B, S, S)."""
+        ink = render_batch(points, CANVAS, CANVAS, stroke_width=self.stroke_width, backend=self.backend)
+        return ink if self.kept is None else ink * self.kept[None]
+
+    def start_strokes(self, strategy: TracedStart | PaperStart, n: int, generator: torch.Generator) -> Tensor:
+        """A seed's first strokes: those to refine, if any, then n new ones laid by `strategy`."""
+        fresh = strategy.strokes(self, n, generator) if n > 0 else torch.zeros(0, 4, 2)
+        return fresh if self.refine is None else torch.cat([self.refine.to(fresh), fresh])
 
     def clamp(self, points: Tensor) -> Tensor:
         """Points moved onto the photo (not the letterbox's paper)."""
@@ -75,10 +100,20 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
     grids = bank_grids(options.seed, device)
     focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
+    keep, refine, _ = options.drawn_on_photo(photo.width, photo.height)
+    backend = Renderer(options.renderer).backend
+    kept = draw_kept(keep, box, mask, backend) if keep else None
+    prob = init_distribution(saliency, edges, mask)
+    if kept is not None:  # new strokes start away from what the artist drew
+        away = prob * gaussian_filter(kept.numpy(), KEPT_CLEARANCE)
+        prob = away / away.sum() if away.sum() > 0 else prob
+    starts = None
+    if refine:
+        starts = torch.from_numpy(box.to_canvas(np.stack([p.first_stroke() for p in refine]))).float()
     return Target(
         box=box,
         placed=placed,
-        prob=init_distribution(saliency, edges, mask),
+        prob=prob,
         canvas=canvas,
         encoder=encoder,
         grids=grids,
@@ -86,7 +121,9 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
-        backend=Renderer(options.renderer).backend,
+        backend=backend,
+        kept=None if kept is None else kept.to(device),
+        refine=None if starts is None else starts.to(device),
     )
 
 
@@ -95,3 +132,13 @@ def bank_grids(seed: int, device: torch.device) -> Tensor:
     """The augmentation bank of a seed: the same for every photo, so made once per seed and device (for the
     last few seeds asked for)."""
     return augmentation_bank(AUGMENTATION_BANK, torch.Generator().manual_seed(seed), CANVAS).to(device)
+
+
+def draw_kept(paths: tuple[DrawnPath, ...], box: Letterbox, mask: np.ndarray, backend: str) -> Tensor:
+    """The artist's paths drawn once on the canvas with their own widths, clipped to the photo: (S, S)."""
+    cubics = np.concatenate([p.cubics for p in paths])
+    widths = np.concatenate([np.full(len(p.cubics), p.drawn_width * min(box.scale)) for p in paths])
+    with torch.no_grad():
+        ink = render(torch.from_numpy(box.to_canvas(cubics)).float(), CANVAS, CANVAS,
+                     stroke_width=torch.from_numpy(widths).float(), backend=backend)
+    return 1 - (1 - ink) * torch.from_numpy(mask)

@@ -38,7 +38,7 @@ from ..errors import one_line
 from ..files import write_atomic
 from ..images import ImageSource, Photo, load_photo
 from ..options import DEFAULT_KEEP_DAYS, SketchOptions, SketchResult, image_stroke_width
-from ..svg import strokes_to_svg
+from ..svg import KEPT_PREVIEW_COLOUR, strokes_to_svg
 from .schemas import JobState, JobView
 
 log = logging.getLogger("clipasso.jobs")
@@ -133,8 +133,11 @@ class Job:
         return image_stroke_width(self.options, self.width, self.height)
 
     def svg(self, strokes: np.ndarray) -> str:
-        """Strokes as an SVG of this job's image size (previews; results carry their metadata too)."""
-        return strokes_to_svg(strokes, self.width, self.height, self.stroke_width)
+        """Strokes as an SVG of this job's image size (previews; results carry their metadata too), over
+        the artist's kept paths in grey."""
+        kept = self.options.drawn_on_photo(self.width, self.height)[0]
+        return strokes_to_svg(strokes, self.width, self.height, self.stroke_width, kept=kept,
+                              kept_colour=KEPT_PREVIEW_COLOUR)
 
     def view(self, queue_position: int | None = None) -> dict:
         """The fields clients see (GET /jobs/{id} and each server-sent event), as JSON values.
@@ -340,6 +343,8 @@ class JobStore:
             self._reserved += 1  # holds a place in the queue while the image is decoded and written
         try:
             photo = load_photo(upload)
+            for warning in opts.drawn_on_photo(photo.width, photo.height)[2]:
+                log.warning("submitted job: %s", warning)
             job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time(),
                       attached=attached)
             folder = self.job_dir(job.id)

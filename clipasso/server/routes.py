@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .. import __version__
 from ..encoders.weights import readiness
 from ..options import (
-    ENCODER_NAMES, MAX_ITERATIONS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS, SketchOptions,
-    available_renderers,
+    ENCODER_NAMES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
+    SketchOptions, available_renderers, parse_levels,
 )
 from .jobs import ATTACH_GRACE_SECONDS, JobStore
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
@@ -84,10 +84,21 @@ async def submit(
         f"{ATTACH_GRACE_SECONDS:g} s, it is cancelled (for clients that may be killed mid-job)")),
     renderer: str | None = Form(None, json_schema_extra={"enum": list(RENDERERS)},
                                 description="auto (ours), torch, or diffvg where /health lists it"),
+    keep: str | None = Form(None, description=(
+        "SVG text of your own paths, in the photo's pixels: they stay as drawn, take part in the sketch and "
+        "come first in the result; `strokes` new ones are added")),
+    refine: str | None = Form(None, description=(
+        "SVG text of strokes to start from (each path's first segment); `strokes` more are added (default 0)")),
+    levels: str | None = Form(None, description=(
+        f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
+        "level in the result, each coarser level a subset of the finer one")),
 ) -> JSONResponse:
     """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
+    if strokes is None and refine is not None:
+        strokes = 0  # refining adds no strokes unless asked
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
-             "encoder": encoder, "preset": preset, "renderer": renderer}
+             "encoder": encoder, "preset": preset, "renderer": renderer, "keep": keep, "refine": refine,
+             "levels": parse_levels(levels) if levels is not None else None}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})

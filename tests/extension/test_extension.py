@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import time
 
@@ -64,6 +65,12 @@ class TestSketchComparisons(ComparisonMixin, TestCase):
 
     def test_two_images_one_selected_by_its_group(self) -> None:
         self.compare("two.svg", "--id=cat", "--id=group")
+
+    def test_selected_paths_are_kept_and_only_new_strokes_added(self) -> None:
+        self.compare("mixed.svg", "--id=cat", "--id=outline", "--id=eyes")
+
+    def test_a_ladder_in_sub_layers(self) -> None:
+        self.compare("linked.svg", "--id=cat", "--levels=3,1")
 
 
 def run_sketch(document: str, *args: str) -> tuple[int, str, bytes]:
@@ -232,3 +239,37 @@ def test_everything_else_stays_untouched(document: str, coffee_job: str, backend
         element.getparent().remove(element)
     original = etree.parse(str(DATA / document)).getroot()
     assert etree.tostring(result, method="c14n") == etree.tostring(original, method="c14n")
+
+
+def newest_job(backend) -> dict:
+    """The options of the backend's most recent job, as its job.json holds them."""
+    records = [json.loads(p.read_text()) for p in (backend.data_dir / "jobs").glob("*/job.json")]
+    return max(records, key=lambda r: r["created"])["options"]
+
+
+def numbers(d: str) -> list[float]:
+    return [float(v) for v in re.findall(r"-?[0-9.]+(?:e-?[0-9]+)?", d)]
+
+
+@pytest.mark.parametrize("use", ["keep", "refine"])
+def test_selected_paths_reach_the_backend_in_the_photo_pixels(use: str, backend) -> None:
+    """mixed.svg: the 120x80 photo is drawn at (10, 20), 2 units per pixel; the artist's layer is moved by
+    (10, 20) and one path is scaled by 2 in a group; a third path lies off the photo."""
+    status, err, out = run_sketch("mixed.svg", "--id=cat", "--id=layer2", f"--paths={use}", *FAST, "--strokes=1",
+                                  f"--backend_url={backend.url}")
+    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lie off the photo and are ignored\n"
+    options = newest_job(backend)
+    sent = etree.fromstring(options[use].encode())
+    assert sent.get("viewBox") == "0 0 120 80" and options["keep" if use == "refine" else "refine"] is None
+    outline, eye = sent.findall("{http://www.w3.org/2000/svg}path")
+    assert numbers(outline.get("d"))[:2] == pytest.approx([20, 15]) and numbers(outline.get("d"))[-2:] == pytest.approx([80, 70])
+    assert float(outline.get("stroke-width")) == pytest.approx(2)  # 4 units, at 2 units per pixel
+    assert numbers(eye.get("d"))[:2] == pytest.approx([40, 30]) and float(eye.get("stroke-width")) == pytest.approx(1)
+    # The artist's layer is as it was; the new layer holds only the new strokes (with refine: theirs moved).
+    result = etree.fromstring(out)
+    mine = result.xpath("//*[@id='layer2']")[0]
+    assert etree.tostring(mine, method="c14n") == etree.tostring(
+        etree.parse(str(DATA / "mixed.svg")).getroot().xpath("//*[@id='layer2']")[0], method="c14n")
+    layer = result.xpath("//*[starts-with(@inkscape:label, 'CLIPasso sketch')]",
+                         namespaces={"inkscape": "http://www.inkscape.org/namespaces/inkscape"})[0]
+    assert len(layer.findall(".//{http://www.w3.org/2000/svg}path")) == (1 if use == "keep" else 3)

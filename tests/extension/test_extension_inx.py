@@ -33,7 +33,9 @@ class TestInx(InxMixin, TestCase):
         pages = [p.get("name") for p in inx.xml.xpath("//page")]
         assert pages == ["options", "backend", "help"]
         params = {p.name: p for p in inx.params}
-        assert (params["strokes"].get("min"), params["strokes"].get("max"), params["strokes"].text) == ("1", "512", "16")
+        assert (params["strokes"].get("min"), params["strokes"].get("max"), params["strokes"].text) == ("0", "512", "16")
+        assert params["paths"].options == ["keep", "refine", "ignore"]  # the first, keep, is the default
+        assert params["levels"].text in (None, "")
         assert params["iterations"].text == "0"
         assert params["backend_url"].text == "http://127.0.0.1:8765"
         assert params["encoder"].options == ["auto", "lite0", "clip:RN101", "clip:RN50", "clip:ViT-B/32"]

@@ -32,9 +32,9 @@ STROKES = 4
 INKSCAPE_TIMEOUT_S = 300
 
 
-def preferences(port: int) -> str:
+def preferences(port: int, **extra: object) -> str:
     settings = {"backend_url": f"http://127.0.0.1:{port}", "encoder": "lite0", "strokes": STROKES,
-                "iterations": 1, "timeout": 600}
+                "iterations": 1, "timeout": 600, **extra}
     attributes = " ".join(f'org.clipasso.sketch.{k}="{v}"' for k, v in settings.items())
     return (
         '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
@@ -59,7 +59,9 @@ def stop_backend(pid_file: Path) -> None:
         pass
 
 
-def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path: Path) -> None:
+def run_inkscape(tmp_path: Path, document: str, ids: str, **settings: object) -> inkex.SvgDocumentElement:
+    """Install the extension, run it in Inkscape on a copy of `document` with `ids` selected, and return
+    the exported document; the backend the extension started is stopped."""
     if INKSCAPE is None or XVFB_RUN is None:
         missing("Inkscape or xvfb-run is not installed")
     profile, docs = tmp_path / "profile", tmp_path / "docs"
@@ -67,9 +69,9 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
     subprocess.run([sys.executable, "-m", "clipasso", "install-inkscape", "--dir", str(extensions)],
                    check=True, capture_output=True, timeout=120)
     port = free_port()
-    (profile / "preferences.xml").write_text(preferences(port))
+    (profile / "preferences.xml").write_text(preferences(port, **settings))
     docs.mkdir()
-    for name in ("linked.svg", "cat.jpg"):
+    for name in (document, "cat.jpg"):
         shutil.copy(DATA / name, docs / name)
     out = tmp_path / "out.svg"
     env = dict(
@@ -80,10 +82,10 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
         CLIPASSO_CACHE=str(tmp_path / "cache"),
         OMP_NUM_THREADS="2",
     )
-    actions = f"select-by-id:cat;org.clipasso.sketch.noprefs;export-filename:{out};export-do"
+    actions = f"select-by-id:{ids};org.clipasso.sketch.noprefs;export-filename:{out};export-do"
     pid_file = extensions / "clipasso" / "clipasso_backend.pid"
     inkscape = subprocess.Popen(
-        [XVFB_RUN, "-a", INKSCAPE, "--with-gui", "--batch-process", f"--actions={actions}", str(docs / "linked.svg")],
+        [XVFB_RUN, "-a", INKSCAPE, "--with-gui", "--batch-process", f"--actions={actions}", str(docs / document)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -103,8 +105,11 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
     finally:
         stop_backend(pid_file)
+    return inkex.load_svg(out.read_bytes()).getroot()
 
-    svg = inkex.load_svg(out.read_bytes()).getroot()
+
+def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path: Path) -> None:
+    svg = run_inkscape(tmp_path, "linked.svg", "cat")
     image = svg.getElementById("cat")
     assert (image.get("x"), image.get("y"), image.get("width"), image.get("height")) == ("10", "20", "240", "160")
     photo_layer = image.getparent()
@@ -117,3 +122,17 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
     to_canvas = paths[0].composed_transform()
     corners = [tuple(to_canvas.apply_to_point(p)) for p in ((0, 0), (120, 80))]
     assert corners == [pytest.approx((10, 20)), pytest.approx((250, 180))]
+
+
+def test_inkscape_keeps_the_selected_path_and_makes_a_ladder(tmp_path: Path) -> None:
+    """The photo and one of the artist's paths selected, keep and a 2-level ladder: the path stays as it was,
+    the new layer has one sub-layer per level, the finest shown."""
+    svg = run_inkscape(tmp_path, "mixed.svg", "cat,outline", paths="keep", levels="2,1")
+    original = inkex.load_svg(str(DATA / "mixed.svg")).getroot()
+    assert svg.getElementById("outline").get("d") == original.getElementById("outline").get("d")
+    assert svg.getElementById("layer2").get("transform") == original.getElementById("layer2").get("transform")
+    layer = svg.getElementById("layer1").getnext()
+    assert layer.get("inkscape:label") == "CLIPasso sketch - 2/1 strokes"
+    levels = [(g.get("inkscape:label"), g.get("style"), len(list(g.iter("{http://www.w3.org/2000/svg}path"))))
+              for g in layer]
+    assert levels == [("2 strokes", None, 2), ("1 stroke", "display:none", 1)]

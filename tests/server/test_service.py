@@ -142,6 +142,29 @@ def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerPro
     assert job["id"] in (server_main.data_dir / "serve.log").read_text()
 
 
+MINE = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150">'
+        '<path d="M 60 40 Q 110 0 160 40 A 50 50 0 0 1 160 110" stroke-width="3"/>'
+        '<path d="M 60 40 L 60 120 M 90 70 l 10 0" stroke-width="2"/></svg>')
+
+
+def test_keep_refine_and_ladder_fields(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    """One job with all three: the artist's paths kept, the same paths refined, and a two-level ladder."""
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, encoder="lite0", iterations="2", keep=MINE, refine=MINE, levels="1,3")
+        assert follow(client, job["id"])[-1]["state"] == "succeeded"
+        root = etree.fromstring(client.get(f"/jobs/{job['id']}/result.svg").content)
+        preview = etree.fromstring(client.get(f"/jobs/{job['id']}/preview.svg").content)
+    groups = {g.get("id"): g.findall(f"{SVG}path") for g in root.findall(f"{SVG}g")}
+    assert list(groups) == ["clipasso-kept", "level-3", "level-1"]
+    assert [p.get("d") for p in groups["clipasso-kept"]] == ["M 60 40 Q 110 0 160 40 A 50 50 0 0 1 160 110",
+                                                             "M 60 40 L 60 120 M 90 70 l 10 0"]
+    assert [len(groups["level-3"]), len(groups["level-1"])] == [3, 1]  # 2 refined + 1 new, then the best one
+    # The live preview draws the kept paths grey under the black strokes.
+    kept = preview.findall(f"{SVG}g[@id='clipasso-kept']/{SVG}path")
+    assert [p.get("stroke") for p in kept] == ["#999999"] * 2
+    assert {p.get("stroke") for p in preview.findall(f"{SVG}g[@id='clipasso-strokes']/{SVG}path")} == {"#000000"}
+
+
 def test_a_job_with_the_diffvg_renderer(pydiffvg, server_main: ServerProcess, server_photo_png: bytes) -> None:
     with server_main.client() as client:
         job = submit(client, server_photo_png, **QUICK, renderer="diffvg")
@@ -232,10 +255,16 @@ BAD_FIELDS = [
     ({"encoder": "vgg16"}, "unknown encoder 'vgg16'"),
     ({"preset": "best"}, "unknown preset 'best'"),
     ({"renderer": "cairo"}, "unknown renderer 'cairo'"),
+    ({"keep": "hello"}, "keep: not an SVG file"),
+    ({"refine": '<svg xmlns="http://www.w3.org/2000/svg"><rect width="3" height="3"/></svg>'}, "refine: has no <path>"),
+    ({"keep": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 5000 5 L 5100 5"/></svg>'}, "none of its 1 paths"),
+    ({"levels": "8,8"}, "may appear once"),
+    ({"levels": "600,4"}, "between 1 and 512"),
+    ({"levels": "a lot"}, "separated by commas"),
 ]
 
 
-@pytest.mark.parametrize(("fields", "words"), BAD_FIELDS, ids=[next(iter(f)) + "=" + v for f, _ in BAD_FIELDS
+@pytest.mark.parametrize(("fields", "words"), BAD_FIELDS, ids=[next(iter(f)) + "=" + v[:12] for f, _ in BAD_FIELDS
                                                               for v in f.values()])
 def test_bad_parameters_are_400(server_main: ServerProcess, server_photo_png: bytes, fields: dict, words: str) -> None:
     with server_main.client() as client:

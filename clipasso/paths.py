@@ -1,0 +1,101 @@
+"""An artist's own SVG paths, read for `--keep` (drawn as they are) and `--refine` (strokes to start from).
+
+The file's coordinates are the photo's pixels: its viewBox is the frame of our own output SVG. svgelements
+reads the path data (lines, curves, arcs, several subpaths), the transforms on the way down and the
+styles, as SVG defines them; this module turns each path into cubic segments in the viewBox's units,
+which is all the engine needs to draw it. No torch here.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import svgelements as se
+
+from .errors import InputError
+
+#: A kept path's width when the file gives none: SVG's own default.
+DEFAULT_STROKE_WIDTH = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class DrawnPath:
+    """One `<path>` of the artist's file."""
+
+    d: str  #: the path data as written in the file
+    transform: str | None  #: matrix(...) from the path's own units to the viewBox's; None when there is none
+    stroke_width: float  #: as written (in the path's own units)
+    cubics: np.ndarray  #: (K, 4, 2) the path as cubic segments, in the viewBox's units (the photo's pixels)
+    scale: float  #: how much the transform enlarges lengths (the stroke width drawn is stroke_width * scale)
+
+    @property
+    def drawn_width(self) -> float:
+        """The stroke width in the photo's pixels."""
+        return self.stroke_width * self.scale
+
+    def first_stroke(self) -> np.ndarray:
+        """The path's first segment as one cubic (4, 2): where a refined stroke starts."""
+        return self.cubics[0]
+
+    def inside(self, width: int, height: int) -> bool:
+        """Whether any of the path's control points lies on the photo."""
+        p = self.cubics.reshape(-1, 2)
+        return bool(np.any((p[:, 0] >= 0) & (p[:, 0] <= width) & (p[:, 1] >= 0) & (p[:, 1] <= height)))
+
+
+def _cubics(segment: se.PathSegment) -> list[tuple[complex, ...]]:
+    """A segment as cubics, each four control points as complex x + iy; Move and empty Close give none."""
+    if isinstance(segment, se.Move) or segment.start is None or segment.end is None:
+        return []
+    z = lambda p: complex(p[0], p[1])  # noqa: E731
+    s, e = z(segment.start), z(segment.end)
+    if isinstance(segment, se.CubicBezier):
+        return [(s, z(segment.control1), z(segment.control2), e)]
+    if isinstance(segment, se.QuadraticBezier):  # degree elevation: exact
+        c = z(segment.control)
+        return [(s, s + (c - s) * 2 / 3, e + (c - e) * 2 / 3, e)]
+    if isinstance(segment, se.Arc):
+        return [(z(c.start), z(c.control1), z(c.control2), z(c.end)) for c in segment.as_cubic_curves()]
+    if isinstance(segment, (se.Line, se.Close)) and s != e:
+        return [(s, s + (e - s) / 3, s + (e - s) * 2 / 3, e)]
+    return []
+
+
+@functools.lru_cache(maxsize=8)
+def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
+    """Every `<path>` with drawable segments in an SVG document; InputError if it is not SVG or has none.
+
+    Cached: the service reads the same text when it checks a job, runs it and draws its previews.
+    """
+    try:
+        svg = se.SVG.parse(io.StringIO(svg_text), reify=False)
+    except Exception as exc:  # svgelements raises what the XML parser and its own parsers raise
+        raise InputError(f"not an SVG file ({type(exc).__name__})") from None
+    if not isinstance(svg, se.SVG):
+        raise InputError("not an SVG file")
+    to_viewbox = ~se.Matrix(svg.viewbox_transform) if svg.viewbox_transform else se.Matrix()
+    paths = []
+    for element in svg.elements():
+        if not isinstance(element, se.Path) or not element.values.get("d"):
+            continue
+        m = se.Matrix(element.transform) * to_viewbox
+        cubics = [c for segment in element for c in _cubics(segment)]
+        if not cubics:
+            continue
+        points = np.array([[(p.real, p.imag) for p in c] for c in cubics], dtype=np.float64)
+        affine = np.array([[m.a, m.c], [m.b, m.d]])
+        points = points @ affine.T + np.array([m.e, m.f])
+        width = element.stroke_width  # its own or inherited, from attribute or style
+        paths.append(DrawnPath(
+            d=element.values["d"],
+            transform=None if m.is_identity() else f"matrix({m.a:.12g},{m.b:.12g},{m.c:.12g},{m.d:.12g},{m.e:.12g},{m.f:.12g})",
+            stroke_width=DEFAULT_STROKE_WIDTH if width is None else float(width),
+            cubics=points,
+            scale=float(np.sqrt(abs(np.linalg.det(affine)))),
+        ))
+    if not paths:
+        raise InputError("has no <path> with path data in it")
+    return tuple(paths)

@@ -1,0 +1,130 @@
+"""Mixing the artist's strokes with the engine's: kept paths, refined strokes and the abstraction ladder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lxml import etree
+from PIL import Image
+from skimage import data
+
+from clipasso.encoders import load_encoder
+from clipasso.engine import sketch
+from clipasso.engine import ladder
+from clipasso.engine.target import prepare_target
+from clipasso.errors import InputError
+from clipasso.images import Photo
+from clipasso.options import SketchOptions
+from clipasso.paths import read_paths
+
+SVG = "{http://www.w3.org/2000/svg}"
+#: Lines, a quadratic, an arc, a relative subpath, a cubic and a transform: the path data people draw.
+MINE = """<svg xmlns="http://www.w3.org/2000/svg" width="451" height="300" viewBox="0 0 451 300">
+  <path d="M 150 60 Q 200 20 260 60 A 80 90 0 0 1 300 200 L 280 280" fill="none" stroke="#000" stroke-width="6"/>
+  <g transform="translate(10 0)"><path d="M 140 60 C 110 120 100 200 150 280 m 40 -150 l 15 0"
+     style="fill:none;stroke:#000;stroke-width:2" transform="scale(1 1)"/></g>
+</svg>"""
+
+
+@pytest.fixture(scope="module")
+def cat() -> Image.Image:
+    return Image.fromarray(data.chelsea())  # 451 x 300
+
+
+def fast(**kw) -> SketchOptions:
+    return SketchOptions(**{"strokes": 4, "iterations": 4, "encoder": "lite0", "device": "cpu", **kw})
+
+
+def test_path_data_becomes_cubics_in_the_photo_pixels():
+    first, second = read_paths(MINE)
+    assert first.d.startswith("M 150 60 Q") and first.transform is None and first.drawn_width == 6
+    # 1 quadratic + the arc's cubics + 1 line; the quadratic is elevated exactly, the line is straight.
+    assert len(first.cubics) >= 3
+    np.testing.assert_allclose(first.cubics[0], [[150, 60], [183.333, 33.333], [220, 33.333], [260, 60]],
+                               atol=1e-3)
+    assert np.allclose(first.cubics[-1][[0, 3]], [[300, 200], [280, 280]], atol=1e-6)
+    # The group's translate is applied to the points and written as the path's transform; subpaths count.
+    assert second.transform == "matrix(1,0,0,1,10,0)" and second.drawn_width == 2
+    assert np.allclose(second.cubics[0][0], [150, 60]) and np.allclose(second.cubics[-1][[0, 3]], [[200, 130], [215, 130]])
+
+
+def test_kept_paths_take_part_in_every_render(cat):
+    encoder, _ = load_encoder("lite0", "cpu")
+    target = prepare_target(Photo.of(cat), encoder, fast(keep=MINE).validated())
+    kept = target.kept
+    on_path = target.box.to_canvas(np.array([290.0, 240.0])).astype(int)  # on the 6 px path's last line
+    assert float(kept[on_path[1], on_path[0]]) < 0.5 and float(kept[5, 112]) == 1.0
+    points = torch.tensor([[[20.0, 20], [40, 30], [60, 30], [80, 20]]])
+    plain = prepare_target(Photo.of(cat), encoder, fast().validated())
+    assert torch.allclose(target.render(points), plain.render(points) * kept)
+    assert torch.allclose(target.render_batch(points[None])[0], target.render(points))
+    # The width is honoured: the 6 px path covers about three times the ink of the 2 px one per length.
+    thick = read_paths(MINE.replace('stroke-width="6"', 'stroke-width="2"'))
+    assert float((1 - kept).sum()) > float((1 - prepare_target(
+        Photo.of(cat), encoder, fast(keep=MINE.replace('stroke-width="6"', 'stroke-width="2"')).validated()
+    ).kept).sum()) * 1.5 and len(thick) == 2
+
+
+def test_keep_writes_the_artist_paths_first_then_the_new_strokes(cat):
+    result = sketch(cat, fast(keep=MINE))
+    root = etree.fromstring(result.svg.encode())
+    kept = root.findall(f"{SVG}g[@id='clipasso-kept']/{SVG}path")
+    assert [p.get("d") for p in kept] == [p.d for p in read_paths(MINE)]
+    assert kept[1].get("transform") == "matrix(1,0,0,1,10,0)" and kept[0].get("stroke-width") == "6"
+    new = root.findall(f"{SVG}g[@id='clipasso-strokes']/{SVG}path")
+    assert len(new) == 4 and result.strokes.shape == (4, 4, 2)
+    assert [g.get("id") for g in root.findall(f"{SVG}g")] == ["clipasso-kept", "clipasso-strokes"]
+
+
+def test_refine_starts_from_each_path_first_segment(cat):
+    seen = []
+    result = sketch(cat, fast(strokes=2, iterations=2, refine=MINE),
+                    on_progress=lambda i, n, loss, s: seen.append(s))
+    starts = np.stack([p.first_stroke() for p in read_paths(MINE)])
+    # Iteration 0 reports the starting strokes: the refined ones first, as given, then 2 new ones.
+    assert seen[0].shape == (4, 4, 2) and np.allclose(seen[0][:2], starts, atol=0.01)
+    assert result.strokes.shape == (4, 4, 2)
+    moved = np.abs(result.strokes[:2] - starts).max()
+    assert 0 < moved < 15  # moved by the loss, two small steps from where they started
+
+
+def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
+    monkeypatch.setattr(ladder, "SETTLE_ITERATIONS", 3)  # the test is about the ladder's shape, kept short
+    result = sketch(cat, fast(levels=(1, 6, 3), iterations=2))
+    root = etree.fromstring(result.svg.encode())
+    groups = root.findall(f"{SVG}g")
+    assert [g.get("id") for g in groups] == ["level-6", "level-3", "level-1"]
+    assert [len(g.findall(f"{SVG}path")) for g in groups] == [6, 3, 1]
+    assert result.options.strokes == 6 and np.array_equal(result.levels[6], result.strokes)
+    radius = ladder.SETTLE_RADIUS * 451 / 224 + 1e-6  # canvas px -> photo px
+    for finer, coarser in ((6, 3), (3, 1)):
+        fine, coarse = result.levels[finer], result.levels[coarser]
+        for stroke in coarse:
+            assert np.abs(fine - stroke).max(axis=(1, 2)).min() <= radius
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(keep="hello"), "keep: not an SVG file"),
+    (dict(refine='<svg xmlns="http://www.w3.org/2000/svg"><rect width="3" height="3"/></svg>'), "refine: has no <path>"),
+    (dict(keep='<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 2 2"/>' * 513 + "</svg>"),
+     "at most 512"),
+    (dict(levels=(8, 8)), "may appear once"),
+    (dict(levels=(0, 8)), "between 1 and 512"),
+    (dict(levels=(513,)), "between 1 and 512"),
+    (dict(levels=tuple(range(1, 10))), "1 to 8"),
+    (dict(levels=(1,), refine=MINE), "fewer than the 2 paths to refine"),
+])
+def test_bad_mixing_options(options, message):
+    with pytest.raises(InputError, match=message):
+        fast(**options).validated()
+
+
+def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():
+    half = ('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 10 10 L 50 50"/>'
+            '<path d="M 900 900 L 990 990"/></svg>')
+    keep, refine, warnings = fast(keep=half).validated().drawn_on_photo(451, 300)
+    assert len(keep) == 1 and refine == () and warnings == [
+        "keep: 1 of its 2 paths lie off the 451x300 photo and are ignored"]
+    with pytest.raises(InputError, match="none of its 1 paths lies on the 40x40 photo"):
+        fast(refine=half.replace('<path d="M 10 10 L 50 50"/>', "")).validated().drawn_on_photo(40, 40)
