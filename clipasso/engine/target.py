@@ -6,6 +6,9 @@ distribution (salient edges), the contours' tangent field, and the loss with the
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -28,6 +31,9 @@ FOCUS_FLOOR = 0.25
 #: Size of the fixed augmentation bank whose photo features are computed once: enough variety that
 #: strokes do not fit one warp, few enough that the photo's side costs under a second.
 AUGMENTATION_BANK = 24
+#: How many photos' loss sides are kept for the next sketch of the same photo (another stroke count, seed or
+#: ladder, as an artist tries them): each is the encoder's maps under the 25 views, 15-60 MB.
+LOSS_CACHE = 4
 #: How far (canvas pixels, a Gaussian's sigma) new strokes' start points keep from the artist's kept
 #: paths: the new strokes complete the picture instead of doubling what is drawn.
 KEPT_CLEARANCE = 4.0
@@ -46,6 +52,7 @@ class Target:
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
     backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
+    seed: int  #: the augmentation bank's seed
     #: (S, S) the artist's kept paths, drawn once (1 = paper): every render of the strokes is multiplied by it
     kept: Tensor | None = None
     #: (R, 4, 2) strokes to refine, in canvas pixels: each seed starts from them
@@ -54,8 +61,20 @@ class Target:
     @cached_property
     def loss(self) -> SketchLoss:
         """The loss, with the photo's features under every augmentation computed once, when first needed:
-        most of the preparation, which the first strokes need not wait for."""
-        return SketchLoss(self.encoder, self.canvas, self.grids, self.focus)
+        most of the preparation, which the first strokes need not wait for. The same photo, encoder and
+        bank seed as one of the last LOSS_CACHE sketches reuse that sketch's."""
+        key = (id(self.encoder), self.seed, hashlib.blake2b(self.placed.tobytes(), digest_size=16).digest())
+        with _losses_lock:
+            cached = _losses.get(key)
+            if cached is not None:
+                _losses.move_to_end(key)
+                return cached[1]
+        loss = SketchLoss(self.encoder, self.canvas, self.grids, self.focus)
+        with _losses_lock:
+            _losses[key] = (self.encoder, loss)  # the encoder is held so that its id is not reused meanwhile
+            while len(_losses) > LOSS_CACHE:
+                _losses.popitem(last=False)
+        return loss
 
     @cached_property
     def tangents(self) -> np.ndarray:
@@ -122,9 +141,14 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
         backend=backend,
+        seed=options.seed,
         kept=None if kept is None else kept.to(device),
         refine=None if starts is None else starts.to(device),
     )
+
+
+_losses: OrderedDict[tuple, tuple[Encoder, SketchLoss]] = OrderedDict()
+_losses_lock = threading.Lock()
 
 
 @lru_cache(maxsize=8)
