@@ -18,8 +18,9 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,9 +55,12 @@ CHECK_EVERY_DEFAULT = 8
 #: Devices where ended runs leave the batch at once; elsewhere they stay until half of their cohort has
 #: ended (stepping them costs next to nothing there, and each new batch shape costs a new CUDA graph).
 LEAVE_AT_ONCE = {"cpu"}
-#: Threads that prepare photos and lay strokes side by side (numpy and torch let go of the GIL): a GPU's
-#: batch of jobs would otherwise wait for one CPU core to prepare them one after another.
+#: Threads that prepare photos and lay strokes side by side off the CPU (numpy and torch let go of the
+#: GIL): a GPU's batch of jobs would otherwise wait for one CPU core to prepare them one after another. On a
+#: CPU the work is done inline: a second thread's compute team slowed the optimisation's steps by 15 %.
 PREPARE_THREADS = min(8, os.cpu_count() or 1)
+
+Each = Callable[..., Iterator]
 #: Images per encoder pass when judging strokes for re-laying: bounds memory on a CPU, launches elsewhere.
 RELAY_CHUNK = {"cpu": 16}
 RELAY_CHUNK_DEFAULT = 128
@@ -133,21 +137,23 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
             s.finish(exc)
         return
     load = time.perf_counter() - t
-    with ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
+    on_cpu = next(encoder.parameters()).device.type == "cpu"
+    with nullcontext() if on_cpu else ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
+        each: Each = map if pool is None else pool.map
         t = time.perf_counter()
         for s in sketches:
             s.timings["load"] = load
             _guarded(s, lambda s: s.choose(encoder, reason))
         # First the photos and the first strokes, reported at once (iteration 0); then the loss's photo
         # side, the slow part of the preparation.
-        _each(pool, sketches, lambda s: s.place(encoder))
+        _each(each, sketches, lambda s: s.place(encoder))
         seeds = [(s, s.opts.seed + SEED_STRIDE * k) for s in sketches if s.outcome is None for k in range(s.opts.seeds)]
-        made = pool.map(lambda pair: _guarded(pair[0], lambda s: _Run(s, pair[1])), seeds)
+        made = each(lambda pair: _guarded(pair[0], lambda s: _Run(s, pair[1])), seeds)
         for (s, _), run in zip(seeds, made):
             s.runs.append(run)
         for s in sketches:
             _guarded(s, lambda s: s.report(0, float("nan"), s.runs[0].start))
-        _each(pool, sketches, lambda s: s.target.loss)
+        _each(each, sketches, lambda s: s.target.loss)
         for s in sketches:
             s.timings["init"] = time.perf_counter() - t
         runs = [r for s in sketches if s.outcome is None for r in s.runs]
@@ -155,7 +161,7 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         for i in range(0, len(runs), size):
             chunk = [r for r in runs[i : i + size] if r.sketch.outcome is None]
             if chunk:
-                _Batch(chunk, pool).run()
+                _Batch(chunk, each).run()
 
 
 def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
@@ -169,9 +175,9 @@ def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
         return None
 
 
-def _each(pool: ThreadPoolExecutor, sketches: list[_Sketch], work: Callable[[_Sketch], object]) -> None:
-    """`work` on every sketch still going, side by side."""
-    list(pool.map(lambda s: _guarded(s, work), sketches))
+def _each(each: Each, sketches: list[_Sketch], work: Callable[[_Sketch], object]) -> None:
+    """`work` on every sketch still going, side by side where `each` is a thread pool's map."""
+    list(each(lambda s: _guarded(s, work), sketches))
 
 
 @dataclass
@@ -349,9 +355,9 @@ class _Cohort:
 class _Batch:
     """Runs stepped together until each has ended: the loop of the method."""
 
-    def __init__(self, runs: list[_Run], pool: ThreadPoolExecutor) -> None:
+    def __init__(self, runs: list[_Run], each: Each) -> None:
         sketches = list({id(r.sketch): r.sketch for r in runs}.values())
-        self.pool = pool
+        self.each = each
         self.sketches = sketches
         self.loss = SketchLoss.joined([s.target.loss for s in sketches])
         photo_of = {id(s): i for i, s in enumerate(sketches)}
@@ -439,7 +445,7 @@ class _Batch:
                 moved = replace_weak_strokes(points, c.widths[rows], None if c.kept is None else c.kept[rows],
                                              [c.runs[k].sketch.target for k in rows],
                                              c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk,
-                                             self.pool.map)
+                                             self.each)
                 c.points[rows] = points
             for k, count in zip(rows, moved):
                 if count:
