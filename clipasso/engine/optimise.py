@@ -38,7 +38,7 @@ from .losses import SketchLoss
 from .relay import relay_iterations, replace_weak_strokes
 from .render import check_backend, render_batch
 from .stopping import STOP_RULES
-from .target import AUGMENTATION_BANK, Target, prepare_target
+from .target import AUGMENTATION_BANK, Target, clamp, prepare_target
 
 log = logging.getLogger("clipasso.engine")
 
@@ -317,7 +317,7 @@ class _Cohort:
         ink = render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.backend)
         return ink if self.kept is None else ink * self.kept
 
-    def update(self, iteration: int, loss: Tensor) -> None:
+    def update(self, loss: Tensor) -> None:
         """After the backward pass: keep the best strokes (the loss is the points' before this step), step."""
         loss = loss.detach()
         better = self.active & (loss < self.best_loss)
@@ -329,7 +329,7 @@ class _Cohort:
     def settle(self, iteration: int) -> None:
         """After re-laying: keep strokes on the photo, count the step, and end runs whose rule says so."""
         with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
-            self.points.copy_(torch.maximum(torch.minimum(self.points, self.high), self.low))
+            self.points.copy_(clamp(self.points, self.low, self.high))
         self.steps += self.active
         done = self.stop.done(iteration, self.loss)
         self.active = self.active & ~done & (iteration < self.last)
@@ -360,12 +360,12 @@ class _Batch:
         self.each = each
         self.sketches = sketches
         self.loss = SketchLoss.joined([s.target.loss for s in sketches])
-        photo_of = {id(s): i for i, s in enumerate(sketches)}
+        self.photo_of = {id(s): i for i, s in enumerate(sketches)}  # each sketch's photo in the joined loss
         cohorts: dict[tuple, list[_Run]] = {}
         for r in runs:
             recipe = r.sketch.opts.recipe
             cohorts.setdefault((r.start.shape[0], r.sketch.target.backend, recipe.stop), []).append(r)
-        self.cohorts = [_Cohort(rs, [self.loss.plain_view(photo_of[id(r.sketch)]) for r in rs])
+        self.cohorts = [_Cohort(rs, [self.loss.plain_view(self.photo_of[id(r.sketch)]) for r in rs])
                         for rs in cohorts.values()]
         self.device = sketches[0].target.device
         self.loss_pass = LossPass(self.loss, self.device)
@@ -380,7 +380,7 @@ class _Batch:
         try:
             iteration = 0
             while self.cohorts:
-                self._cancel_asked(iteration)
+                self._cancel_asked()
                 if not self.cohorts:
                     break
                 self._step(iteration)
@@ -410,7 +410,7 @@ class _Batch:
         total.backward()
         t3 = time.perf_counter()
         for c, loss in zip(self.cohorts, losses.split([len(c.runs) for c in self.cohorts])):
-            c.update(iteration, loss)
+            c.update(loss)
         self._relay(iteration)
         for c in self.cohorts:
             c.settle(iteration)
@@ -424,8 +424,7 @@ class _Batch:
         last = min(r.horizon(iteration) for r in runs if not r.ended)  # ended runs in the batch just follow
         for r in runs:
             r.draw_until(last)
-        photo_of = {id(s): i for i, s in enumerate(self.sketches)}
-        offsets = [photo_of[id(r.sketch)] * self.loss.bank for r in runs]
+        offsets = [self.photo_of[id(r.sketch)] * self.loss.bank for r in runs]
         self.schedule = torch.stack([torch.cat([r.picks[i] + o for r, o in zip(runs, offsets)])
                                      for i in range(iteration, last + 1)]).to(self.device)
         self.owners = torch.cat([torch.full((len(r.picks[iteration]),), k) for k, r in enumerate(runs)]).to(self.device)
@@ -452,7 +451,7 @@ class _Batch:
                     c.adam.reset(k)
                     c.stop.restart(k, iteration)
 
-    def _cancel_asked(self, iteration: int) -> None:
+    def _cancel_asked(self) -> None:
         """End the runs of sketches whose caller asked to stop (or whose hook failed)."""
         for s in self.sketches:
             if s.outcome is not None or s.request.should_stop is None:
@@ -463,11 +462,7 @@ class _Batch:
                 self._drop(s, exc)
                 continue
             if stop:
-                for c in self.cohorts:
-                    for k, r in enumerate(c.runs):
-                        if r.sketch is s:
-                            c.end(k, cancelled=True)
-                self._collect()
+                self._end(s, cancelled=True)
 
     def _report(self) -> None:
         """Report each running sketch's progress: its iterations so far, and its best-placed run's strokes."""
@@ -493,10 +488,14 @@ class _Batch:
     def _drop(self, sketch: _Sketch, exc: Exception) -> None:
         """A sketch's own hook failed: it fails with that, the others go on."""
         sketch.finish(exc)
+        self._end(sketch)
+
+    def _end(self, sketch: _Sketch, cancelled: bool = False) -> None:
+        """End every run of `sketch` now and take what they have."""
         for c in self.cohorts:
             for k, r in enumerate(c.runs):
                 if r.sketch is sketch:
-                    c.end(k)
+                    c.end(k, cancelled)
         self._collect()
 
     def _collect(self) -> None:

@@ -102,7 +102,7 @@ class Target:
 
     def clamp(self, points: Tensor) -> Tensor:
         """Points moved onto the photo (not the letterbox's paper)."""
-        return torch.maximum(torch.minimum(points, self.high), self.low)
+        return clamp(points, self.low, self.high)
 
 
 def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Target:
@@ -145,6 +145,11 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         kept=None if kept is None else kept.to(device),
         refine=None if starts is None else starts.to(device),
     )
+
+
+def clamp(points: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Points held between the corners low and high (broadcast: one photo's, or one per run of a batch)."""
+    return torch.maximum(torch.minimum(points, high), low)
 
 
 _losses: OrderedDict[tuple, tuple[Encoder, SketchLoss]] = OrderedDict()
