@@ -89,7 +89,7 @@ class ClipEncoder(Encoder):
             raise ValueError(f"expected images (B, 3, S, S), got {tuple(x.shape)}")
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        return (x.float() - self.mean) / self.std
+        return ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def _resnet_stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         v = self.visual

@@ -41,5 +41,5 @@ def load_encoder(
         else:
             arch = name.split(":", 1)[1]
             enc = load_clip(arch, dev, resolve_clip_weights(arch, weights))
-        _LOADED[key] = enc.to(dev)
+        _LOADED[key] = enc.place(dev)
     return _LOADED[key], reason
