@@ -20,7 +20,7 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
 from .images import load_photo
-from .options import ENCODER_NAMES, PRESETS, RENDERERS, SketchOptions, parse_levels
+from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, parse_levels
 from .server import command
 
 
@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--renderer", default="auto", choices=RENDERERS,
                    help="the rasterizer: auto or torch (ours, the default: fastest, installs with pip), or "
                    "diffvg (the reference's, where pydiffvg is installed)")
+    p.add_argument("--focus", default="auto", choices=FOCUSES,
+                   help="auto (default): strokes on the subject, found from the photo's transparency or else "
+                   "a segmentation; none: wherever the encoder looks, background included")
     p.add_argument("--keep", metavar="SVG", help="an SVG of your own paths in the photo's pixels: they stay as "
                    "drawn, take part in the sketch, and come first in the output; --strokes new ones complete them")
     p.add_argument("--refine", metavar="SVG", help="an SVG whose paths' first segments are the strokes to start "
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         strokes=strokes, keep=keep, refine=refine, levels=parse_levels(args.levels) if args.levels else None,
         iterations=args.iterations, seed=args.seed, seeds=args.seeds,
         encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
-        stroke_width=args.stroke_width, renderer=args.renderer,
+        stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus,
     ).validated()
     photo = load_photo(args.input)
     for warning in options.drawn_on_photo(photo.width, photo.height)[2]:

@@ -55,11 +55,14 @@ class Photo:
     image: Image.Image
     width: int
     height: int
+    #: The photo's transparency (mode "L", the size of `image`) where it has some: the subject's outline.
+    alpha: Image.Image | None = None
 
     @classmethod
     def of(cls, image: Image.Image) -> "Photo":
         """An image already in memory, kept at its size."""
-        return cls(image.convert("RGB"), image.width, image.height)
+        rgb, alpha = _to_rgb_on_white(image)
+        return cls(rgb, image.width, image.height, alpha)
 
 
 class _Budget:
@@ -113,10 +116,10 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
             with _BUDGET.take(cost, DECODE_WAIT_SECONDS):
                 im.load()
                 small = _reduced(im, working_side)
-            rgb = _to_rgb_on_white(ImageOps.exif_transpose(small))
+            rgb, alpha = _to_rgb_on_white(ImageOps.exif_transpose(small))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
             raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
-    return Photo(rgb, width, height)
+    return Photo(rgb, width, height, alpha)
 
 
 @contextmanager
@@ -191,8 +194,9 @@ def _reduced(im: Image.Image, side: int) -> Image.Image:
     return im.resize(size, Image.Resampling.BOX)
 
 
-def _to_rgb_on_white(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB, with transparent areas as white paper."""
+def _to_rgb_on_white(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Any Pillow mode to RGB, with transparent areas as white paper; and the transparency, if any pixel
+    has some."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
@@ -203,10 +207,11 @@ def _to_rgb_on_white(im: Image.Image) -> Image.Image:
     if im.mode in ("LA", "La", "RGBa", "PA"):
         im = im.convert("RGBA")
     if im.mode == "RGBA":
+        alpha = im.getchannel("A")
         paper = Image.new("RGB", im.size, (255, 255, 255))
-        paper.paste(im, mask=im.getchannel("A"))
-        return paper
-    return im.convert("RGB")
+        paper.paste(im, mask=alpha)
+        return paper, alpha if alpha.getextrema()[0] < 255 else None
+    return im.convert("RGB"), None
 
 
 @dataclass(frozen=True)
@@ -256,8 +261,9 @@ class Letterbox:
         return out
 
     def place(self, image: Image.Image) -> np.ndarray:
-        """The image resized and centred on white paper: float32 (size, size, 3) in [0, 1]."""
+        """The image resized and centred on paper: float32 (size, size, 3) in [0, 1] for RGB on white; for a
+        transparency ("L"), (size, size) with the paper transparent."""
         resized = image.resize(self.placed, Image.Resampling.LANCZOS)
-        paper = Image.new("RGB", (self.size, self.size), (255, 255, 255))
+        paper = Image.new(image.mode, (self.size, self.size), 0 if image.mode == "L" else (255, 255, 255))
         paper.paste(resized, self.offset)
         return np.asarray(paper, dtype=np.float32) / 255.0

@@ -84,6 +84,16 @@ class Init(str, enum.Enum):
     PAPER = "paper"  #: short random strokes on salient edges (the reference's)
 
 
+class Focus(str, enum.Enum):
+    """Where strokes belong."""
+
+    AUTO = "auto"  #: on the subject: the photo's transparency, else a segmentation seeded by saliency
+    NONE = "none"  #: anywhere the encoder's saliency map points, background included
+
+
+FOCUSES = tuple(f.value for f in Focus)
+
+
 class Stop(str, enum.Enum):
     """When a seed's optimisation ends before its last iteration."""
 
@@ -100,6 +110,9 @@ class Preset:
     init: Init
     stop: Stop
     relay: bool  #: lay the least useful strokes again during the run
+    #: Starts raced per seed: each is optimised for the engine's first few iterations, then only the one
+    #: with the lowest loss goes on (a bad start is the usual cause of a bad sketch).
+    starts: int = 1
 
 
 PRESETS: dict[str, Preset] = {
@@ -159,6 +172,8 @@ class SketchOptions:
     refine: str | None = None
     #: Stroke counts of an abstraction ladder, finest first; the run sketches the finest, `strokes` follows it.
     levels: tuple[int, ...] | None = None
+    #: Focus: `auto` keeps strokes on the subject, `none` lets the saliency map alone decide.
+    focus: str = Focus.AUTO.value
 
     def validated(self) -> "SketchOptions":
         """These options with the preset filled in; raises InputError on a value out of range."""
@@ -184,6 +199,8 @@ class SketchOptions:
             raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
         check_encoder_name(self.encoder)
         check_renderer(self.renderer)
+        if self.focus not in FOCUSES:
+            raise InputError(f"unknown focus {self.focus!r}; choose one of: {', '.join(FOCUSES)}")
         return replace(self, iterations=iterations, seeds=seeds, strokes=strokes, levels=levels)
 
     def drawn_on_photo(self, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...], list[str]]:

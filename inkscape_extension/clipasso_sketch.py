@@ -58,6 +58,7 @@ class Sketch(inkex.EffectExtension):
         pars.add_argument("--seed", type=int, default=0)
         pars.add_argument("--encoder", default="auto")
         pars.add_argument("--renderer", default="auto")
+        pars.add_argument("--focus", default="auto")
         pars.add_argument("--stroke_width", type=float, default=1.0)
         pars.add_argument("--backend_url", default="http://127.0.0.1:8765")
         pars.add_argument("--token", default="")
@@ -90,7 +91,8 @@ class Sketch(inkex.EffectExtension):
         ]
         viewports = [image_viewport(img, pic) for img, pic in zip(images, pictures)]
         backend = Backend(opts.backend_url, opts.token)
-        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer}
+        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer,
+                  "focus": opts.focus}
         if opts.iterations > 0:
             fields["iterations"] = opts.iterations
         if opts.levels.strip():

@@ -12,6 +12,7 @@ from lxml import etree
 from clipasso.errors import InputError
 from clipasso.options import (
     ENCODER_NAMES,
+    FOCUSES,
     MAX_ITERATIONS,
     MAX_SEED,
     MAX_STROKES,
@@ -80,3 +81,4 @@ def test_the_extension_states_the_same_limits():
     assert int(param["seed"].get("max")) == MAX_SEED
     assert [o.get("value") for o in param["encoder"].iterfind("i:option", ns)] == list(ENCODER_NAMES)
     assert [o.get("value") for o in param["renderer"].iterfind("i:option", ns)] == list(RENDERERS)
+    assert [o.get("value") for o in param["focus"].iterfind("i:option", ns)] == list(FOCUSES)

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ..encoders import Encoder
 from ..images import Letterbox, Photo
-from ..options import CANVAS, Renderer, SketchOptions, image_stroke_width
+from ..options import CANVAS, Focus, Renderer, SketchOptions, image_stroke_width
 from ..paths import DrawnPath
+from .focus import Source, find_subject
 from .init import STARTS, PaperStart, TracedStart, edge_tangents, init_distribution, xdog_edges
 from .losses import SketchLoss, augmentation_bank
 from .render import render, render_batch
@@ -28,6 +29,10 @@ from .render import render, render_batch
 #: Least weight of the loss anywhere on the photo: the subject map only tilts it, so a wrong map
 #: still leaves the whole photo some pull.
 FOCUS_FLOOR = 0.25
+#: How far the background fades towards white paper in the photo the sketch is compared with (focus auto):
+#: clutter then neither pulls strokes nor counts against them, while a mask that cut off part of the
+#: subject still leaves a trace of it.
+BACKGROUND_FADE = 0.0
 #: Size of the fixed augmentation bank whose photo features are computed once: enough variety that
 #: strokes do not fit one warp, few enough that the photo's side costs under a second.
 AUGMENTATION_BANK = 24
@@ -44,15 +49,17 @@ class Target:
     box: Letterbox
     placed: np.ndarray  #: the letterboxed photo, (S, S, 3) float32 in [0, 1]
     prob: np.ndarray  #: (S, S) probability of each pixel to start a stroke
-    canvas: Tensor  #: the letterboxed photo as (1, 3, S, S) on the encoder's device
+    canvas: Tensor  #: the letterboxed photo as the loss compares with it, (1, 3, S, S) on the encoder's device
     encoder: Encoder
     grids: Tensor  #: the augmentation bank's sampling grids
     focus: Tensor  #: (S, S) weight of each place in the geometric loss
+    loss_key: bytes  #: a digest of what the loss compares with (the photo as compared, the focus weights)
     stroke_width: float  #: in canvas pixels
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
     backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
     seed: int  #: the augmentation bank's seed
+    subject: Source  #: where the subject's outline came from
     #: (S, S) the artist's kept paths, drawn once (1 = paper): every render of the strokes is multiplied by it
     kept: Tensor | None = None
     #: (R, 4, 2) strokes to refine, in canvas pixels: each seed starts from them
@@ -63,7 +70,7 @@ class Target:
         """The loss, with the photo's features under every augmentation computed once, when first needed:
         most of the preparation, which the first strokes need not wait for. The same photo, encoder and
         bank seed as one of the last LOSS_CACHE sketches reuse that sketch's."""
-        key = (id(self.encoder), self.seed, hashlib.blake2b(self.placed.tobytes(), digest_size=16).digest())
+        key = (id(self.encoder), self.seed, self.loss_key)
         with _losses_lock:
             cached = _losses.get(key)
             if cached is not None:
@@ -118,11 +125,19 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         saliency = encoder.saliency(canvas).cpu().numpy()
     edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
     grids = bank_grids(options.seed, device)
-    focus = torch.from_numpy(FOCUS_FLOOR + (1 - FOCUS_FLOOR) * saliency).to(device) * torch.from_numpy(mask).to(device)
+    compared, weight, starts_on, subject = placed, saliency, mask, Source.SALIENCY
+    if options.focus == Focus.AUTO.value:
+        found = find_subject(photo, box, placed, saliency)
+        saliency, weight, subject = found.saliency, found.mask, found.source
+        starts_on = (found.mask > 0.5).astype(np.float32)
+        if BACKGROUND_FADE > 0:
+            compared = 1 - (1 - placed) * (1 - BACKGROUND_FADE * (1 - found.mask[..., None]))
+            canvas = torch.from_numpy(compared).permute(2, 0, 1)[None].to(device)
+    focus = ((FOCUS_FLOOR + (1 - FOCUS_FLOOR) * weight) * mask).astype(np.float32)
     keep, refine, _ = options.drawn_on_photo(photo.width, photo.height)
     backend = Renderer(options.renderer).backend
     kept = draw_kept(keep, box, mask, backend) if keep else None
-    prob = init_distribution(saliency, edges, mask)
+    prob = init_distribution(saliency, edges, starts_on)
     if kept is not None:  # new strokes start away from what the artist drew
         away = prob * gaussian_filter(kept.numpy(), KEPT_CLEARANCE)
         prob = away / away.sum() if away.sum() > 0 else prob
@@ -136,12 +151,14 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         canvas=canvas,
         encoder=encoder,
         grids=grids,
-        focus=focus,
+        focus=torch.from_numpy(focus).to(device),
+        loss_key=hashlib.blake2b(compared.tobytes() + focus.tobytes(), digest_size=16).digest(),
         stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
         backend=backend,
         seed=options.seed,
+        subject=subject,
         kept=None if kept is None else kept.to(device),
         refine=None if starts is None else starts.to(device),
     )

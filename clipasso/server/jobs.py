@@ -1,6 +1,6 @@
 """Durable sketch jobs: the store on disk that HTTP handlers and the worker share. No torch here.
 
-Each job lives in `DATA/jobs/<id>/`: `photo.png` (the upload decoded once, at working size), `job.json`
+Each job lives in `DATA/jobs/<id>/`: `photo.png` (the upload decoded once, at working size; `alpha.png` its transparency, if any), `job.json`
 (parameters and state), `preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final
 sketch). Every file is
 written atomically, so a crash leaves either the old or the new version. After a restart, finished jobs
@@ -47,6 +47,8 @@ log = logging.getLogger("clipasso.jobs")
 FILE_MODE, FOLDER_MODE = 0o600, 0o700
 #: The job's photo, decoded once at submit and kept at working size.
 PHOTO = "photo.png"
+#: The photo's transparency, where it has some (the subject's outline for focus auto).
+ALPHA = "alpha.png"
 #: What `secrets.token_urlsafe(16)` gives; anything else is refused before it can name a path.
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 #: A running job's state and preview go to disk at most this often (state changes go at once).
@@ -350,9 +352,11 @@ class JobStore:
             folder = self.job_dir(job.id)
             try:
                 folder.mkdir(mode=FOLDER_MODE, parents=True)
-                buffer = io.BytesIO()
-                photo.image.save(buffer, format="PNG")
-                write_atomic(folder / PHOTO, buffer.getvalue(), FILE_MODE)
+                for name, image in ((PHOTO, photo.image), (ALPHA, photo.alpha)):
+                    if image is not None:
+                        buffer = io.BytesIO()
+                        image.save(buffer, format="PNG")
+                        write_atomic(folder / name, buffer.getvalue(), FILE_MODE)
                 with self._lock:
                     record = job.to_record()
                 write_atomic(folder / "job.json", json.dumps(record, indent=1, sort_keys=True), FILE_MODE)
@@ -377,7 +381,9 @@ class JobStore:
 
     def photo(self, job: Job) -> Photo:
         """The job's photo as submit decoded it (InputError if the file was lost or damaged)."""
-        return Photo(load_photo(self.job_dir(job.id) / PHOTO).image, job.width, job.height)
+        folder = self.job_dir(job.id)
+        alpha = load_photo(folder / ALPHA).image.convert("L") if (folder / ALPHA).exists() else None
+        return Photo(load_photo(folder / PHOTO).image, job.width, job.height, alpha)
 
     def get(self, job_id: str) -> Job:
         """The job; UnknownJob if the id is malformed or unknown."""

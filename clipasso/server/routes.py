@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from .. import __version__
 from ..encoders.weights import readiness
 from ..options import (
-    ENCODER_NAMES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
+    ENCODER_NAMES, FOCUSES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
     SketchOptions, available_renderers, parse_levels,
 )
 from .jobs import ATTACH_GRACE_SECONDS, JobStore
@@ -84,6 +84,9 @@ async def submit(
         f"{ATTACH_GRACE_SECONDS:g} s, it is cancelled (for clients that may be killed mid-job)")),
     renderer: str | None = Form(None, json_schema_extra={"enum": list(RENDERERS)},
                                 description="auto (ours), torch, or diffvg where /health lists it"),
+    focus: str | None = Form(None, json_schema_extra={"enum": list(FOCUSES)}, description=(
+        "auto (default): strokes on the subject (the photo's transparency, else a segmentation); none: "
+        "wherever the encoder looks")),
     keep: str | None = Form(None, description=(
         "SVG text of your own paths, in the photo's pixels: they stay as drawn, take part in the sketch and "
         "come first in the result; `strokes` new ones are added")),
@@ -97,7 +100,7 @@ async def submit(
     if strokes is None and refine is not None:
         strokes = 0  # refining adds no strokes unless asked
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
-             "encoder": encoder, "preset": preset, "renderer": renderer, "keep": keep, "refine": refine,
+             "encoder": encoder, "preset": preset, "renderer": renderer, "focus": focus, "keep": keep, "refine": refine,
              "levels": parse_levels(levels) if levels is not None else None}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large

@@ -40,5 +40,6 @@ class TestInx(InxMixin, TestCase):
         assert params["backend_url"].text == "http://127.0.0.1:8765"
         assert params["encoder"].options == ["auto", "lite0", "clip:RN101", "clip:RN50", "clip:ViT-B/32"]
         assert params["renderer"].options == ["auto", "torch", "diffvg"]
+        assert params["focus"].options == ["auto", "none"]
         assert {"seed", "stroke_width", "token", "timeout"} <= set(params)
         assert params["window"].param_type == "bool" and params["window"].text == "true"

@@ -1,0 +1,161 @@
+"""The subject of a photo: where strokes belong, and what the loss should care about.
+
+The reference masks the background with U2Net, a 170 MB download. Here the photo's own transparency is
+the subject where it has one; otherwise GrabCut (OpenCV) separates the subject from the background,
+seeded by the encoder's saliency: the salient core as likely subject, the rest as likely background, and
+GrabCut's colour models move the boundary onto the subject's outline. An ImageNet encoder has no class for
+people, so frontal faces (OpenCV's Haar cascade) join the saliency first. A mask that comes out
+implausible (next to nothing, or nearly the whole photo) is not trusted: the saliency map serves instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from ..images import Letterbox, Photo
+
+log = logging.getLogger("clipasso.engine")
+
+#: Saliency above this seeds GrabCut as likely subject; above SURE_SUBJECT as certainly subject.
+LIKELY_SUBJECT = 0.35
+SURE_SUBJECT = 0.8
+#: GrabCut's rounds of colour modelling and graph cut.
+GRABCUT_ROUNDS = 4
+#: A mask covering less or more than these shares of the photo is not trusted.
+MIN_SHARE, MAX_SHARE = 0.04, 0.92
+#: Softening of the mask's edge (Gaussian sigma, canvas pixels): strokes on the outline are subject.
+EDGE_SOFTNESS = 2.0
+#: Faces are looked for on the photo at this size (px, long side): a face of 5 % of it is still found.
+FACE_SIDE = 512
+#: Smallest face looked for, as a share of the photo's short side.
+MIN_FACE = 0.06
+CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class Source(str, enum.Enum):
+    """Where a photo's subject mask came from (reported with the sketch's timings)."""
+
+    ALPHA = "alpha"  #: the photo's transparency
+    GRABCUT = "grabcut"  #: the saliency-seeded segmentation
+    SALIENCY = "saliency"  #: the encoder's saliency map alone (focus none, or an implausible segmentation)
+
+
+@dataclass(frozen=True)
+class Subject:
+    mask: np.ndarray  #: (S, S) float32 in [0, 1]: 1 on the subject, 0 off it and off the photo
+    saliency: np.ndarray  #: (S, S) the encoder's saliency with the faces found added
+    source: Source
+    faces: int  #: faces found
+
+
+def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.ndarray) -> Subject:
+    """The subject of `photo`, letterboxed by `box` on the canvas, where `placed` is the photo on the canvas
+    (S, S, 3) in [0, 1] and `saliency` (S, S) in [0, 1] where the encoder looks."""
+    (x, y), (w, h) = box.offset, box.placed
+    inside = np.zeros(saliency.shape, dtype=np.float32)
+    inside[y : y + h, x : x + w] = 1.0
+    found = faces(photo.image)
+    saliency = np.maximum(saliency, face_map(found, box, saliency.shape[0]))
+    if photo.alpha is not None:
+        alpha = box.place(photo.alpha)
+        if _plausible(alpha > 0.5, w * h):
+            return Subject(alpha * inside, saliency, Source.ALPHA, len(found))
+    cut = _grabcut(placed[y : y + h, x : x + w], saliency[y : y + h, x : x + w])
+    if cut is None:
+        return Subject(saliency.astype(np.float32) * inside, saliency, Source.SALIENCY, len(found))
+    mask = np.zeros(saliency.shape, dtype=np.float32)
+    soft = ndimage.gaussian_filter(cut.astype(np.float32), EDGE_SOFTNESS)
+    mask[y : y + h, x : x + w] = np.maximum(soft, cut)  # soft outside the outline, whole inside
+    return Subject(mask * inside, saliency, Source.GRABCUT, len(found))
+
+
+def faces(image: Image.Image) -> np.ndarray:
+    """Frontal faces as (F, 4) boxes x, y, w, h in the image's pixels."""
+    grey = image.convert("L")
+    scale = min(1.0, FACE_SIDE / max(grey.size))
+    if scale < 1:
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.BILINEAR)
+    pixels = cv2.equalizeHist(np.asarray(grey))
+    side = max(1, int(MIN_FACE * min(pixels.shape)))
+    cascade = _face_cascade()
+    if cascade is None:
+        return np.zeros((0, 4))
+    with _cascade_lock:  # one classifier object is not safe to use from two threads at once
+        found = cascade.detectMultiScale(pixels, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+    return np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale
+
+
+def face_map(found: np.ndarray, box: Letterbox, size: int) -> np.ndarray:
+    """(size, size) in [0, 1]: 1 over each face (an ellipse a little larger than its box: hair, chin),
+    falling off around it; 0 without faces."""
+    out = np.zeros((size, size), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    for fx, fy, fw, fh in found:
+        (cx, cy), (ex, ey) = box.to_canvas(np.array([[fx + fw / 2, fy + fh / 2], [fx + fw, fy + fh]]))
+        rx, ry = 0.65 * (ex - cx) * 2, 0.8 * (ey - cy) * 2
+        r2 = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+        out = np.maximum(out, np.exp(-np.maximum(r2 - 1, 0) * 2).astype(np.float32))
+    return out
+
+
+_cascade_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _face_cascade() -> cv2.CascadeClassifier | None:
+    """OpenCV's frontal-face cascade, which its 4.x wheels ship (pyproject pins them); None without it."""
+    data = getattr(cv2, "data", None)
+    cascade = cv2.CascadeClassifier(str(Path(getattr(data, "haarcascades", "")) / CASCADE))
+    if cascade.empty():
+        log.warning("OpenCV has no %s here: faces are not looked for", CASCADE)
+        return None
+    return cascade
+
+
+def _grabcut(rgb: np.ndarray, saliency: np.ndarray) -> np.ndarray | None:
+    """Boolean subject mask of one photo (h, w, 3) from its saliency (h, w), or None if implausible."""
+    h, w = saliency.shape
+    if min(h, w) < 8:
+        return None
+    seeds = np.full((h, w), cv2.GC_PR_BGD, dtype=np.uint8)
+    seeds[saliency >= LIKELY_SUBJECT] = cv2.GC_PR_FGD
+    seeds[saliency >= SURE_SUBJECT] = cv2.GC_FGD
+    if not (seeds == cv2.GC_PR_BGD).any():
+        return None
+    image = np.ascontiguousarray((rgb * 255).round().astype(np.uint8)[..., ::-1])  # OpenCV's BGR
+    background, foreground = np.zeros((1, 65)), np.zeros((1, 65))
+    try:
+        cv2.setRNGSeed(0)  # GrabCut's colour models start from k-means on OpenCV's (per-thread) generator
+        cv2.grabCut(image, seeds, None, background, foreground, GRABCUT_ROUNDS, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a photo GrabCut cannot model (e.g. one flat colour): no segmentation
+        return None
+    subject = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+    subject = _salient_parts(subject, saliency)
+    return subject if _plausible(subject, h * w) else None
+
+
+def _salient_parts(subject: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """The subject's connected parts that hold salient pixels, holes filled: specks of background that
+    happen to share the subject's colours are dropped."""
+    labels, count = ndimage.label(subject)
+    if count == 0:
+        return subject
+    peak = ndimage.maximum(saliency, labels, index=np.arange(1, count + 1))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = peak >= LIKELY_SUBJECT
+    return ndimage.binary_fill_holes(keep[labels])
+
+
+def _plausible(subject: np.ndarray, area: int) -> bool:
+    share = float(subject.sum()) / max(area, 1)
+    return MIN_SHARE <= share <= MAX_SHARE

@@ -1,0 +1,102 @@
+"""Subject focus on real photos: transparency, the saliency-seeded segmentation, faces, and strokes that
+stay on the subject."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from skimage import data
+
+from clipasso.encoders import load_encoder
+from clipasso.engine import sketch
+from clipasso.engine.focus import Source, faces, find_subject
+from clipasso.engine.target import prepare_target
+from clipasso.images import Letterbox, Photo
+from clipasso.options import CANVAS, SketchOptions
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_encoder("lite0", "cpu")[0]
+
+
+def cut_out(image: Image.Image) -> Image.Image:
+    """The photo with everything outside a centred ellipse made transparent (a cut-out, as artists keep)."""
+    alpha = Image.new("L", image.size, 0)
+    w, h = image.size
+    ImageDraw.Draw(alpha).ellipse((w * 0.3, h * 0.2, w * 0.7, h * 0.8), fill=255)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(alpha)
+    return rgba
+
+
+def subject_of(photo: Photo, encoder) -> tuple:
+    box = Letterbox(photo.width, photo.height, CANVAS)
+    placed = box.place(photo.image)
+    with torch.no_grad():
+        saliency = encoder.saliency(torch.from_numpy(placed).permute(2, 0, 1)[None]).numpy()
+    return find_subject(photo, box, placed, saliency), box
+
+
+def test_transparency_is_the_subject(lite0):
+    photo = Photo.of(cut_out(Image.fromarray(data.coffee())))
+    subject, box = subject_of(photo, lite0)
+    assert subject.source is Source.ALPHA
+    assert np.allclose(subject.mask, box.place(photo.alpha), atol=1e-6)
+
+
+def test_the_segmentation_finds_the_cup_and_is_repeatable(lite0):
+    photo = Photo.of(Image.fromarray(data.coffee()))
+    first, box = subject_of(photo, lite0)
+    again, _ = subject_of(photo, lite0)
+    assert first.source is Source.GRABCUT
+    assert np.array_equal(first.mask, again.mask)  # GrabCut's k-means is seeded: the same photo, the same mask
+    (ox, oy), (pw, ph) = box.offset, box.placed
+    inside = first.mask[oy : oy + ph, ox : ox + pw] > 0.5
+    assert 0.2 < inside.mean() < 0.75  # the cup and saucer, not the table
+    # The cup sits in the photo's upper middle: the mask's centre is there, and the corners are background.
+    ys, xs = np.nonzero(inside)
+    assert abs(xs.mean() / pw - 0.5) < 0.15 and ys.mean() / ph < 0.6
+    assert not inside[:5, :5].any() and not inside[-5:, -5:].any()
+
+
+def test_a_face_is_found_and_made_salient(lite0):
+    image = Image.fromarray(data.astronaut())
+    found = faces(image)
+    assert len(found) == 1
+    x, y, w, h = found[0]
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 180  # Eileen Collins's face, not the flag or helmet
+    subject, box = subject_of(Photo.of(image), lite0)
+    (cx, cy) = box.to_canvas(np.array([x + w / 2, y + h / 2]))
+    assert subject.saliency[int(cy), int(cx)] == pytest.approx(1.0)
+    assert subject.mask[int(cy), int(cx)] > 0.5
+
+
+def test_strokes_start_and_stay_on_a_cut_out(lite0):
+    image = cut_out(Image.fromarray(data.chelsea()))
+    photo = Photo.of(image)
+    target = prepare_target(photo, lite0, SketchOptions(strokes=8, encoder="lite0", device="cpu").validated())
+    subject = target.box.place(photo.alpha)
+    assert target.subject is Source.ALPHA
+    assert target.prob[subject < 0.5].sum() == 0  # every start is on the subject
+    result = sketch(photo, SketchOptions(strokes=8, iterations=12, encoder="lite0", device="cpu"))
+    ends = result.strokes[:, [0, 3]].reshape(-1, 2)  # the endpoints lie on the curve
+    # On the cut-out or beside its outline (strokes start along it): within 2 % of the photo's size.
+    near = ndimage.binary_dilation(np.asarray(photo.alpha) > 0, iterations=round(0.02 * max(image.size)))
+    ix = np.clip(ends[:, 0].astype(int), 0, photo.width - 1)
+    iy = np.clip(ends[:, 1].astype(int), 0, photo.height - 1)
+    assert near[iy, ix].all()
+
+
+def test_focus_none_is_the_saliency_alone(lite0):
+    photo = Photo.of(Image.fromarray(data.coffee()))
+    auto = prepare_target(photo, lite0, SketchOptions(encoder="lite0", device="cpu").validated())
+    none = prepare_target(photo, lite0, SketchOptions(encoder="lite0", device="cpu", focus="none").validated())
+    assert (auto.subject, none.subject) == (Source.GRABCUT, Source.SALIENCY)
+    background = subject_of(photo, lite0)[0].mask < 0.5
+    assert auto.prob[background].sum() == 0  # auto: every start on the cup and saucer
+    assert none.prob[background].sum() > 0.05  # none: the table's edges too
+    assert auto.loss_key != none.loss_key  # the two never share a cached loss
