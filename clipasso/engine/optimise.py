@@ -46,6 +46,11 @@ log = logging.getLogger("clipasso.engine")
 LEARNING_RATE = 1.0
 #: Seed k of a run is seed + k * SEED_STRIDE, as the reference's 0, 1000, 2000.
 SEED_STRIDE = 1000
+#: Raced start j (j > 0) of a seed draws from seed + j * START_STRIDE: far from any seed a user picks next.
+START_STRIDE = 1_000_003
+#: How many iterations a seed's starts race before all but the best end (the preset's `starts`): enough for
+#: strokes to reach their contours, so that the loss tells good starts from bad.
+RACE_ITERATIONS = 30
 #: Progress is reported at most this often (seconds): a report waits for the device and copies strokes back.
 PROGRESS_INTERVAL = 0.2
 #: How often (in steps) the host looks for ended runs: each look waits for the device, which costs nothing
@@ -147,9 +152,10 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         # First the photos and the first strokes, reported at once (iteration 0); then the loss's photo
         # side, the slow part of the preparation.
         _each(each, sketches, lambda s: s.place(encoder))
-        seeds = [(s, s.opts.seed + SEED_STRIDE * k) for s in sketches if s.outcome is None for k in range(s.opts.seeds)]
-        made = each(lambda pair: _guarded(pair[0], lambda s: _Run(s, pair[1])), seeds)
-        for (s, _), run in zip(seeds, made):
+        seeds = [(s, s.opts.seed + SEED_STRIDE * k, j) for s in sketches if s.outcome is None
+                 for k in range(s.opts.seeds) for j in range(s.starts)]
+        made = each(lambda job: _guarded(job[0], lambda s: _Run(s, job[1], job[2])), seeds)
+        for (s, _, _), run in zip(seeds, made):
             s.runs.append(run)
         for s in sketches:
             _guarded(s, lambda s: s.report(0, float("nan"), s.runs[0].start))
@@ -157,11 +163,25 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         for s in sketches:
             s.timings["init"] = time.perf_counter() - t
         runs = [r for s in sketches if s.outcome is None for r in s.runs]
-        size = batch or len(runs) or 1
-        for i in range(0, len(runs), size):
-            chunk = [r for r in runs[i : i + size] if r.sketch.outcome is None]
+        for chunk in _chunks(runs, batch or len(runs) or 1):
+            chunk = [r for r in chunk if r.sketch.outcome is None]
             if chunk:
                 _Batch(chunk, each).run()
+
+
+def _chunks(runs: list[_Run], size: int) -> Iterator[list[_Run]]:
+    """The runs in batches of about `size`, never splitting a seed's raced starts (they end in one race)."""
+    units: dict[object, list[_Run]] = {}
+    for r in runs:
+        units.setdefault(r.race or id(r), []).append(r)
+    chunk: list[_Run] = []
+    for unit in units.values():
+        if chunk and len(chunk) + len(unit) > size:
+            yield chunk
+            chunk = []
+        chunk += unit
+    if chunk:
+        yield chunk
 
 
 def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
@@ -208,8 +228,13 @@ class _Sketch:
         self.target = prepare_target(image if isinstance(image, Photo) else Photo.of(image), encoder, self.opts)
 
     @property
+    def starts(self) -> int:
+        """Starts raced per seed: none when the run is no longer than the race."""
+        return self.opts.recipe.starts if self.opts.iterations > RACE_ITERATIONS else 1
+
+    @property
     def total(self) -> int:
-        return self.opts.iterations * self.opts.seeds
+        return (self.opts.iterations + (self.starts - 1) * RACE_ITERATIONS) * self.opts.seeds
 
     def report(self, done: int, loss: float, points: Tensor) -> None:
         """Tell the caller of `done` iterations, with the given strokes (canvas pixels) in the photo's pixels."""
@@ -256,10 +281,12 @@ class _Sketch:
 class _Run:
     """One seed of one sketch: its random stream, its start, and once ended its best strokes and loss."""
 
-    def __init__(self, sketch: _Sketch, seed: int) -> None:
+    def __init__(self, sketch: _Sketch, seed: int, start: int = 0) -> None:
         opts, target = sketch.opts, sketch.target
         self.sketch, self.seed = sketch, seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed + start * START_STRIDE)
+        #: The runs of one seed's raced starts share a race; after the race only the best goes on.
+        self.race = (id(sketch), seed) if sketch.starts > 1 else None
         start = target.start_strokes(STARTS[opts.recipe.init], opts.strokes, self.generator)  # with those to refine
         self.start = target.clamp(start.to(target.device))
         self.last = opts.iterations - 1  # the last iteration it may run
@@ -384,6 +411,8 @@ class _Batch:
                 if not self.cohorts:
                     break
                 self._step(iteration)
+                if iteration == RACE_ITERATIONS - 1:
+                    self._race()
                 check = (iteration + 1) % CHECK_EVERY.get(self.device.type, CHECK_EVERY_DEFAULT) == 0
                 due = time.perf_counter() - self.last_report >= PROGRESS_INTERVAL or iteration == 0
                 if due:
@@ -450,6 +479,25 @@ class _Batch:
                 if count:
                     c.adam.reset(k)
                     c.stop.restart(k, iteration)
+
+    def _race(self) -> None:
+        """End every raced start but the one with the lowest loss so far, in each seed's race."""
+        for c in self.cohorts:
+            races: dict[tuple, list[int]] = {}
+            for k, r in enumerate(c.runs):
+                if r.race is not None:
+                    races.setdefault(r.race, []).append(k)
+            if not races:
+                continue
+            best, active = c.best_loss.tolist(), c.active.tolist()
+            for rows in races.values():
+                running = [k for k in rows if active[k]]
+                if len(running) > 1:
+                    winner = min(running, key=lambda k: best[k])
+                    for k in running:
+                        if k != winner:
+                            c.end(k)
+        self._collect()
 
     def _cancel_asked(self) -> None:
         """End the runs of sketches whose caller asked to stop (or whose hook failed)."""
