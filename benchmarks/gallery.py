@@ -1,9 +1,10 @@
 """Contact sheet for judging sketches by eye: photo | 4 | 8 | 16 | 32 strokes, one row per photo.
 
-Photos are scikit-image's samples (CC0 or public domain; see each loader's docstring). Prints one JSON
-line per sketch (time, loss) and writes the sheet as a PNG. A second sheet (--mixing-output) shows the
-mixing modes on chelsea: a hand-drawn outline (benchmarks/data/chelsea-outline.svg) kept and completed by
-8 strokes, and an abstraction ladder 32/16/8/4 from one run, with what the ladder cost over its finest run.
+Photos are scikit-image's samples (CC0 or public domain; benchmarks/photos.py lists their licences).
+Prints one JSON line per sketch (time, loss) and writes the sheet as a PNG. A second sheet
+(--mixing-output) shows the mixing modes on chelsea: a hand-drawn outline
+(benchmarks/data/chelsea-outline.svg) kept and completed by 8 strokes, and an abstraction ladder
+32/16/8/4 from one run, with what the ladder cost over its finest run.
 """
 
 from __future__ import annotations
@@ -22,27 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipasso.engine import preview_image, sketch  # noqa: E402
 from clipasso.options import SketchOptions  # noqa: E402
+from photos import CELL, fit, sample_photo  # noqa: E402  (benchmarks/photos.py, beside this file)
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "motorcycle", "camera", "rocket")
-CELL = 224
 OUTLINE = Path(__file__).resolve().parent / "data" / "chelsea-outline.svg"
 LADDER = (32, 16, 8, 4)
-
-
-def sample_photo(name: str) -> Image.Image:
-    from skimage import data
-
-    arr = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    return Image.fromarray(arr).convert("RGB")
-
-
-def fit(im: Image.Image) -> Image.Image:
-    """The image scaled into a CELL x CELL white cell, centred."""
-    s = CELL / max(im.size)
-    small = im.convert("RGB").resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
-    cell = Image.new("RGB", (CELL, CELL), "white")
-    cell.paste(small, ((CELL - small.width) // 2, (CELL - small.height) // 2))
-    return cell
 
 
 def main() -> None:

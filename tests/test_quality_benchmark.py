@@ -1,0 +1,106 @@
+"""benchmarks/quality.py, small: its JSON lines and sheet on two photos, and judges that can tell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        import quality
+
+        yield quality
+
+
+@pytest.fixture(scope="module")
+def judge(quality):
+    return quality.Judge()
+
+
+def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(quality, tmp_path: Path):
+    sheet, saved = tmp_path / "sheet.png", tmp_path / "lines.json"
+    out = subprocess.run([sys.executable, str(SCRIPT), "--photos", "chelsea,coffee", "--seeds", "1",
+                          "--iterations", "2", "--threads", "1", "-o", str(sheet), "--json-output", str(saved)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows == [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [(r["kind"], r["photo"]) for r in rows[:4]] == [("sketch", "chelsea"), ("sketch", "coffee"),
+                                                           ("photo", "chelsea"), ("photo", "coffee")]
+    for r in rows[:2]:
+        assert r["seed"] == 0 and r["iterations"] == 2 and r["seconds"] > 0 and r["loss"] > 0
+        assert r["rank"] in (1, 2) and r["recognised"] == (r["rank"] == 1) == (r["margin"] > 0)
+        assert set(r["ranks"]) == set(quality.JUDGES) and r["ranks"]["outlines"] == r["rank"]
+        assert 0 <= r["ink_on_edges"] <= 1
+    for sketched, photo in zip(rows[:2], rows[2:4]):
+        assert photo["recognised"] == float(sketched["recognised"]) and photo["worst_seed"] == 0
+        assert photo["ink_on_edges"] == {"worst": sketched["ink_on_edges"], "median": sketched["ink_on_edges"]}
+        assert 0 < photo["edge_area"] < 1
+    summary = rows[4]
+    assert summary["kind"] == "summary" and (summary["photos"], summary["seeds"], summary["sketches"]) == (2, 1, 2)
+    assert summary["recognised"] == sum(r["recognised"] for r in rows[:2]) / 2
+    assert summary["settings"]["strokes"] == 16 and summary["settings"]["encoder"] == "lite0"
+    with Image.open(sheet) as im:  # photo | its one seed's sketch, two rows with their labels
+        assert im.size == (2 * 160, 2 * (160 + 16))
+
+
+def test_an_unknown_option_is_one_line_and_exit_2(quality, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--photos", "chelsea", "--option", "colour=red"])
+    with pytest.raises(SystemExit) as stop:
+        quality.main()
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and out.out == ""
+    assert out.err.startswith("quality.py: --option colour: not an option here") and out.err.count("\n") == 1
+
+
+def test_the_judge_picks_each_photo_out_from_its_grey_copy(quality, judge):
+    from photos import sample_photo
+
+    photos = [sample_photo(n) for n in ("chelsea", "coffee", "astronaut", "rocket", "flower")]
+    colour, grey = judge.embed(photos), judge.embed([p.convert("L") for p in photos])
+    for kind in ("features", "logits"):
+        found = quality.recognise(grey[kind], colour[kind], list(range(len(photos))))
+        assert [f.rank for f in found] == [1] * len(photos) and min(f.margin for f in found) > 0
+
+
+def test_the_judge_picks_each_photos_outline_from_a_coarser_one(quality, judge):
+    from photos import sample_photo
+
+    photos = [sample_photo(n) for n in ("chelsea", "coffee", "astronaut", "rocket", "flower")]
+    outlines = judge.embed([quality.outline(p) for p in photos])
+    coarser = judge.embed([Image.fromarray(np.where(quality.near_edges(p, (480, round(480 * p.height / p.width)),
+                                                                       sigma=6, near=4), 0, 255).astype(np.uint8))
+                           for p in photos])
+    found = quality.judge_all(coarser, judge.embed(photos), outlines, list(range(len(photos))))["outlines"]
+    assert [f.rank for f in found] == [1] * len(photos)
+
+
+def test_ink_on_edges_counts_ink_near_the_photos_edges(quality):
+    from photos import sample_photo
+
+    photo = sample_photo("coffee")
+    near = quality.near_edges(photo, (224, 149))
+    on = Image.fromarray(np.where(near, 0, 255).astype(np.uint8))  # ink exactly where it counts
+    off = Image.fromarray(np.where(near, 255, 0).astype(np.uint8))
+    assert quality.ink_on_edges(on, near) == 1 and quality.ink_on_edges(off, near) == 0
+    assert quality.ink_on_edges(Image.new("L", (224, 149), 255), near) == 0  # no ink at all
+
+
+def test_options_are_coerced_as_the_sketch_options_say(quality):
+    assert quality.parse_options(["stroke_width=2.5", "levels=16,8", "renderer=torch", "strokes=8"]) == {
+        "stroke_width": 2.5, "levels": (16, 8), "renderer": "torch", "strokes": 8}
+    with pytest.raises(quality.InputError, match="strokes=many: expected int"):
+        quality.parse_options(["strokes=many"])
+    with pytest.raises(quality.InputError, match="seed: not an option here"):
+        quality.parse_options(["seed=3"])
