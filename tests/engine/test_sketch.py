@@ -263,3 +263,28 @@ def test_the_loop_as_it_runs_on_a_gpu_gives_the_same_sketches(cat, monkeypatch):
     for outcome, options in zip(outcomes, [short, long]):
         solo = sketch(cat, options)
         assert outcome.loss == pytest.approx(solo.loss, rel=1e-3) and np.abs(outcome.strokes - solo.strokes).max() < 0.5
+
+
+def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
+    """The default preset races 3 starts per seed; after the race only the one with the lowest loss goes on.
+    Progress counts every start's steps, and a batch of one run at a time still holds a whole race."""
+    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)
+    options = fast(iterations=7)
+    assert options.validated().recipe.starts == 3
+    seen = []
+    raced = sketch(cat, options, on_progress=lambda i, n, loss, s: seen.append((i, n)))
+    assert raced.iterations == 3 + 3 + 7  # two starts ended after the race, the best ran on
+    assert seen[-1] == (13, 13) and all(n == 13 for _, n in seen)
+    one_at_a_time = sketch(cat, options, batch=1)
+    assert one_at_a_time.iterations == 13 and one_at_a_time.loss == pytest.approx(raced.loss, rel=1e-3)
+
+
+def test_batches_never_split_a_race():
+    class Run:
+        def __init__(self, race):
+            self.race = race
+
+    runs = [Run(("a", 0)), Run(("a", 0)), Run(("a", 0)), Run(None), Run(("b", 0)), Run(("b", 0)), Run(("b", 0))]
+    chunks = list(optimise._chunks(runs, 4))
+    assert [len(c) for c in chunks] == [4, 3]
+    assert [len(c) for c in optimise._chunks(runs, 1)] == [3, 1, 3]
