@@ -2,15 +2,21 @@
 
 Every caller (CLI, service, benchmarks) goes through `load_photo`, so bad input is refused the same way
 everywhere: one `InputError` line, never a traceback from Pillow. Decoding is bounded in memory: a photo is
-kept at WORKING_SIDE px at most (its coordinates stay the file's), and decodes share a byte budget.
+kept at WORKING_SIDE px at most (its coordinates stay the file's), large PNGs never whole, and decodes
+share a byte budget.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import math
 import os
+import struct
+import sys
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,14 @@ WORKING_SIDE = 1024
 #: Transparent images take twice their pixels (resizing premultiplies them into a copy), so 50 MP of RGBA.
 MAX_DECODE_BYTES = 400_000_000
 #: Memory that decodes in this process may take together: uploads decoded in parallel wait for each other.
-DECODE_BUDGET = MAX_DECODE_BYTES
+#: A decode that needs more runs alone (as one of MAX_DECODE_BYTES does); large PNGs, decoded in bands,
+#: need about 20 MB, so a few of them run side by side.
+DECODE_BUDGET = 100_000_000
 #: How long a decode waits for its turn before giving up (the service answers 503 then).
 DECODE_WAIT_SECONDS = 60.0
+
+#: Pixels of a large PNG decoded at a time (see PngBands): about this many bytes of decoded rows.
+PNG_BAND_BYTES = 4 * 2**20
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
@@ -41,6 +52,10 @@ ImageSource = str | os.PathLike | bytes | BinaryIO
 # largest mmap threshold (32 MB) are mapped and unmapped each time: memory goes back after each decode.
 # (The same as PILLOW_BLOCK_SIZE=64m in the environment.)
 Image.core.set_block_size(64 * 2**20)
+
+
+#: glibc's malloc_trim, where the C library is glibc (None elsewhere): see _give_back_freed_memory.
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
 
 
 class DecoderBusy(Exception):
@@ -99,7 +114,8 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
     Takes the first frame of animated or multi-page files, applies the EXIF orientation, converts
     16-bit, greyscale, palette and CMYK images, and composites transparency over white. JPEGs are decoded
     at a reduced scale where that still gives `working_side` pixels; other formats are reduced right after
-    decoding, before any conversion copies them.
+    decoding, before any conversion copies them (8-bit PNGs at least twice that long a band of rows at a
+    time: see PngBands).
     """
     with _open(source, max_pixels) as (im, name):
         width, height = _oriented_size(im)
@@ -113,13 +129,29 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
                     f"{name}: {width}x{height} {im.mode} needs {cost / 1e6:.0f} MB to decode; the limit is "
                     f"{MAX_DECODE_BYTES / 1e6:.0f} MB (100 megapixels of RGB, 50 of RGBA)"
                 )
-            with _BUDGET.take(cost, DECODE_WAIT_SECONDS):
-                im.load()
-                small = _reduced(im, working_side)
+            bands = PngBands.of(im, working_side)
+            with _BUDGET.take(bands.cost if bands else cost, DECODE_WAIT_SECONDS):
+                if bands:
+                    small = _reduced(bands.decode(), working_side)
+                else:
+                    im.load()
+                    small = _reduced(im, working_side)
             rgb, alpha = _to_rgb_on_white(ImageOps.exif_transpose(small))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError, zlib.error) as exc:
             raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
+    _give_back_freed_memory()
     return Photo(rgb, width, height, alpha)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the memory a decode has freed to the system.
+
+    glibc keeps freed blocks below 32 MB (a PNG's bands, Python's buffers) in the decoding thread's heap,
+    and the service decodes in many request threads: after ten large uploads the server kept 280 MB it no
+    longer used. malloc_trim(0) hands back the free pages of every heap (a few milliseconds).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @contextmanager
@@ -182,6 +214,88 @@ def _oriented_size(im: Image.Image) -> tuple[int, int]:
         exif = im.getexif()
     w, h = im.size
     return (h, w) if exif.get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (w, h)
+
+
+@dataclass(frozen=True)
+class PngBands:
+    """A large 8-bit PNG decoded a band of rows at a time, each band shrunk before the next is decoded.
+
+    A PNG's pixels are one zlib stream of filtered rows, and Pillow decodes all of it into one image: a
+    100-megapixel PNG of a few hundred KB takes 400 MB. Here the stream is inflated a band at a time; each
+    band goes through Pillow's own PNG decoder as a small PNG of its own (with the previous band's last
+    row in front, unfiltered, which the band's first row's filter refers to) and is reduced by a whole
+    factor (a box average) right away. What the photo costs is a band, about PNG_BAND_BYTES.
+    """
+
+    image: Image.Image  #: the PNG opened lazily (header read)
+    factor: int  #: each band's rows and columns are averaged in factor x factor boxes
+    rows: int  #: rows per band, a multiple of factor
+
+    #: Pillow modes whose packed rows Pillow decodes and re-encodes unchanged (8 bits a sample).
+    MODES = ("L", "LA", "RGB", "RGBA")
+
+    @classmethod
+    def of(cls, im: Image.Image, side: int) -> "PngBands | None":
+        """Bands for a non-interlaced 8-bit PNG at least twice `side` long; None for anything else."""
+        factor = max(im.size) // side
+        tile = im.tile[0] if len(im.tile) == 1 else None
+        if (im.format != "PNG" or factor < 2 or tile is None or im.mode not in cls.MODES or tile.args != im.mode
+                or im.info.get("interlace")):
+            return None
+        rows = max(1, PNG_BAND_BYTES // (im.width * 4 * factor)) * factor
+        return cls(im, factor, rows)
+
+    @property
+    def cost(self) -> int:
+        """Bytes a decode takes at the most: a band's pixels (twice with alpha, premultiplied to be reduced),
+        its packed rows as inflated, gathered and stored again, and the reduced image."""
+        band = self.image.width * self.rows
+        alpha = 2 if "A" in self.image.mode else 1
+        return band * 4 * alpha + 4 * band * len(self.image.mode) + decode_cost(self.image) // self.factor**2
+
+    def decode(self) -> Image.Image:
+        """The whole image reduced by `factor`, in the PNG's own mode."""
+        im, k = self.image, self.factor
+        width, height = im.size
+        stride = width * len(im.mode) + 1  # a filter-type byte, then the row's samples
+        out = Image.new(im.mode, (math.ceil(width / k), math.ceil(height / k)))
+        inflate = zlib.decompressobj()
+        chunks = _idat_chunks(im)
+        rows = bytearray(stride)  # the row above the first: PNG's filters see zeros there
+        for top in range(0, height, self.rows):
+            count = min(self.rows, height - top)
+            size = (count + 1) * stride
+            while len(rows) < size:  # inflated up to the band's last row, no further
+                piece = inflate.unconsumed_tail or next(chunks, b"")
+                if not piece:
+                    raise EOFError(f"image data ends at row {top + len(rows) // stride - 1} of {height}")
+                rows += inflate.decompress(piece, size - len(rows))
+            # Pillow's PNG decoder ("zip") takes a zlib stream: the rows, stored as they are, not compressed again.
+            band = Image.frombytes(im.mode, (width, count + 1), zlib.compress(rows, 0), "zip", im.mode)
+            out.paste(band.reduce(k, (0, 1, width, count + 1)), (0, top // k))
+            rows = bytearray(b"\0" + band.crop((0, count, width, count + 1)).tobytes())  # unfiltered ("none")
+        out.info = dict(im.info)
+        return out
+
+
+def _idat_chunks(im: Image.Image) -> Iterator[bytes]:
+    """The compressed image data of an opened PNG, a MB at a time, from its first IDAT chunk on."""
+    fp = im.fp
+    fp.seek(im.tile[0].offset - 8)
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise EOFError("the image data is cut short")
+        length, kind = struct.unpack(">I4s", head)
+        if kind != b"IDAT":
+            return
+        while length:
+            piece = fp.read(min(length, 2**20))
+            if not piece:
+                raise EOFError("the image data is cut short")
+            length -= len(piece)
+            yield piece
+        fp.read(4)  # the chunk's CRC
 
 
 def _reduced(im: Image.Image, side: int) -> Image.Image:

@@ -12,6 +12,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +24,6 @@ from ..errors import InputError, one_line
 from ..options import CLIP_ARCHS
 from .base import Encoder, unit_map
 
-with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
-    warnings.simplefilter("ignore")
-    import clip.model as clip_model
-
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -36,6 +33,17 @@ ARCH_SHAPES: dict[str, tuple] = {
     "RN101": ("ResNet", (3, 4, 23, 3), 64, 224),
     "ViT-B/32": ("ViT", 12, 768, 32, 224),
 }
+
+
+def _clip_model() -> ModuleType:
+    """The `clip` package's model classes, imported when a CLIP model is first built, not with this module:
+    the package imports torchvision and with it torch._dynamo, 200 MB and 2 s that a server or a sketch
+    running only lite0 never needs."""
+    with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        import clip.model
+
+    return clip.model
 
 
 class ClipEncoder(Encoder):
@@ -51,7 +59,7 @@ class ClipEncoder(Encoder):
         self.visual = visual
         self.name = f"clip:{arch}"
         self.input_size = int(visual.input_resolution)
-        self.is_vit = isinstance(visual, clip_model.VisionTransformer)
+        self.is_vit = isinstance(visual, _clip_model().VisionTransformer)
         if self.is_vit:
             n = len(visual.transformer.resblocks)
             self.map_blocks = sorted({max(1, n // 4), max(1, n // 2)})
@@ -192,7 +200,7 @@ def _build_visual(state_dict: dict[str, Tensor]) -> nn.Module:
     takes the checkpoint's tensors as they are."""
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # loading into meta parameters is a no-op there
-        model = clip_model.build_model(state_dict)
+        model = _clip_model().build_model(state_dict)
     model.load_state_dict(state_dict, assign=True)
     return model.visual
 
@@ -214,7 +222,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def _shape(visual: nn.Module) -> tuple:
     """The architecture of a built visual tower, comparable with ARCH_SHAPES."""
-    if isinstance(visual, clip_model.VisionTransformer):
+    if isinstance(visual, _clip_model().VisionTransformer):
         conv = visual.conv1
         return ("ViT", len(visual.transformer.resblocks), conv.out_channels, conv.kernel_size[0],
                 int(visual.input_resolution))

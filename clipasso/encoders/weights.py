@@ -18,7 +18,6 @@ import hashlib
 import os
 import sys
 import threading
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,13 +30,21 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import get_session
 
-with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
-    warnings.simplefilter("ignore")
-    from clip.clip import _MODELS as OPENAI_URLS
-
 from ..errors import InputError, one_line
 from ..files import write_atomic
 from ..options import CLIP_ARCHS
+
+#: OpenAI's release of each supported architecture, as the `clip` package lists them (its `_MODELS`; a test
+#: keeps the two equal): its SHA-256 is part of the URL. Not imported from there: importing `clip` imports
+#: torchvision and torch._dynamo, 200 MB and 2 s that a process running only lite0 never needs.
+OPENAI_URLS = {
+    "RN50": "https://openaipublic.azureedge.net/clip/models/"
+            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    "RN101": "https://openaipublic.azureedge.net/clip/models/"
+             "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/"
+                "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+}
 
 #: The hub revision to fetch. The file's SHA-256 is checked whatever revision serves it.
 REVISION = "main"

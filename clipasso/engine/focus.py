@@ -114,9 +114,9 @@ _cascade_lock = threading.Lock()
 @lru_cache(maxsize=1)
 def _face_cascade() -> cv2.CascadeClassifier | None:
     """OpenCV's frontal-face cascade, which its 4.x wheels ship (pyproject pins them); None without it."""
-    data = getattr(cv2, "data", None)
-    cascade = cv2.CascadeClassifier(str(Path(getattr(data, "haarcascades", "")) / CASCADE))
-    if cascade.empty():
+    data, classifier = getattr(cv2, "data", None), getattr(cv2, "CascadeClassifier", None)
+    cascade = None if classifier is None else classifier(str(Path(getattr(data, "haarcascades", "")) / CASCADE))
+    if cascade is None or cascade.empty():
         log.warning("OpenCV has no %s here: faces are not looked for", CASCADE)
         return None
     return cascade

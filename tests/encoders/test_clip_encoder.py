@@ -5,6 +5,8 @@ Random weights: these check shapes, ranges, gradients and error handling, never 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -170,3 +172,10 @@ def test_bad_files_give_one_line_errors(tmp_path, checkpoints):
     assert "unknown CLIP architecture" in _one_line_input_error(
         lambda: load_clip("RN50x4", "cpu", checkpoints["RN", False])
     )
+
+
+def test_the_clip_package_is_imported_only_for_a_clip_model():
+    """Importing the engine and the server does not import `clip` (and torchvision with it: 200 MB)."""
+    code = "import sys, clipasso.engine, clipasso.server.app; print(sorted({'clip', 'torchvision'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

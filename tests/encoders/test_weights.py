@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,11 @@ from clipasso.encoders.weights import (
     readiness,
     resolve_clip_weights,
 )
+from clipasso.options import CLIP_ARCHS
+
+with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
+    warnings.simplefilter("ignore")
+    from clip.clip import _MODELS
 
 RN101 = HUB_WEIGHTS["RN101"]
 RN50 = HUB_WEIGHTS["RN50"]
@@ -272,3 +278,8 @@ def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, 
         models = {m["name"]: m for m in client.get("/health").json()["models"]}
         assert models["clip:RN101"]["state"] == "cached" and models["clip:RN50"]["state"] == "downloadable"
     server.stop()
+
+
+def test_openai_releases_are_the_clip_packages():
+    """The table is kept here so that the `clip` package (and torchvision) is imported only for CLIP."""
+    assert {arch: _MODELS[arch] for arch in CLIP_ARCHS} == weights.OPENAI_URLS
