@@ -55,6 +55,20 @@ def test_transparency_becomes_white_paper():
     assert im.getpixel((0, 0)) == (0, 0, 0)
 
 
+def test_transparency_is_kept_as_the_subjects_outline():
+    """A cut-out keeps its alpha beside the RGB (subject focus reads it); an opaque one has none. A cut-out
+    already in memory is composited on white too, not on the black under its transparent pixels."""
+    rgba = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    rgba.paste((200, 30, 30, 255), (16, 8, 48, 40))
+    photo = load_photo(png_bytes(rgba))
+    assert photo.alpha is not None and photo.alpha.mode == "L"
+    assert np.array_equal(np.asarray(photo.alpha), np.asarray(rgba.getchannel("A")))
+    assert images.Photo.of(rgba).image.getpixel((0, 0)) == (255, 255, 255)
+    assert np.array_equal(np.asarray(images.Photo.of(rgba).alpha), np.asarray(rgba.getchannel("A")))
+    assert load_photo(png_bytes(rgba.convert("RGB").convert("RGBA"))).alpha is None
+    assert load_photo(png_bytes(Image.fromarray(data.chelsea()))).alpha is None
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "CMYK", "I;16", "LA", "1"])
 def test_modes_are_converted(mode):
     base = Image.fromarray(data.camera()[:64, :64])

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from extension_support import import_extension
+from PIL import Image
 
 from clipasso.engine import sketch
 from clipasso.images import load_photo
@@ -49,6 +50,23 @@ def test_a_job_runs_with_the_real_engine(store, server_photo_png):
     svg = store.result_svg(job.id)
     assert svg.count("<path") == 4
     assert paths(store.preview_svg(job.id)) == paths(svg)  # the preview shows the final strokes
+
+
+def test_a_cut_out_keeps_its_transparency_in_the_store(store, server_photo_png):
+    """Subject focus reads a photo's alpha: the store keeps it beside the photo, and gives it back."""
+    rgba = Image.open(io.BytesIO(server_photo_png)).convert("RGBA")
+    alpha = Image.new("L", rgba.size, 0)
+    alpha.paste(255, (10, 10, rgba.width - 10, rgba.height - 10))
+    rgba.putalpha(alpha)
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    cut_out = store.submit(buffer.getvalue(), QUICK)
+    plain = store.submit(server_photo_png, QUICK)
+    photo = store.photo(store.get(cut_out["id"]))
+    assert np.array_equal(np.asarray(photo.alpha), np.asarray(alpha))
+    assert (store.job_dir(cut_out["id"]) / "alpha.png").exists()
+    assert store.photo(store.get(plain["id"])).alpha is None
+    assert not (store.job_dir(plain["id"]) / "alpha.png").exists()
 
 
 def test_a_failing_job_fails_alone_with_its_reason(store, server_photo_png):
