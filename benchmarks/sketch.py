@@ -6,6 +6,8 @@
   random weights cost the same, so a random RN101 is saved to a temporary file and loaded through the real
   loader. It runs `--rn101-iterations` steps and projects the preset's full run from them (random weights
   say nothing about when the loss would settle, so early stopping is not projected).
+- `--against CHECKOUT`: the `lite0` configuration with this checkout's package and an earlier one's, in
+  alternation, and the ratio of their median times (wall and CPU).
 - `paper`: the paper preset's projected time (per-iteration time at its 4 augmentations x 2000 iterations
   x 3 seeds) for each encoder, and its ratio to the default preset.
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+#: --against runs the same configuration with the package of another checkout (see main).
+sys.path.insert(0, os.environ.get("CLIPASSO_SOURCE", str(ROOT)))
 
 
 def peak_rss_mb() -> float:
@@ -64,9 +68,9 @@ def run_one(config: str, threads: int, iterations: int | None, preset: str) -> d
         random_rn101(tmp)
         opts = SketchOptions(strokes=16, encoder="clip:RN101", weights=str(tmp), device="cpu", preset=preset,
                              iterations=iterations, seeds=1)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     result = sketch(photo, opts)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     n = result.iterations
     per_it = {k: round(1000 * result.timings[k] / n, 1) for k in ("render", "forward", "backward")}
     per_it["total"] = round(sum(per_it.values()), 1)
@@ -76,15 +80,34 @@ def run_one(config: str, threads: int, iterations: int | None, preset: str) -> d
         extra["projected_s"] = round(fixed + per_it["total"] / 1000 * p.iterations * p.seeds, 1)
     return {
         "config": config, "preset": preset, "strokes": 16, "threads": threads, "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2), "loss": round(result.loss, 4),
         "iterations": n, "per_iteration_ms": per_it, "load_s": round(result.timings["load"], 2),
         "init_s": round(result.timings["init"], 2), "peak_rss_mb": round(peak_rss_mb()), **extra,
         "load_average": round(os.getloadavg()[0], 2),
     }
 
 
-def child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+def child(args: list[str], source: str | None = None) -> dict:
+    """One configuration in a process of its own, with this checkout's package or the one at `source`."""
+    env = dict(os.environ, **({"CLIPASSO_SOURCE": source} if source else {}))
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(threads: str, against: str, rounds: int) -> None:
+    """The default lite0 sketch with this checkout and with `against`'s, alternately (the machine's load
+    drifts), and the ratios of their median wall and CPU times."""
+    runs: dict[str, list[dict]] = {"this": [], "against": []}
+    for _ in range(rounds):
+        for name, source in (("against", against), ("this", None)):
+            row = child(["lite0", threads, "0", "default"], source)
+            runs[name].append(row)
+            print(json.dumps({"checkout": name, **row}), flush=True)
+    med = {name: {k: statistics.median(r[k] for r in rows) for k in ("wall_s", "cpu_s")} for name, rows in runs.items()}
+    print(json.dumps({"config": "lite0-vs", "against": against, "rounds": rounds, "median": med,
+                      "wall_ratio": round(med["this"]["wall_s"] / med["against"]["wall_s"], 2),
+                      "cpu_ratio": round(med["this"]["cpu_s"] / med["against"]["cpu_s"], 2)}), flush=True)
 
 
 def main() -> None:
@@ -93,6 +116,9 @@ def main() -> None:
     ap.add_argument("--rn101-iterations", type=int, default=10)
     ap.add_argument("--paper-iterations", type=int, default=10, help="steps measured for the paper projection")
     ap.add_argument("--only", choices=("lite0", "rn101", "paper"))
+    ap.add_argument("--against", metavar="CHECKOUT", help="a checkout of an earlier commit: run the default lite0 "
+                    "sketch with its package and this one's alternately, and print the ratio (then nothing else)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations for --against (default 3)")
     ap.add_argument("--child", nargs=4, metavar=("CONFIG", "THREADS", "ITERATIONS", "PRESET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -100,6 +126,9 @@ def main() -> None:
         print(json.dumps(run_one(config, int(threads), int(iters) or None, preset)))
         return
     t = str(args.threads)
+    if args.against:
+        compare(t, str(Path(args.against).resolve()), args.rounds)
+        return
     results = {}
     if args.only in (None, "lite0"):
         results["lite0"] = child(["lite0", t, "0", "default"])
