@@ -71,7 +71,8 @@ def replace_weak_strokes(
     points: (R, N, 4, 2) strokes, changed in place; widths: (R, N); kept: None or (R, S, S) the artist's
     kept paths each sketch is drawn over; views: (R,) each run's plain view in `loss`. A stroke's worth is
     how much the plain-view loss rises without it. The weakest quarter (those worth less than half the
-    median stroke) are laid again, along contours, where the subject-weighted feature error is largest;
+    median stroke) are laid again, along contours, where the subject-weighted feature error is largest (never
+    the artist's strokes to refine, which come first);
     `each` (map, or a thread pool's) lays the runs' strokes. Returns how many strokes moved in each run.
     """
     runs, n = points.shape[:2]
@@ -89,11 +90,13 @@ def replace_weak_strokes(
     errors = loss.error_maps(full, views).cpu().numpy()
 
     def fresh_strokes(r: int) -> tuple[list[int], Tensor | None]:
+        target = targets[r]
         threshold = 0.5 * float(worth[r].median())
-        weak = [i for i in worth[r].argsort()[: n // 4].tolist() if float(worth[r, i]) < threshold]
+        mine = 0 if target.refine is None else len(target.refine)  # the artist's strokes move by the loss only
+        weak = [i for i in worth[r].argsort().tolist() if i >= mine][: n // 4]
+        weak = [i for i in weak if float(worth[r, i]) < threshold]
         if not weak:
             return weak, None
-        target = targets[r]
         wanted = target.prob * errors[r]
         wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
         return weak, traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generators[r])
