@@ -1,14 +1,16 @@
 """The step that engine/graphs.py captures as one CUDA graph, checked where CUDA cannot be: a replay reads
-and writes the memory the capture saw, so the step must change the batch's state in place, and give the
-sketch the step gives as it is."""
+and writes the memory the capture saw, so the step must change the batch's state in place, ask the host
+nothing (an operation that waits for the device's answer cannot be captured), and give the sketch the step
+gives as it is."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from operations import Operations
 from PIL import Image
 from skimage import data
-import torch
 from torch import Tensor
 
 from clipasso.engine import optimise, sketch
@@ -18,7 +20,8 @@ from clipasso.options import SketchOptions
 
 class InPlaceGraph:
     """Stands in for StepGraph on a CPU: runs the step, and checks that every tensor of the batch's state is
-    still the one it was (a rebound tensor is one a replay would never see again)."""
+    still the one it was (a rebound tensor is one a replay would never see again) and that no operation
+    waited for the device."""
 
     steps = 0
 
@@ -28,10 +31,12 @@ class InPlaceGraph:
     def __call__(self, layout) -> bool:
         batch = self.body.__self__
         before = state(batch)
-        self.body()
+        with Operations() as ops:
+            self.body()
         after = state(batch)
         rebound = [name for name in before if after[name] is not before[name]]
         assert not rebound, f"the step rebinds {rebound}"
+        assert not ops.host_waits() and len(ops.names) > 100, ops.host_waits()
         InPlaceGraph.steps += 1
         return True
 

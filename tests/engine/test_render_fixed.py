@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from operations import Operations
 
 from clipasso.engine.render import fixed_window, render_batch
 
@@ -125,6 +126,17 @@ def test_shapes_do_not_depend_on_the_strokes() -> None:
     for name in ("inside", "long"):
         tiles = render_batch(cases[name], 48, 40, 3.0, backend="tiles")
         assert (render_batch(cases[name], 48, 40, 3.0, backend="fixed") - tiles).abs().max() <= 0.1
+
+
+def test_asks_the_host_nothing() -> None:
+    """Forward and backward without an operation that waits for the device (the tiles have several)."""
+    points = torch.rand(2, 5, 4, 2, generator=torch.Generator().manual_seed(7)) * 40
+    for backend, waits in (("fixed", False), ("tiles", True)):
+        p, w = points.clone().requires_grad_(), torch.full((2, 5), 3.0, requires_grad=True)
+        with Operations() as ops:
+            image = render_batch(p, 40, 40, w, backend=backend, widest=3.0)
+            torch.autograd.grad(image.square().sum(), (p, w))
+        assert bool(ops.host_waits()) == waits, ops.host_waits()
 
 
 def test_window_holds_the_widest_stroke_and_canvases_smaller_than_a_window() -> None:
