@@ -76,7 +76,8 @@ def render(
     n = points.shape[0]
     widths = _per_stroke(stroke_width, 1, n, points)
     alphas = None if opacity is None else _per_stroke(opacity, 1, n, points)
-    return render_batch(points[None], height, width, widths, alphas, backend)[0]
+    widest = None if isinstance(stroke_width, Tensor) else float(stroke_width)
+    return render_batch(points[None], height, width, widths, alphas, backend, widest)[0]
 
 
 def render_batch(
