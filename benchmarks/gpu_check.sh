@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fixed rasterizer and the whole-step CUDA graph on a GPU, in one run of under 5 minutes (an H100):
+# The fixed rasterizer and the whole-step CUDA graph on a GPU, in one run of at most 250 s (an H100):
 # first the fixed rasterizer against the tiles (renders, gradients, capture, host syncs, speed) and a short
 # sketch with and without graphs (benchmarks/raster_check.py), then benchmarks/gpu.py with the fixed
 # rasterizer (all measurements) and with the tiles (single sketches and the service, to compare). JSON lines.
@@ -7,6 +7,6 @@
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-timeout 75 "$PYTHON" benchmarks/raster_check.py || echo '{"part": "raster_check", "exit": '$?'}'
-timeout 130 "$PYTHON" benchmarks/gpu.py --renderer fixed || echo '{"part": "gpu.py fixed", "exit": '$?'}'
-timeout 80 "$PYTHON" benchmarks/gpu.py --renderer tiles --only single,service || echo '{"part": "gpu.py tiles", "exit": '$?'}'
+timeout 60 "$PYTHON" benchmarks/raster_check.py || echo '{"part": "raster_check", "exit": '$?'}'
+timeout 120 "$PYTHON" benchmarks/gpu.py --renderer fixed || echo '{"part": "gpu.py fixed", "exit": '$?'}'
+timeout 70 "$PYTHON" benchmarks/gpu.py --renderer tiles --only single,service || echo '{"part": "gpu.py tiles", "exit": '$?'}'
