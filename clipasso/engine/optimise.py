@@ -294,11 +294,11 @@ class _Cohort:
         self.runs = runs
         targets = [r.sketch.target for r in runs]
         device = targets[0].device
-        self.raster = raster_for(targets[0].backend, device)
         self.points = torch.stack([r.start for r in runs]).requires_grad_(True)
         n = self.points.shape[1]
         self.widths = torch.tensor([t.stroke_width for t in targets], device=device)[:, None].expand(-1, n)
         self.widest = max(t.stroke_width for t in targets)  # known here: the fixed rasterizer need not ask the device
+        self.raster = raster_for(targets[0].backend, device, self.widest)
         kept = [t.kept for t in targets]  # the artist's kept paths each run's strokes are drawn over
         self.kept = None if all(k is None for k in kept) else torch.stack(
             [torch.ones(CANVAS, CANVAS, device=device) if k is None else k for k in kept])

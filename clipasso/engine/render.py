@@ -48,6 +48,10 @@ TILE = 8
 FIXED_SEGMENTS = 64
 #: Longest segment, px, whose whole ink the fixed rasterizer's window holds (see fixed_window).
 FIXED_SPAN = 10.0
+#: Widest window the fixed rasterizer takes, px: its work and memory grow with the window's area (about
+#: 1 GB for 32 sketches of 16 strokes at 16 px), so strokes wider than this allows (35 px) are drawn by the
+#: tiles even off the CPU.
+FIXED_MAX_WINDOW = 48
 
 #: "torch" is ours: the tiles on a CPU, the fixed rasterizer elsewhere (ACCELERATOR_RASTER); "tiles" and
 #: "fixed" name one of them wherever the points are.
@@ -112,17 +116,20 @@ def render_batch(
         ]
         return torch.stack(images) if images else points.new_ones(0, int(height), int(width))
     alphas = torch.ones_like(widths) if opacity is None else _per_stroke(opacity, b, n, points)
-    if raster_for(backend, points.device) == "fixed":
+    if raster_for(backend, points.device) == "fixed":  # for thin strokes: then ask how wide they are
         if widest is None:
             widest = float(stroke_width) if not isinstance(stroke_width, Tensor) else float(widths.detach().amax())
-        return _render_fixed(points, widths, alphas, int(height), int(width), fixed_window(widest))
+        if raster_for(backend, points.device, widest) == "fixed":
+            return _render_fixed(points, widths, alphas, int(height), int(width), fixed_window(widest))
     return _render_tiles(points, widths, alphas, int(height), int(width))
 
 
-def raster_for(backend: str, device: torch.device) -> str:
-    """The rasterizer that draws for `backend` on `device`: "tiles", "fixed" or "diffvg"."""
+def raster_for(backend: str, device: torch.device, widest: float = 0.0) -> str:
+    """The rasterizer that draws for `backend` on `device`, strokes up to `widest` px wide: "tiles", "fixed"
+    or "diffvg"."""
     if backend == "torch":
-        return "tiles" if device.type == "cpu" else ACCELERATOR_RASTER
+        too_wide = fixed_window(widest) > FIXED_MAX_WINDOW
+        return "tiles" if device.type == "cpu" or too_wide else ACCELERATOR_RASTER
     return backend
 
 

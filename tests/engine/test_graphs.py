@@ -68,7 +68,7 @@ def test_the_captured_step_changes_state_in_place_and_gives_the_same_sketches(ca
     run as they are; 0 and 3 are captured in the first layout, 5 to 7 in the second."""
     monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 2})
     monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
-    monkeypatch.setattr(optimise, "raster_for", lambda backend, device: "fixed")
+    monkeypatch.setattr(optimise, "raster_for", lambda *args: "fixed")
     requests = [SketchRequest(cat, SketchOptions(strokes=4, iterations=n, encoder="lite0", device="cpu"))
                 for n in (4, 8)]
     eager = sketch_batch(requests)

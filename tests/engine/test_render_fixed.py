@@ -17,7 +17,7 @@ import pytest
 import torch
 from operations import Operations
 
-from clipasso.engine.render import fixed_window, render_batch
+from clipasso.engine.render import fixed_window, raster_for, render_batch
 
 raster = importlib.import_module("clipasso.engine.render")  # the module: the package exports a function of that name
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "diffvg"
@@ -141,6 +141,10 @@ def test_asks_the_host_nothing() -> None:
 
 def test_window_holds_the_widest_stroke_and_canvases_smaller_than_a_window() -> None:
     assert fixed_window(3.0) == 16 and fixed_window(20.0) == 34
+    # Off the CPU the fixed one draws, up to a window of 48 px (strokes of 35 px); the CPU keeps the tiles.
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [raster_for("torch", cuda, w) for w in (3.0, 35.0, 36.0)] == ["fixed", "fixed", "tiles"]
+    assert raster_for("torch", cpu, 3.0) == "tiles" and raster_for("fixed", cpu) == "fixed"
     points = torch.tensor([[[[2.0, 3.0], [5.0, 8.0], [9.0, 2.0], [11.0, 9.0]]]])
     for width in (1.0, 12.0):
         fixed = render_batch(points, 10, 12, width, backend="fixed")
