@@ -2,8 +2,8 @@
 and shapes that do not follow the strokes.
 
 Measured (224 px, 3 px strokes; random strokes, a 16-stroke sketch, the dense random fixture): against the
-tiles, per-pixel max 0.072-0.083 and mean 4e-4-7e-4, gradient cosine 0.980-0.993 and relative error
-0.12-0.20. The tiles' own flattening (0.1 px) is most of it: against the tiles flattened to 0.002 px (the
+tiles, per-pixel max 0.072-0.085 and mean 4e-4-7e-4, gradient cosine 0.974-0.993 and relative error
+0.12-0.23. The tiles' own flattening (0.1 px) is most of it: against the tiles flattened to 0.002 px (the
 curve itself) the fixed renderer is within max 0.006-0.037, mean 1e-5-6e-4, cosine 0.997-0.999, relative
 error 0.04-0.07.
 """
