@@ -8,8 +8,9 @@
   batches of `--batch` (and, for comparison, a few jobs one at a time);
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
 
-`--no-graphs` runs without CUDA graphs (to measure what they gain), `--only` one kind of measurement,
-`--profile` where a step's time goes (torch.profiler over a short sketch: the operations that take the most
+`--no-graphs` runs without CUDA graphs (to measure what they gain), `--renderer tiles` with the tiled
+rasterizer off the CPU instead of the fixed one (whose steps are captured whole), `--only` some kinds of
+measurement (comma-separated), `--only profile` where a step's time goes (torch.profiler over a short sketch: the operations that take the most
 host time, and how often the host waited for the device).
 `--device cpu --small` runs the same code with small sizes (a tiny random CLIP in place of RN101 and of
 lite0 where many sketches are made, few iterations and jobs), so that the test suite smoke-tests it.
@@ -18,6 +19,7 @@ lite0 where many sketches are made, few iterations and jobs), so that the test s
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import statistics
@@ -42,6 +44,9 @@ from clipasso.options import SketchOptions  # noqa: E402
 from clipasso.server.jobs import JobStore  # noqa: E402
 from clipasso.server.schemas import FINAL_STATES  # noqa: E402
 from clipasso.server.worker import Worker  # noqa: E402
+
+#: The rasterizer module (the package exports a function of the same name).
+raster = importlib.import_module("clipasso.engine.render")
 
 PHOTO = ROOT / "examples" / "chelsea.jpg"
 #: A ResNet CLIP as (blocks per stage, width): RN101's own, and a tiny one for --small.
@@ -183,10 +188,16 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
     ap.add_argument("--batch", default="16", help="jobs per batch in the service measurement (several: 16,32)")
     ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
-    ap.add_argument("--only", choices=("single", "seeds", "service", "profile"))
+    ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
+                    help="the rasterizer off the CPU (the CPU always draws with the tiles)")
+    ap.add_argument("--only", help="some of single, seeds, service, profile (comma-separated)")
     args = ap.parse_args()
+    only = None if args.only is None else set(args.only.split(","))
+    if only is not None and not only <= {"single", "seeds", "service", "profile"}:
+        ap.error(f"--only takes single, seeds, service or profile, got {args.only}")
     device = args.device
     graphs.ENABLED = not args.no_graphs
+    raster.ACCELERATOR_RASTER = args.renderer
     if args.small:
         strokes, iterations, repeats, seeds, jobs, clip = 4, 2, 1, 2, 2, TINY
     else:
@@ -196,7 +207,8 @@ def main() -> None:
     photo.save(buf, format="PNG")
     png = buf.getvalue()
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small}), flush=True)
+    print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small,
+                      "renderer": raster.raster_for("torch", torch.device(device))}), flush=True)
     register_random_clip(device, *clip)
     warm = not args.small
     # The measurements of many sketches: lite0, or on a CPU smoke test the tiny CLIP (its photo side is cheap).
@@ -213,9 +225,9 @@ def main() -> None:
              for b in args.batch.split(",")]
     rows.append(("service", lambda: bench_service(png, device, many, strokes, iterations, max(2, jobs // 4), 1)))
     for kind, row in rows:
-        if args.only in (None, kind):
+        if only is None or kind in only:
             print(json.dumps(row()), flush=True)
-    if args.only == "profile":
+    if only is not None and "profile" in only:
         for line in profile(photo, device, strokes):
             print(json.dumps(line), flush=True)
 

@@ -1,14 +1,17 @@
-"""The loss's encoder pass, forward and backward, as a CUDA graph: one launch a step instead of hundreds.
+"""CUDA graphs for the optimisation's step: one launch a step instead of hundreds.
 
-A step's encoder forward and backward are several hundred small kernels; on a GPU their launches, not
-their arithmetic, set the pace. Captured once per batch shape and replayed, they cost about one launch.
-Off CUDA, or where capture fails (an encoder with an operation that cannot be captured), the loss runs
-as it is.
+A step is several hundred small kernels (the rasterizer, the encoder's forward and backward, Adam, the stop
+rules); on a GPU their launches, not their arithmetic, set the pace. Captured once and replayed, they cost
+about one launch. Where every stroke set of a batch is drawn by the fixed rasterizer, the whole step is
+one graph per batch layout (StepGraph); where one is not (the tiles and diffvg follow the strokes with
+their shapes, so they wait for the host), only the encoder's pass is (LossPass). Off CUDA, or where
+capture fails (an operation that cannot be captured), the step runs as it is, said once in the log.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable, Hashable
 
 import torch
 from torch import Tensor
@@ -20,19 +23,82 @@ log = logging.getLogger("clipasso.engine")
 
 #: Whether CUDA graphs are used where they can be (benchmarks switch it off to measure what they gain).
 ENABLED = True
+#: Steps run as they are before a capture: lazy initialisations (cuBLAS and cuDNN handles and plans, the
+#: caching allocator's first blocks) happen outside the graph, as PyTorch's docs ask.
+WARMUP_STEPS = 2
+
+_told: set[str] = set()  # the fallbacks already logged as warnings
+
+
+def available(device: torch.device) -> bool:
+    """Whether steps on `device` are captured where they can be."""
+    return ENABLED and device.type == "cuda"
+
+
+def _fall_back(what: str, exc: Exception) -> None:
+    """Log that `what` runs without CUDA graphs: a warning the first time in the process, then quietly."""
+    level = logging.DEBUG if what in _told else logging.WARNING
+    _told.add(what)
+    log.log(level, "CUDA graphs are not available for %s (%s); running without them", what, one_line(exc))
+
+
+class StepGraph:
+    """A whole optimisation step, `body()`, replayed as one CUDA graph per layout of the batch.
+
+    `body` must read and write only tensors that outlive it, and write them in place: a replay reads and
+    writes the memory the capture saw. The caller copies each step's inputs (the iteration, the augmentations)
+    into such tensors before calling, and names a new layout whenever it replaces any of them (runs left
+    the batch): the graph is then captured again, after WARMUP_STEPS steps run as they are.
+    """
+
+    def __init__(self, body: Callable[[], None]) -> None:
+        self.body = body
+        self.layout: Hashable = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
+        self.stream: torch.cuda.Stream | None = None
+
+    def __call__(self, layout: Hashable) -> bool:
+        """Run one step. False where it cannot be captured: the caller then runs its steps without graphs."""
+        if layout != self.layout:
+            self.layout, self.graph, self.warm = layout, None, 0  # the old graph's memory goes with it
+        if self.graph is None and self.warm < WARMUP_STEPS:
+            self._on_side_stream()
+            self.warm += 1
+            return True
+        if self.graph is None:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.body()  # recorded, not run: the state is as it was
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
+                _fall_back("the whole step", exc)
+                return False
+            self.graph = graph
+        self.graph.replay()
+        return True
+
+    def _on_side_stream(self) -> None:
+        """One step as it is, on a side stream, as PyTorch's docs warm up a capture."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self.body()
+        torch.cuda.current_stream().wait_stream(self.stream)
 
 
 class LossPass:
-    """Calls the loss on (B, S, S) renders, through a CUDA graph of the batch's shape where possible."""
+    """Calls the loss on (B, S, S) renders, through a CUDA graph of the batch's shape where `graphed`."""
 
-    def __init__(self, loss: SketchLoss, device: torch.device) -> None:
+    def __init__(self, loss: SketchLoss, graphed: bool) -> None:
         self.loss = loss
-        self.graphs = ENABLED and device.type == "cuda"
+        self.graphs = graphed
         self.shape: tuple | None = None
         self.graphed = None
 
     def __call__(self, renders: Tensor, plain: Tensor, picks: Tensor, owners: Tensor) -> tuple[Tensor, Tensor]:
-        """The total loss (backward reaches the renders) and each render's plain-view loss (detached)."""
+        """The total loss (its gradient reaches the renders) and each render's plain-view loss (detached)."""
         if not self.graphs:
             return self._eager(renders, plain, picks, owners)
         shape = (tuple(renders.shape), tuple(picks.shape))
@@ -43,8 +109,7 @@ class LossPass:
             try:
                 self.graphed = torch.cuda.make_graphed_callables(self._eager, sample)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
-                log.warning("CUDA graphs are not available for this encoder (%s); running without them",
-                            one_line(exc))
+                _fall_back("this encoder", exc)
                 self.graphs = False
                 return self._eager(renders, plain, picks, owners)
             self.shape = shape

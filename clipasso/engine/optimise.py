@@ -31,12 +31,12 @@ from ..encoders import Encoder, load_encoder, resolve_device
 from ..images import Photo
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .adam import BatchAdam
-from .graphs import LossPass
+from .graphs import LossPass, StepGraph, available
 from .init import STARTS
 from .ladder import build_ladder
 from .losses import SketchLoss
 from .relay import relay_iterations, replace_weak_strokes
-from .render import check_backend, render_batch
+from .render import check_backend, raster_for, render_batch
 from .stopping import STOP_RULES
 from .target import AUGMENTATION_BANK, Target, clamp, prepare_target
 
@@ -322,10 +322,11 @@ class _Cohort:
         self.runs = runs
         targets = [r.sketch.target for r in runs]
         device = targets[0].device
-        self.backend = targets[0].backend
         self.points = torch.stack([r.start for r in runs]).requires_grad_(True)
         n = self.points.shape[1]
         self.widths = torch.tensor([t.stroke_width for t in targets], device=device)[:, None].expand(-1, n)
+        self.widest = max(t.stroke_width for t in targets)  # known here: the fixed rasterizer need not ask the device
+        self.raster = raster_for(targets[0].backend, device, self.widest)
         kept = [t.kept for t in targets]  # the artist's kept paths each run's strokes are drawn over
         self.kept = None if all(k is None for k in kept) else torch.stack(
             [torch.ones(CANVAS, CANVAS, device=device) if k is None else k for k in kept])
@@ -342,25 +343,27 @@ class _Cohort:
         self.steps = torch.zeros(len(runs), dtype=torch.long, device=device)
 
     def render(self) -> Tensor:
-        ink = render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.backend)
+        ink = render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.raster, widest=self.widest)
         return ink if self.kept is None else ink * self.kept
 
-    def update(self, loss: Tensor) -> None:
+    # update and settle change the state in place: a step captured as a CUDA graph replays them.
+    def update(self, loss: Tensor, grad: Tensor) -> None:
         """After the backward pass: keep the best strokes (the loss is the points' before this step), step."""
         loss = loss.detach()
         better = self.active & (loss < self.best_loss)
-        self.best_loss = torch.where(better, loss, self.best_loss)
-        self.best_points = torch.where(better[:, None, None, None], self.points.detach(), self.best_points)
-        self.loss = loss
-        self.adam.step(self.points, self.points.grad)
+        self.best_loss.copy_(torch.where(better, loss, self.best_loss))
+        self.best_points.copy_(torch.where(better[:, None, None, None], self.points.detach(), self.best_points))
+        self.loss.copy_(loss)
+        self.adam.step(self.points, grad)
 
-    def settle(self, iteration: int) -> None:
-        """After re-laying: keep strokes on the photo, count the step, and end runs whose rule says so."""
+    def settle(self, iteration: Tensor) -> None:
+        """After re-laying: keep strokes on the photo, count the step, and end runs whose rule says so.
+        `iteration` is a tensor on the device (the step's clock)."""
         with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
             self.points.copy_(clamp(self.points, self.low, self.high))
         self.steps += self.active
         done = self.stop.done(iteration, self.loss)
-        self.active = self.active & ~done & (iteration < self.last)
+        self.active &= ~done & (iteration < self.last)
 
     def end(self, row: int, cancelled: bool = False) -> None:
         """Run `row` ends now (its result is what it has)."""
@@ -396,7 +399,16 @@ class _Batch:
         self.cohorts = [_Cohort(rs, [self.loss.plain_view(self.photo_of[id(r.sketch)]) for r in rs])
                         for rs in cohorts.values()]
         self.device = sketches[0].target.device
-        self.loss_pass = LossPass(self.loss, self.device)
+        # The whole step is one CUDA graph where every cohort's rasterizer has fixed shapes; otherwise the
+        # encoder's pass alone is (see graphs.py).
+        whole = available(self.device) and all(c.raster == "fixed" for c in self.cohorts)
+        self.step_graph = StepGraph(self._graphed_step) if whole else None
+        self.loss_pass = LossPass(self.loss, graphed=available(self.device) and not whole)
+        # What a step reads besides the cohorts, in tensors that outlive it (a captured step reads them):
+        # the iteration, and this step's augmentations and the run each warps (see _plan).
+        self.clock = torch.zeros((), dtype=torch.long, device=self.device)
+        self.picks: Tensor | None = None
+        self.owners: Tensor | None = None
         self.chunk = RELAY_CHUNK.get(self.device.type, RELAY_CHUNK_DEFAULT)
         self.timings = {"render": 0.0, "forward": 0.0, "backward": 0.0}
         self.schedule: Tensor | None = None  # (iterations, M) augmentations drawn ahead, see _plan
@@ -429,23 +441,48 @@ class _Batch:
     def _step(self, iteration: int) -> None:
         if iteration > self.planned[1]:
             self._plan(iteration)
+        self.picks.copy_(self.schedule[iteration - self.planned[0]])
+        self.clock.fill_(iteration)
+        if self.step_graph is not None and not self._relay_due(iteration):
+            t = time.perf_counter()
+            if self.step_graph(self._layout()):
+                self.timings["forward"] += time.perf_counter() - t  # the whole step, as the host sees it
+                return
+            self.step_graph = None  # it cannot be captured: the encoder's pass alone may be
+            self.loss_pass = LossPass(self.loss, graphed=True)
+        for name, seconds in zip(("render", "forward", "backward"), self._descend()):
+            self.timings[name] += seconds
+        self._relay(iteration)
+        for c in self.cohorts:
+            c.settle(self.clock)
+
+    def _descend(self) -> tuple[float, float, float]:
+        """Render, loss, gradients and each cohort's update; how long the host spent on the first three."""
         t = time.perf_counter()
         renders = torch.cat([c.render() for c in self.cohorts])
         t1 = time.perf_counter()
         plain = torch.cat([c.views for c in self.cohorts])
-        total, losses = self.loss_pass(renders, plain, self.schedule[iteration - self.planned[0]], self.owners)
+        total, losses = self.loss_pass(renders, plain, self.picks, self.owners)
         t2 = time.perf_counter()
-        for c in self.cohorts:
-            c.points.grad = None
-        total.backward()
+        grads = torch.autograd.grad(total, [c.points for c in self.cohorts])
         t3 = time.perf_counter()
-        for c, loss in zip(self.cohorts, losses.split([len(c.runs) for c in self.cohorts])):
-            c.update(loss)
-        self._relay(iteration)
+        for c, loss, grad in zip(self.cohorts, losses.split([len(c.runs) for c in self.cohorts]), grads):
+            c.update(loss, grad)
+        return t1 - t, t2 - t1, t3 - t2
+
+    def _graphed_step(self) -> None:
+        """A step without re-laying (which the host does), as StepGraph captures and replays it."""
+        self._descend()
         for c in self.cohorts:
-            c.settle(iteration)
-        for name, seconds in (("render", t1 - t), ("forward", t2 - t1), ("backward", t3 - t2)):
-            self.timings[name] += seconds
+            c.settle(self.clock)
+
+    def _layout(self) -> tuple:
+        """What a captured step depends on besides tensor values: the cohorts and their runs (a cohort that
+        keeps fewer runs replaces its tensors) and the number of augmentations."""
+        return tuple((id(c), len(c.runs)) for c in self.cohorts) + (len(self.picks),)
+
+    def _relay_due(self, iteration: int) -> bool:
+        return any(iteration in r.relay_at for c in self.cohorts for r in c.runs)
 
     def _plan(self, iteration: int) -> None:
         """Draw every run's augmented views ahead, as far as the nearest re-laying or end, and send them to
@@ -457,7 +494,11 @@ class _Batch:
         offsets = [self.photo_of[id(r.sketch)] * self.loss.bank for r in runs]
         self.schedule = torch.stack([torch.cat([r.picks[i] + o for r, o in zip(runs, offsets)])
                                      for i in range(iteration, last + 1)]).to(self.device)
-        self.owners = torch.cat([torch.full((len(r.picks[iteration]),), k) for k, r in enumerate(runs)]).to(self.device)
+        owners = torch.cat([torch.full((len(r.picks[iteration]),), k) for k, r in enumerate(runs)]).to(self.device)
+        if self.owners is None or self.owners.shape != owners.shape:
+            self.owners, self.picks = owners, torch.empty_like(owners)  # a new layout (see _layout)
+        else:
+            self.owners.copy_(owners)
         self.planned = (iteration, last)
 
     def _relay(self, iteration: int) -> None:

@@ -12,11 +12,17 @@ the overlap of a 1 px box, centred at the pixel's distance to the stroke, with t
 matches diffvg's 2x2 supersampled box filter closely. Strokes are black and composited "over" white
 paper: image = prod_i (1 - opacity_i * coverage_i). The backward pass is analytic and sparse (see
 _Raster), which is what makes it fast on a CPU.
+
+The tiles' work follows the strokes, so its shapes change with them: counted on the host, a sync or more a
+step, which on a GPU costs more than the arithmetic and rules out CUDA graphs. On accelerators the
+"fixed" rasterizer draws the same coverage with shapes that depend only on (B, N, height, width): a fixed
+number of segments per stroke, each evaluated on a fixed window of pixels around it (_render_fixed).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -34,7 +40,24 @@ MAX_SEGMENTS = 256
 #: Tile side, px.
 TILE = 8
 
-BACKENDS = ("torch", "diffvg")
+#: The fixed rasterizer: segments per stroke, uniform in t. A stroke's speed |B'| is at most 3 times its
+#: longest control leg, and a uniform step 1/K keeps the chord within |B''| / (8 K^2) of the curve: with
+#: 64, every segment of a stroke whose control legs are under 213 px (any stroke within the 224 px canvas
+#: that does not fold back on itself) is under FIXED_SPAN, and the polyline is within 0.1 px of any
+#: cubic whose second differences |P0 - 2 P1 + P2|, |P1 - 2 P2 + P3| are under 546 px.
+FIXED_SEGMENTS = 64
+#: Longest segment, px, whose whole ink the fixed rasterizer's window holds (see fixed_window).
+FIXED_SPAN = 10.0
+#: Widest window the fixed rasterizer takes, px: its work and memory grow with the window's area (about
+#: 1 GB for 32 sketches of 16 strokes at 16 px), so strokes wider than this allows (35 px) are drawn by the
+#: tiles even off the CPU.
+FIXED_MAX_WINDOW = 48
+
+#: "torch" is ours: the tiles on a CPU, the fixed rasterizer elsewhere (ACCELERATOR_RASTER); "tiles" and
+#: "fixed" name one of them wherever the points are.
+BACKENDS = ("torch", "diffvg", "tiles", "fixed")
+#: What "torch" draws with off the CPU (benchmarks set "tiles" to compare the two).
+ACCELERATOR_RASTER = "fixed"
 
 
 def render(
@@ -57,7 +80,8 @@ def render(
     n = points.shape[0]
     widths = _per_stroke(stroke_width, 1, n, points)
     alphas = None if opacity is None else _per_stroke(opacity, 1, n, points)
-    return render_batch(points[None], height, width, widths, alphas, backend)[0]
+    widest = None if isinstance(stroke_width, Tensor) else float(stroke_width)
+    return render_batch(points[None], height, width, widths, alphas, backend, widest)[0]
 
 
 def render_batch(
@@ -67,10 +91,14 @@ def render_batch(
     stroke_width: float | Tensor = 3.0,
     opacity: Tensor | None = None,
     backend: str = "torch",
+    widest: float | None = None,
 ) -> Tensor:
     """Render B sketches at once: points (B, N, 4, 2) -> (B, height, width).
 
     stroke_width: a float, an (N,) or a (B, N) tensor; opacity: None, (N,) or (B, N).
+    widest: for the fixed rasterizer, at least the widest stroke (px): its window is sized from it. Where
+    it is None and stroke_width a tensor, the widths are read back from the device (a sync): a step that
+    must not wait, or that is captured in a CUDA graph, passes it.
     """
     if points.dim() != 4 or points.shape[-2:] != (4, 2):
         raise ValueError(f"points must be (B, N, 4, 2), got {tuple(points.shape)}")
@@ -88,7 +116,21 @@ def render_batch(
         ]
         return torch.stack(images) if images else points.new_ones(0, int(height), int(width))
     alphas = torch.ones_like(widths) if opacity is None else _per_stroke(opacity, b, n, points)
+    if raster_for(backend, points.device) == "fixed":  # for thin strokes: then ask how wide they are
+        if widest is None:
+            widest = float(stroke_width) if not isinstance(stroke_width, Tensor) else float(widths.detach().amax())
+        if raster_for(backend, points.device, widest) == "fixed":
+            return _render_fixed(points, widths, alphas, int(height), int(width), fixed_window(widest))
     return _render_tiles(points, widths, alphas, int(height), int(width))
+
+
+def raster_for(backend: str, device: torch.device, widest: float = 0.0) -> str:
+    """The rasterizer that draws for `backend` on `device`, strokes up to `widest` px wide: "tiles", "fixed"
+    or "diffvg"."""
+    if backend == "torch":
+        too_wide = fixed_window(widest) > FIXED_MAX_WINDOW
+        return "tiles" if device.type == "cpu" or too_wide else ACCELERATOR_RASTER
+    return backend
 
 
 def _per_stroke(value: float | Tensor, b: int, n: int, like: Tensor) -> Tensor:
@@ -125,6 +167,68 @@ def _render_tiles(points: Tensor, widths: Tensor, alphas: Tensor, height: int, w
     img = _Raster.apply(points.reshape(m, 4, 2), half, alphas.reshape(m), b, n, tiles_y, tiles_x)
     img = img.reshape(b, tiles_y, tiles_x, TILE, TILE).permute(0, 1, 3, 2, 4)
     return img.reshape(b, tiles_y * TILE, tiles_x * TILE)[:, :height, :width]
+
+
+def fixed_window(widest: float) -> int:
+    """Side (px, even) of the fixed rasterizer's window for strokes up to `widest` px wide.
+
+    A window centred on a segment's midpoint (rounded to a pixel) holds every pixel centre within
+    side/2 - 1 of it; a segment's ink reaches |e|/2 + w/2 + 0.5 from its midpoint. So a side of
+    FIXED_SPAN + w + 3 holds all the ink of segments up to FIXED_SPAN long: 16 px for 3 px strokes.
+    """
+    return 2 * math.ceil((FIXED_SPAN + max(float(widest), 0.0) + 3) / 2)
+
+
+def _render_fixed(points: Tensor, widths: Tensor, alphas: Tensor, height: int, width: int, side: int) -> Tensor:
+    """The tiles' image with shapes fixed by (B, N, height, width, side): no host syncs, capturable in a
+    CUDA graph, differentiable through autograd.
+
+    Each stroke is cut into FIXED_SEGMENTS segments uniform in t; each segment's distances are computed on
+    a side x side window around its midpoint (kept inside the image); each stroke's coverage of a pixel is
+    the largest over its segments (coverage falls with distance, so this is the coverage at the nearest
+    segment), gathered into a dense (B, N, pixels) buffer; the strokes are then composited densely.
+    """
+    b, n = points.shape[:2]
+    dev, dtype = points.device, points.dtype
+    if n == 0:
+        return points.new_ones(b, height, width)
+    # The buffer is at least a window large, so that a window always fits in it.
+    rows, cols = max(height, side), max(width, side)
+    t = torch.linspace(0, 1, FIXED_SEGMENTS + 1, device=dev, dtype=dtype)
+    vertices = torch.einsum("kj,bnjd->bnkd", _bernstein(t), points)  # (B, N, K + 1, 2)
+    a = vertices[:, :, :-1]
+    e = vertices[:, :, 1:] - a
+    # Window origins: centred on each segment's midpoint, kept inside the buffer (not differentiated).
+    mid = torch.nan_to_num((a + 0.5 * e).detach())  # a NaN stroke draws nothing, and indexes nothing wrong
+    ox = torch.floor(mid[..., 0] - side / 2 + 0.5).clamp(0, cols - side)
+    oy = torch.floor(mid[..., 1] - side / 2 + 0.5).clamp(0, rows - side)
+    pix = torch.arange(side, device=dev, dtype=dtype) + 0.5
+    # Window pixel (j, i) is pixel (oy + j, ox + i); distances are taken from the segment's start.
+    dx = (ox - a[..., 0])[..., None, None] + pix[None, :]  # (B, N, K, 1, side)
+    dy = (oy - a[..., 1])[..., None, None] + pix[:, None]  # (B, N, K, side, 1)
+    ex, ey = e[..., 0, None, None], e[..., 1, None, None]
+    inv = 1.0 / (ex * ex + ey * ey).clamp(min=1e-12)
+    along = ((dx * ex + dy * ey) * inv).clamp(0, 1)
+    qx, qy = dx - along * ex, dy - along * ey
+    # Kept off 0, where sqrt's gradient is infinite (and unused: the pixel is on the centre line).
+    d = (qx * qx + qy * qy).clamp(min=1e-12).sqrt()
+    cover = _band((widths * 0.5).clamp(min=0)[..., None, None, None], d)[0].nan_to_num(0.0)
+    step = torch.arange(side, device=dev)
+    index = (oy.long()[..., None, None] + step[:, None]) * cols + ox.long()[..., None, None] + step[None, :]
+    coverage = torch.zeros(b, n, rows * cols, device=dev, dtype=dtype).scatter_reduce(
+        2, index.reshape(b, n, -1), cover.reshape(b, n, -1), reduce="amax", include_self=False)
+    image = _product(1 - alphas[..., None] * coverage)
+    return image.reshape(b, rows, cols)[:, :height, :width]
+
+
+def _product(trans: Tensor) -> Tensor:
+    """(B, N, P) -> (B, P): the product over N by pairwise halving. Not torch.prod: its backward asks the
+    host whether any factor is 0 (a sync, which a CUDA graph cannot hold)."""
+    while trans.shape[1] > 1:
+        if trans.shape[1] % 2:
+            trans = torch.cat([trans, torch.ones_like(trans[:, :1])], dim=1)
+        trans = trans[:, 0::2] * trans[:, 1::2]
+    return trans[:, 0]
 
 
 def _bernstein(t: Tensor) -> Tensor:
@@ -213,10 +317,15 @@ def _coverage(r: Tensor, d2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Area coverage of a band of half width r by a 1 px box at distance d: the overlap of
     [d - 0.5, d + 0.5] with [-r, r]; and where it ramps. Its far-edge term ramps where
     0 < r + 0.5 - d < 1 and, for strokes thinner than a pixel, its near-edge term where 0 < 0.5 - r - d < 1."""
-    d = d2.sqrt()
-    outer, inner = r + 0.5 - d, 0.5 - r - d
-    cover = outer.clamp(0, 1) - inner.clamp(0, 1)
+    cover, outer, inner = _band(r, d2.sqrt())
     return cover, (outer > 0) & (outer < 1), (inner > 0) & (inner < 1)
+
+
+def _band(r: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The coverage model: the overlap of [d - 0.5, d + 0.5] with [-r, r]; and its far-edge and near-edge
+    terms r + 0.5 - d and 0.5 - r - d (each counts where it lies in (0, 1))."""
+    outer, inner = r + 0.5 - d, 0.5 - r - d
+    return outer.clamp(0, 1) - inner.clamp(0, 1), outer, inner
 
 
 def _composite(trans: Tensor, cell_tile: Tensor, tiles: int) -> tuple[Tensor, Tensor]:

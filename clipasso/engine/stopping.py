@@ -1,7 +1,9 @@
 """When a run's optimisation ends before its last iteration: small stop rules, one per preset.
 
 Each rule judges a whole batch of runs at once on their device, fed the plain-view losses of each step
-as a tensor: deciding needs no copy of the losses to the host, so a GPU is never made to wait for it.
+as a tensor: deciding needs no copy of the losses to the host, so a GPU is never made to wait for it. The
+iteration may be a tensor on the device too, and the rules change their state in place: a step captured
+in a CUDA graph replays them (engine/graphs.py).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ class Plateau:
         """Run `run`'s strokes were moved: give them PATIENCE iterations to settle."""
         self.last_gain_at[run] = iteration
 
-    def done(self, iteration: int, loss: Tensor) -> Tensor:
+    def done(self, iteration: int | Tensor, loss: Tensor) -> Tensor:
         """(B,) bool: which runs stop after this iteration, given its (B,) plain-view losses."""
         loss = loss.detach().to(self.best.dtype)
         gain = loss < self.best * (1 - MIN_IMPROVEMENT)
-        self.last_gain_at = torch.where(gain, iteration, self.last_gain_at)
-        self.best = torch.minimum(self.best, loss)
+        self.last_gain_at.copy_(torch.where(gain, iteration, self.last_gain_at))
+        self.best.copy_(torch.minimum(self.best, loss))
         return (iteration - self.last_gain_at >= PATIENCE) & (iteration >= MIN_ITERATIONS)
 
     def keep(self, rows: Tensor) -> None:
@@ -59,20 +61,20 @@ class ReferenceStop:
 
     def __init__(self, runs: int, device: torch.device) -> None:
         self.evals = torch.full((runs, 3), float("nan"), dtype=exact_dtype(device), device=device)
-        self.count = 0  # evaluations so far: the runs of a batch start together, so all have as many
+        self.count = torch.zeros(runs, dtype=torch.long, device=device)  # evaluations so far
 
     def restart(self, run: int, iteration: int) -> None:
         pass
 
-    def done(self, iteration: int, loss: Tensor) -> Tensor:
-        if iteration % EVAL_EVERY:
-            return torch.zeros(len(self.evals), dtype=torch.bool, device=self.evals.device)
-        self.evals = torch.cat([self.evals[:, 1:], loss.detach().to(self.evals.dtype)[:, None]], dim=1)
-        self.count += 1
-        return (self.evals.diff(dim=1).abs() < REFERENCE_TOLERANCE).all(dim=1) & (self.count >= 3)
+    def done(self, iteration: int | Tensor, loss: Tensor) -> Tensor:
+        due = torch.as_tensor(iteration, device=self.evals.device) % EVAL_EVERY == 0
+        shifted = torch.cat([self.evals[:, 1:], loss.detach().to(self.evals.dtype)[:, None]], dim=1)
+        self.evals.copy_(torch.where(due, shifted, self.evals))
+        self.count += due
+        return due & (self.evals.diff(dim=1).abs() < REFERENCE_TOLERANCE).all(dim=1) & (self.count >= 3)
 
     def keep(self, rows: Tensor) -> None:
-        self.evals = self.evals[rows]
+        self.evals, self.count = self.evals[rows], self.count[rows]
 
 
 STOP_RULES: dict[Stop, type[Plateau] | type[ReferenceStop]] = {Stop.PLATEAU: Plateau, Stop.REFERENCE: ReferenceStop}

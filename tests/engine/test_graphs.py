@@ -1,0 +1,93 @@
+"""The step that engine/graphs.py captures as one CUDA graph, checked where CUDA cannot be: a replay reads
+and writes the memory the capture saw, so the step must change the batch's state in place, ask the host
+nothing (an operation that waits for the device's answer cannot be captured), and give the sketch the step
+gives as it is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from operations import Operations
+from PIL import Image
+from skimage import data
+from torch import Tensor
+
+from clipasso.engine import SketchRequest, optimise, sketch_batch
+from clipasso.engine.stopping import STOP_RULES
+from clipasso.options import SketchOptions
+
+
+class InPlaceGraph:
+    """Stands in for StepGraph on a CPU: runs the step, and checks that every tensor of the batch's state is
+    still the one it was (a rebound tensor is one a replay would never see again), that the state is made
+    of the same tensors for as long as the batch names the same layout (a replay reads those the capture
+    saw), and that no operation waited for the device."""
+
+    steps = 0
+    layouts: list = []
+
+    def __init__(self, body) -> None:
+        self.body = body
+        self.layout, self.captured = None, {}
+
+    def __call__(self, layout) -> bool:
+        batch = self.body.__self__
+        before = state(batch)
+        if layout != self.layout:
+            self.layout, self.captured = layout, before
+            InPlaceGraph.layouts.append(layout)
+        stale = [name for name in before.keys() | self.captured.keys() if before.get(name) is not self.captured.get(name)]
+        assert not stale, f"the layout is the same, but not {stale}"
+        with Operations() as ops:
+            self.body()
+        after = state(batch)
+        rebound = [name for name in before if after[name] is not before[name]]
+        assert not rebound, f"the step rebinds {rebound}"
+        assert not ops.host_waits() and len(ops.names) > 100, ops.host_waits()
+        InPlaceGraph.steps += 1
+        return True
+
+
+@pytest.fixture(scope="module")
+def cat() -> Image.Image:
+    return Image.fromarray(data.chelsea()).resize((150, 100))
+
+
+def state(batch: optimise._Batch) -> dict[str, Tensor]:
+    tensors = {"clock": batch.clock, "picks": batch.picks, "owners": batch.owners}
+    for k, c in enumerate(batch.cohorts):
+        for part, obj in (("cohort", c), ("adam", c.adam), ("stop", c.stop)):
+            tensors |= {f"{k}.{part}.{name}": v for name, v in vars(obj).items() if isinstance(v, Tensor)}
+    return tensors
+
+
+def test_the_captured_step_changes_state_in_place_and_gives_the_same_sketches(cat, monkeypatch):
+    """Two sketches of 4 and 8 iterations, stepped as on a GPU: the first ends after iteration 3 and leaves
+    the batch (a new layout). Steps 1, 2 and 4 re-lay strokes (4 iterations: at 1 and 2; 8: at 2 and 4) and
+    run as they are; 0 and 3 are captured in the first layout, 5 to 7 in the second."""
+    monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 2})
+    monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
+    monkeypatch.setattr(optimise, "raster_for", lambda *args: "fixed")
+    requests = [SketchRequest(cat, SketchOptions(strokes=4, iterations=n, encoder="lite0", device="cpu"))
+                for n in (4, 8)]
+    eager = sketch_batch(requests)
+    monkeypatch.setattr(optimise, "available", lambda device: True)
+    monkeypatch.setattr(optimise, "StepGraph", InPlaceGraph)
+    InPlaceGraph.steps, InPlaceGraph.layouts = 0, []
+    graphed = sketch_batch(requests)
+    assert not [o for o in graphed if isinstance(o, Exception)]  # a failed check inside fails the sketches
+    assert InPlaceGraph.steps == 5 and len(InPlaceGraph.layouts) == 2
+    for g, e in zip(graphed, eager):  # as close as two runs as they are (a first run's arithmetic can differ)
+        assert g.loss == pytest.approx(e.loss, rel=1e-3) and g.iterations == e.iterations
+        assert np.abs(g.strokes - e.strokes).max() < 0.5
+
+
+@pytest.mark.parametrize("rule", STOP_RULES.values(), ids=lambda rule: rule.__name__)
+def test_stop_rules_change_state_in_place_and_read_the_iteration_from_the_device(rule):
+    losses = torch.linspace(5, 4, 30)[:, None] * torch.tensor([1.0, 1.0 + 1e-9])  # the second run settles
+    on_host, on_device = rule(2, torch.device("cpu")), rule(2, torch.device("cpu"))
+    kept = dict(vars(on_device))
+    for i, loss in enumerate(losses):
+        assert torch.equal(on_host.done(i, loss), on_device.done(torch.tensor(i), loss))
+    assert all(vars(on_device)[name] is value for name, value in kept.items() if isinstance(value, Tensor))
