@@ -1,19 +1,25 @@
 """The benchmarks' photos, all available offline, and the cell they are shown in on contact sheets.
 
-| name         | subject                              | source                                   | licence |
-| ------------ | ------------------------------------ | ---------------------------------------- | ------- |
-| chelsea      | a cat                                | scikit-image `data.chelsea`              | CC0 (Stefan van der Walt) |
-| ticotico     | a sparrow among leaves               | benchmarks/data/ticotico.jpg, from Inkscape's share/pixmaps | GPL, as Inkscape |
-| coffee       | a cup of coffee on a table           | scikit-image `data.coffee`               | CC0 (Rachel Michetti) |
-| coins        | Greek coins on a board (grey)        | scikit-image `data.coins`                | no known copyright restrictions (Brooklyn Museum) |
-| astronaut    | Eileen Collins, a flag behind her    | scikit-image `data.astronaut`            | public domain (NASA) |
-| camera       | a man with a camera on a tripod (grey) | scikit-image `data.camera`             | CC0 (Lav Varshney) |
-| grace_hopper | Grace Hopper in uniform, a flag behind | benchmarks/data/grace_hopper.jpg, from matplotlib's sample data | public domain (US Navy) |
-| ascent       | people climbing an outdoor stair (grey) | PyWavelets `pywt.data.ascent`         | public domain (public-domain-image.com) |
-| motorcycle   | a motorcycle in a cluttered workshop | scikit-image `data.stereo_motorcycle`    | Middlebury 2014 stereo data (Scharstein et al.), as scikit-image ships it |
-| rocket       | a rocket on its pad, gantry around it | scikit-image `data.rocket`              | public domain (SpaceX) |
-| china        | a pagoda among trees above a lake    | scikit-learn `load_sample_image`         | CC BY 2.0 (danielbuechele on Flickr) |
-| flower       | a dahlia before leaves               | scikit-learn `load_sample_image`         | CC BY 2.0 (vultilion on Flickr) |
+Each photo: its subject; where it comes from; its licence.
+- chelsea: a cat; scikit-image `data.chelsea`; CC0 (Stefan van der Walt).
+- ticotico: a sparrow among leaves; benchmarks/data/ticotico.jpg, from Inkscape's share/pixmaps; GPL, as
+  Inkscape.
+- coffee: a cup of coffee on a table; scikit-image `data.coffee`; CC0 (Rachel Michetti).
+- coins: Greek coins on a board (grey); scikit-image `data.coins`; no known copyright restrictions
+  (Brooklyn Museum).
+- astronaut: Eileen Collins, a flag and a rocket behind her; scikit-image `data.astronaut`; public domain
+  (NASA).
+- camera: a man with a camera on a tripod (grey); scikit-image `data.camera`; CC0 (Lav Varshney).
+- grace_hopper: Grace Hopper in uniform, a flag behind her; benchmarks/data/grace_hopper.jpg, from
+  matplotlib's sample data; public domain (US Navy).
+- ascent: people climbing an outdoor stair (grey); PyWavelets `pywt.data.ascent`; public domain (from
+  public-domain-image.com).
+- motorcycle: a motorcycle in a cluttered workshop; scikit-image `data.stereo_motorcycle`; Middlebury 2014
+  stereo data (Scharstein et al.), as scikit-image ships it.
+- rocket: a rocket on its pad, gantries around it; scikit-image `data.rocket`; public domain (SpaceX).
+- china: a pagoda among trees above a lake; scikit-learn `load_sample_image`; CC BY 2.0 (danielbuechele
+  on Flickr).
+- flower: a dahlia before leaves; scikit-learn `load_sample_image`; CC BY 2.0 (vultilion on Flickr).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ import statistics
 import sys
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return found
 
 
-def make_sketches(photos: dict[str, Image.Image], base: SketchOptions, seeds: int):
+def make_sketches(photos: dict[str, Image.Image], base: SketchOptions,
+                  seeds: int) -> Iterator[tuple[str, int, SketchResult, float]]:
     """(photo, seed, result, seconds) for each photo and seed, as each is ready (all at once on a GPU)."""
     jobs = [(name, s) for name in photos for s in range(seeds)]
     if base.device.startswith("cuda"):
@@ -218,16 +220,17 @@ def make_sketches(photos: dict[str, Image.Image], base: SketchOptions, seeds: in
         yield name, s, result, time.perf_counter() - t
 
 
-def spread(values: list[float], worst=min) -> dict[str, float]:
+def spread(values: list[float], worst: typing.Callable = min) -> dict[str, float]:
     return {"worst": round(worst(values), 4), "median": round(statistics.median(values), 4)}
 
 
 def contact_sheet(photos: dict[str, Image.Image], rows: dict[str, list[dict]],
                   drawings: dict[tuple[str, int], Image.Image], seeds: int) -> Image.Image:
     """One row per photo: the photo, then its worst, median and best seed's sketch (by margin)."""
-    picks = [("worst", 0), ("median", seeds // 2), ("best", seeds - 1)][: min(seeds, 3)]
-    if seeds == 2:
-        picks = [("worst", 0), ("best", 1)]
+    if seeds >= 3:
+        picks = [("worst", 0), ("median", seeds // 2), ("best", seeds - 1)]
+    else:
+        picks = [("worst", 0), ("best", 1)][:seeds]
     cell = SHEET_CELL
     sheet = Image.new("RGB", (cell * (1 + len(picks)), (cell + LABEL) * len(photos)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -319,7 +322,9 @@ def main() -> None:
               "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"]})
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    contact_sheet(photos, rows, drawings, args.seeds).save(buffer, format="PNG", optimize=True)
+    # 128 colours keep twelve rows near 200 KB, small enough to commit; the photos barely change.
+    sheet = contact_sheet(photos, rows, drawings, args.seeds).quantize(colors=128)
+    sheet.save(buffer, format="PNG", optimize=True)
     write_atomic(args.output, buffer.getvalue())
     every = [row for name in names for row in rows[name]]
     emit({"kind": "summary", "photos": len(names), "seeds": args.seeds, "sketches": len(every),
