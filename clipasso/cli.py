@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=1, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
-        if iteration == 1 and not args.quiet:
+        if iteration >= 1 and not stop.get("told") and not args.quiet:  # the first report after a step
+            stop["told"] = True
             print("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far", file=sys.stderr, flush=True)
         if bar is not None:
             bar.total = total
