@@ -43,7 +43,7 @@ CASCADE = "haarcascade_frontalface_default.xml"
 
 
 class Source(str, enum.Enum):
-    """Where a photo's subject mask came from (reported with the sketch's timings)."""
+    """Where a photo's subject mask came from."""
 
     ALPHA = "alpha"  #: the photo's transparency
     GRABCUT = "grabcut"  #: the saliency-seeded segmentation
@@ -55,41 +55,39 @@ class Subject:
     mask: np.ndarray  #: (S, S) float32 in [0, 1]: 1 on the subject, 0 off it and off the photo
     saliency: np.ndarray  #: (S, S) the encoder's saliency with the faces found added
     source: Source
-    faces: int  #: faces found
 
 
-def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.ndarray) -> Subject:
+def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.ndarray,
+                 inside: np.ndarray) -> Subject:
     """The subject of `photo`, letterboxed by `box` on the canvas, where `placed` is the photo on the canvas
-    (S, S, 3) in [0, 1] and `saliency` (S, S) in [0, 1] where the encoder looks."""
+    (S, S, 3) in [0, 1], `saliency` (S, S) in [0, 1] where the encoder looks, and `inside` (S, S) 1 where
+    the photo is (0 on the letterbox's paper)."""
     (x, y), (w, h) = box.offset, box.placed
-    inside = np.zeros(saliency.shape, dtype=np.float32)
-    inside[y : y + h, x : x + w] = 1.0
-    found = faces(photo.image)
-    saliency = np.maximum(saliency, face_map(found, box, saliency.shape[0]))
+    saliency = np.maximum(saliency, face_map(faces(photo.image), box, saliency.shape[0]))
     if photo.alpha is not None:
         alpha = box.place(photo.alpha)
         if _plausible(alpha > 0.5, w * h):
-            return Subject(alpha * inside, saliency, Source.ALPHA, len(found))
+            return Subject(alpha * inside, saliency, Source.ALPHA)
     cut = _grabcut(placed[y : y + h, x : x + w], saliency[y : y + h, x : x + w])
     if cut is None:
-        return Subject(saliency.astype(np.float32) * inside, saliency, Source.SALIENCY, len(found))
+        return Subject(saliency.astype(np.float32) * inside, saliency, Source.SALIENCY)
     mask = np.zeros(saliency.shape, dtype=np.float32)
     soft = ndimage.gaussian_filter(cut.astype(np.float32), EDGE_SOFTNESS)
     mask[y : y + h, x : x + w] = np.maximum(soft, cut)  # soft outside the outline, whole inside
-    return Subject(mask * inside, saliency, Source.GRABCUT, len(found))
+    return Subject(mask * inside, saliency, Source.GRABCUT)
 
 
 def faces(image: Image.Image) -> np.ndarray:
-    """Frontal faces as (F, 4) boxes x, y, w, h in the image's pixels."""
+    """Frontal faces as (F, 4) boxes x, y, w, h in the image's pixels (none where OpenCV has no cascade)."""
+    cascade = _face_cascade()
+    if cascade is None:
+        return np.zeros((0, 4))
     grey = image.convert("L")
     scale = min(1.0, FACE_SIDE / max(grey.size))
     if scale < 1:
         grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.BILINEAR)
     pixels = cv2.equalizeHist(np.asarray(grey))
     side = max(1, int(MIN_FACE * min(pixels.shape)))
-    cascade = _face_cascade()
-    if cascade is None:
-        return np.zeros((0, 4))
     with _cascade_lock:  # one classifier object is not safe to use from two threads at once
         found = cascade.detectMultiScale(pixels, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
     return np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale

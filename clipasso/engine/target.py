@@ -127,7 +127,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     grids = bank_grids(options.seed, device)
     compared, weight, starts_on, subject = placed, saliency, mask, Source.SALIENCY
     if options.focus == Focus.AUTO.value:
-        found = find_subject(photo, box, placed, saliency)
+        found = find_subject(photo, box, placed, saliency, mask)
         saliency, weight, subject = found.saliency, found.mask, found.source
         starts_on = (found.mask > 0.5).astype(np.float32)
         if BACKGROUND_FADE > 0:

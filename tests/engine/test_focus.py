@@ -38,7 +38,10 @@ def subject_of(photo: Photo, encoder) -> tuple:
     placed = box.place(photo.image)
     with torch.no_grad():
         saliency = encoder.saliency(torch.from_numpy(placed).permute(2, 0, 1)[None]).numpy()
-    return find_subject(photo, box, placed, saliency), box
+    inside = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+    (x, y), (w, h) = box.offset, box.placed
+    inside[y : y + h, x : x + w] = 1.0
+    return find_subject(photo, box, placed, saliency, inside), box
 
 
 def test_transparency_is_the_subject(lite0):
