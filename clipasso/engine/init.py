@@ -97,17 +97,30 @@ def spread_starts(prob: np.ndarray, n: int, radius: float, generator: torch.Gene
     probability around itself so that strokes spread over the subject instead of piling up."""
     h, w = prob.shape
     p = prob.astype(np.float64).copy()
-    yy, xx = np.mgrid[0:h, 0:w]
+    ys, xs = np.arange(h), np.arange(w)
     starts = []
     for _ in range(n):
-        flat = torch.from_numpy(p.reshape(-1))
-        if float(flat.sum()) <= 0:
-            flat = torch.from_numpy(prob.reshape(-1).astype(np.float64))
-        i = int(torch.multinomial(flat, 1, generator=generator))
+        flat = p.reshape(-1)
+        if flat.sum() <= 0:
+            flat = prob.reshape(-1).astype(np.float64)
+        i = draw_index(flat, generator)
         x, y = i % w, i // w
         starts.append((x + 0.5, y + 0.5))
-        p *= 1 - np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * radius**2))
+        # The damping is separable: one outer product of two Gaussian rows, not an exponential per pixel.
+        p *= 1 - np.outer(np.exp(-((ys - y) ** 2) / (2 * radius**2)), np.exp(-((xs - x) ** 2) / (2 * radius**2)))
     return np.array(starts, dtype=np.float32)
+
+
+def draw_index(weights: np.ndarray, generator: torch.Generator) -> int:
+    """One index drawn with probability proportional to `weights` (>= 0, some > 0), from one uniform number
+    of `generator` through the cumulative sum: torch.multinomial draws an exponential per entry (1.6 ms for
+    a canvas' 50,000 pixels, 40 ms a sketch's start)."""
+    cumulative = np.cumsum(weights)
+    u = float(torch.rand((), generator=generator, dtype=torch.float64)) * cumulative[-1]
+    i = int(np.searchsorted(cumulative, u, side="right"))
+    if i >= len(weights) or weights[i] <= 0:  # u within rounding of the total: the last entry that can be drawn
+        i = int(np.flatnonzero(weights)[-1])
+    return i
 
 
 def traced_strokes(

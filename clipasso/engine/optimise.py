@@ -110,7 +110,8 @@ def sketch(
 
 
 def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> list[Outcome]:
-    """Make several sketches, stepping up to `batch` runs together (None: all of them).
+    """Make several sketches, stepping up to `batch` seeds together (None: all of them); a seed's raced
+    starts count as one, as they end in one race (the service's `--batch` counts single-seed jobs).
 
     Requests for the same encoder share one; each keeps its own options, hooks and result. A request
     that fails (bad options, its photo, its own hooks) gets its exception as its outcome and the others
@@ -171,18 +172,13 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
 
 
 def _chunks(runs: list[_Run], size: int) -> Iterator[list[_Run]]:
-    """The runs in batches of about `size`, never splitting a seed's raced starts (they end in one race)."""
-    units: dict[object, list[_Run]] = {}
+    """The runs in batches of `size` seeds, a seed with all its raced starts (they end in one race)."""
+    seeds: dict[object, list[_Run]] = {}
     for r in runs:
-        units.setdefault(r.race or id(r), []).append(r)
-    chunk: list[_Run] = []
-    for unit in units.values():
-        if chunk and len(chunk) + len(unit) > size:
-            yield chunk
-            chunk = []
-        chunk += unit
-    if chunk:
-        yield chunk
+        seeds.setdefault(r.race or id(r), []).append(r)
+    units = list(seeds.values())
+    for i in range(0, len(units), size):
+        yield [r for unit in units[i : i + size] for r in unit]
 
 
 def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:

@@ -16,7 +16,7 @@ from tiny_clip import save_tiny_clip
 from clipasso.encoders import registry
 from clipasso.encoders.clip import load_clip
 from clipasso.engine import SketchRequest, optimise, render, sketch, sketch_batch
-from clipasso.engine.init import edge_tangents, init_distribution, traced_strokes, xdog_edges
+from clipasso.engine.init import draw_index, edge_tangents, init_distribution, traced_strokes, xdog_edges
 from clipasso.engine.stopping import EVAL_EVERY, MIN_ITERATIONS, PATIENCE, Plateau, ReferenceStop
 from clipasso.errors import InputError
 from clipasso.options import SketchOptions
@@ -156,6 +156,15 @@ def test_init_lies_on_salient_edges():
     assert (span > 10).float().mean() > 0.5  # strokes start as contour pieces, not dots
 
 
+def test_start_pixels_are_drawn_in_proportion_and_never_where_the_weight_is_zero():
+    weights = np.array([0.0, 1.0, 0.0, 3.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = np.bincount([draw_index(weights, g) for _ in range(4000)], minlength=5)
+    assert counts[[0, 2, 4]].sum() == 0
+    assert counts[3] / counts[1] == pytest.approx(3.0, rel=0.15)
+    assert draw_index(np.array([0.0, 0.0, 1e-300, 0.0]), g) == 2  # a lone tiny weight is still drawn
+
+
 @pytest.mark.parametrize("kind, name", [("RN", "clip:RN50"), ("ViT", "clip:ViT-B/32")])
 def test_clip_path_end_to_end_with_a_tiny_model(tmp_path, cat, kind, name, monkeypatch):
     """The real CLIP code path (loader, features, saliency, loss) on a tiny random-weight CLIP.
@@ -279,12 +288,13 @@ def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
     assert one_at_a_time.iterations == 13 and one_at_a_time.loss == pytest.approx(raced.loss, rel=1e-3)
 
 
-def test_batches_never_split_a_race():
+def test_batches_count_seeds_and_never_split_a_race():
     class Run:
         def __init__(self, race):
             self.race = race
 
     runs = [Run(("a", 0)), Run(("a", 0)), Run(("a", 0)), Run(None), Run(("b", 0)), Run(("b", 0)), Run(("b", 0))]
-    chunks = list(optimise._chunks(runs, 4))
-    assert [len(c) for c in chunks] == [4, 3]
+    # A batch counts seeds, a seed with its raced starts: 2 seeds, then the third.
+    assert [len(c) for c in optimise._chunks(runs, 2)] == [4, 3]
     assert [len(c) for c in optimise._chunks(runs, 1)] == [3, 1, 3]
+    assert [len(c) for c in optimise._chunks(runs, 3)] == [7]
