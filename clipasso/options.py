@@ -110,8 +110,9 @@ class Preset:
     init: Init
     stop: Stop
     relay: bool  #: lay the least useful strokes again during the run
-    #: Starts raced per seed: each is optimised for the engine's first few iterations, then only the one
-    #: with the lowest loss goes on (a bad start is the usual cause of a bad sketch).
+    #: Starts raced per sketch: each is optimised for the engine's first few iterations, then only the one
+    #: with the lowest loss goes on (a bad start is the usual cause of a bad sketch); several seeds share
+    #: them (see engine/optimise.py).
     starts: int = 1
 
 

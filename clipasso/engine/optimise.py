@@ -63,7 +63,7 @@ LEAVE_AT_ONCE = {"cpu"}
 #: Threads that prepare photos and lay strokes side by side off the CPU (numpy and torch let go of the
 #: GIL): a GPU's batch of jobs would otherwise wait for one CPU core to prepare them one after another. On a
 #: CPU the work is done inline: a second thread's compute team slowed the optimisation's steps by 15 %.
-PREPARE_THREADS = min(8, os.cpu_count() or 1)
+PREPARE_THREADS = min(16, os.cpu_count() or 1)
 
 Each = Callable[..., Iterator]
 #: Images per encoder pass when judging strokes for re-laying: bounds memory on a CPU (16 at once took 1.7 s
@@ -226,8 +226,13 @@ class _Sketch:
 
     @property
     def starts(self) -> int:
-        """Starts raced per seed: none when the run is no longer than the race."""
-        return self.opts.recipe.starts if self.opts.iterations > RACE_ITERATIONS else 1
+        """Starts raced per seed: the preset's shared among the seeds, as several seeds already are several
+        starts (3 starts: 3 for one seed, 2 each for two, none for three or more), and none when the run is
+        no longer than the race. A race triples a seed's work for its first iterations, which several seeds
+        would pay again for a choice they already make."""
+        if self.opts.iterations <= RACE_ITERATIONS:
+            return 1
+        return -(-self.opts.recipe.starts // self.opts.seeds)
 
     @property
     def total(self) -> int:

@@ -288,6 +288,13 @@ def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
     assert one_at_a_time.iterations == 13 and one_at_a_time.loss == pytest.approx(raced.loss, rel=1e-3)
 
 
+def test_seeds_share_the_raced_starts(cat, monkeypatch):
+    """3 starts per sketch: one seed races 3, two seeds 2 each, three seeds none (each runs on its own)."""
+    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)
+    for seeds, steps in ((1, 3 + 3 + 7), (2, 2 * (3 + 7)), (3, 3 * 7)):
+        assert sketch(cat, fast(iterations=7, seeds=seeds)).iterations == steps
+
+
 def test_batches_count_seeds_and_never_split_a_race():
     class Run:
         def __init__(self, race):
