@@ -57,9 +57,11 @@ PROGRESS_INTERVAL = 0.2
 #: on a CPU. A run stepped past its end keeps the result it had: its best strokes stop changing when it ends.
 CHECK_EVERY = {"cpu": 1}
 CHECK_EVERY_DEFAULT = 8
-#: Devices where ended runs leave the batch at once; elsewhere they stay until half of their cohort has
-#: ended (stepping them costs next to nothing there, and each new batch shape costs a new CUDA graph).
+#: Devices where ended runs leave the batch at once; elsewhere they stay until at most SHRINK_SHARE of
+#: their cohort is still running (stepping them costs little there, and each new batch shape costs a new
+#: CUDA graph).
 LEAVE_AT_ONCE = {"cpu"}
+SHRINK_SHARE = 0.5
 #: Threads that prepare photos and lay strokes side by side off the CPU (numpy and torch let go of the
 #: GIL): a GPU's batch of jobs would otherwise wait for one CPU core to prepare them one after another. On a
 #: CPU the work is done inline: a second thread's compute team slowed the optimisation's steps by 15 %.
@@ -604,7 +606,7 @@ class _Batch:
             if not alive:
                 self.cohorts.remove(c)
                 self.planned = (0, -1)  # the runs changed: draw the schedule again from the next step
-            elif len(alive) < len(active) and (self.device.type in LEAVE_AT_ONCE or 2 * len(alive) <= len(active)):
+            elif len(alive) < len(active) and (self.device.type in LEAVE_AT_ONCE or len(alive) <= SHRINK_SHARE * len(active)):
                 c.keep(alive)
                 self.planned = (0, -1)
         for s in self.sketches:
