@@ -118,7 +118,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # The fast recipe: tuned on the built-in encoder for a laptop CPU.
-    "default": Preset(iterations=150, seeds=1, augmentations=1, encoder="clip:RN101", init=Init.TRACED,
+    "default": Preset(iterations=130, seeds=1, augmentations=1, encoder="clip:RN101", init=Init.TRACED,
                       stop=Stop.PLATEAU, relay=True, starts=3),
     # The reference settings, for comparison.
     "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init=Init.PAPER,

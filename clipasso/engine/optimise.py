@@ -49,8 +49,11 @@ SEED_STRIDE = 1000
 #: Raced start j (j > 0) of a seed draws from seed + j * START_STRIDE: far from any seed a user picks next.
 START_STRIDE = 1_000_003
 #: How many iterations a seed's starts race before all but the best end (the preset's `starts`): enough for
-#: strokes to reach their contours, so that the loss tells good starts from bad.
-RACE_ITERATIONS = 30
+#: strokes to reach their contours, so that the loss tells good starts from bad. Over 12 photos x 4 seeds
+#: on a GPU, racing 15 iterations (and running 130) ended at the same mean loss as racing 30 (and 150):
+#: 7.531 against 7.517, the paired difference 0.014 +- 0.029, with 22 % fewer steps; racing 10 did not
+#: (7.593).
+RACE_ITERATIONS = 15
 #: Progress is reported at most this often (seconds): a report waits for the device and copies strokes back.
 PROGRESS_INTERVAL = 0.2
 #: How often (in steps) the host looks for ended runs: each look waits for the device, which costs nothing
