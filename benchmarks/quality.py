@@ -69,7 +69,7 @@ from skimage.feature import canny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipasso.engine import SketchRequest, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import SketchRequest, optimise, preview_image, sketch, sketch_batch  # noqa: E402
 from clipasso.errors import InputError, one_line  # noqa: E402
 from clipasso.files import write_atomic  # noqa: E402
 from clipasso.options import SketchOptions, SketchResult  # noqa: E402
@@ -255,6 +255,8 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--encoder", default="lite0")
     ap.add_argument("--iterations", type=int)
+    ap.add_argument("--race", type=int, default=optimise.RACE_ITERATIONS,
+                    help=f"iterations the raced starts race (default {optimise.RACE_ITERATIONS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -272,6 +274,9 @@ def main() -> None:
                              f"{', '.join(PHOTOS)}")
         if args.seeds < 1:
             raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+        if args.race < 1:
+            raise InputError(f"--race must be at least 1, got {args.race}")
+        optimise.RACE_ITERATIONS = args.race
         extra = parse_options(args.option)
         base = SketchOptions(strokes=args.strokes, preset=args.preset, encoder=args.encoder,
                              iterations=args.iterations, device=args.device, **extra)
@@ -336,7 +341,8 @@ def main() -> None:
           "judge": f"EfficientNet-Lite1, {args.judge}", "working_size": WORK, "canny_sigma": EDGE_SIGMA,
           "near_px": NEAR, "sheet": args.output,
           "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,
-                       "iterations": args.iterations, "threads": args.threads, "device": args.device,
+                       "iterations": args.iterations, "race": args.race, "threads": args.threads,
+                       "device": args.device,
                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
                        "torch": torch.__version__}})
     if args.json_output:
