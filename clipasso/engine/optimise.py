@@ -418,7 +418,6 @@ class _Batch:
         self.chunk = RELAY_CHUNK.get(self.device.type, RELAY_CHUNK_DEFAULT)
         self.timings = {"render": 0.0, "forward": 0.0, "backward": 0.0}
         self.schedule: Tensor | None = None  # (iterations, M) augmentations drawn ahead, see _plan
-        self.owners: Tensor | None = None
         self.planned = (0, -1)  # first and last iteration of the schedule
         self.last_report = float("-inf")
 

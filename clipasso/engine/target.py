@@ -29,10 +29,6 @@ from .render import render, render_batch
 #: Least weight of the loss anywhere on the photo: the subject map only tilts it, so a wrong map
 #: still leaves the whole photo some pull.
 FOCUS_FLOOR = 0.25
-#: How far the background fades towards white paper in the photo the sketch is compared with (focus auto):
-#: clutter then neither pulls strokes nor counts against them, while a mask that cut off part of the
-#: subject still leaves a trace of it.
-BACKGROUND_FADE = 0.0
 #: Size of the fixed augmentation bank whose photo features are computed once: enough variety that
 #: strokes do not fit one warp, few enough that the photo's side costs under a second.
 AUGMENTATION_BANK = 24
@@ -49,11 +45,11 @@ class Target:
     box: Letterbox
     placed: np.ndarray  #: the letterboxed photo, (S, S, 3) float32 in [0, 1]
     prob: np.ndarray  #: (S, S) probability of each pixel to start a stroke
-    canvas: Tensor  #: the letterboxed photo as the loss compares with it, (1, 3, S, S) on the encoder's device
+    canvas: Tensor  #: the letterboxed photo as (1, 3, S, S) on the encoder's device
     encoder: Encoder
     grids: Tensor  #: the augmentation bank's sampling grids
     focus: Tensor  #: (S, S) weight of each place in the geometric loss
-    loss_key: bytes  #: a digest of what the loss compares with (the photo as compared, the focus weights)
+    loss_key: bytes  #: a digest of what the loss compares with (the photo, the focus weights)
     stroke_width: float  #: in canvas pixels
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
@@ -125,14 +121,11 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         saliency = encoder.saliency(canvas).cpu().numpy()
     edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
     grids = bank_grids(options.seed, device)
-    compared, weight, starts_on, subject = placed, saliency, mask, Source.SALIENCY
+    weight, starts_on, subject = saliency, mask, Source.SALIENCY
     if options.focus == Focus.AUTO.value:
         found = find_subject(photo, box, placed, saliency, mask)
         saliency, weight, subject = found.saliency, found.mask, found.source
         starts_on = (found.mask > 0.5).astype(np.float32)
-        if BACKGROUND_FADE > 0:
-            compared = 1 - (1 - placed) * (1 - BACKGROUND_FADE * (1 - found.mask[..., None]))
-            canvas = torch.from_numpy(compared).permute(2, 0, 1)[None].to(device)
     focus = ((FOCUS_FLOOR + (1 - FOCUS_FLOOR) * weight) * mask).astype(np.float32)
     keep, refine, _ = options.drawn_on_photo(photo.width, photo.height)
     backend = Renderer(options.renderer).backend
@@ -152,7 +145,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         encoder=encoder,
         grids=grids,
         focus=torch.from_numpy(focus).to(device),
-        loss_key=hashlib.blake2b(compared.tobytes() + focus.tobytes(), digest_size=16).digest(),
+        loss_key=hashlib.blake2b(placed.tobytes() + focus.tobytes(), digest_size=16).digest(),
         stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
