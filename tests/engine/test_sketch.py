@@ -68,13 +68,18 @@ def test_svg_output(cat):
 
 
 def test_strokes_sit_on_ink_not_on_paper(cat):
-    """The sketch draws where the photo has structure: its strokes lie darker-than-average places."""
-    result = sketch(cat, fast(strokes=16, iterations=30))
+    """The sketch draws where the photo has structure: its strokes lie on places of more gradient energy than
+    the photo's average. One 30-iteration sketch is a noisy judge (seeds 0-3 gave 1.28-1.61 times the
+    average; 16 random strokes 0.76-1.37 in 20 draws), so two seeds' mean must exceed 1.3."""
     grey = np.asarray(cat.convert("L"), dtype=float)
     gy, gx = np.gradient(grey)
     energy = np.hypot(gx, gy)
-    ink = render(torch.tensor(result.strokes, dtype=torch.float32), cat.height, cat.width, 4.0).numpy() < 0.5
-    assert energy[ink].mean() > 1.3 * energy.mean()
+    ratios = []
+    for seed in (0, 1):
+        result = sketch(cat, fast(strokes=16, iterations=30, seed=seed))
+        ink = render(torch.tensor(result.strokes, dtype=torch.float32), cat.height, cat.width, 4.0).numpy() < 0.5
+        ratios.append(energy[ink].mean() / energy.mean())
+    assert np.mean(ratios) > 1.3, ratios
 
 
 def test_wide_image_keeps_its_aspect():
