@@ -11,7 +11,13 @@ every seed is judged on its own. Prints JSON lines:
   random would score on edges);
 - a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (and by each
   judge), the share of photos whose worst seed does, the mean ink on edges, the median time per sketch,
-  and the settings.
+  and the settings;
+- with `--against RUN` (the JSON lines of an earlier run, `--json-output`), a comparison
+  (`"kind": "comparison"`) over the sketches both runs made (same photo and seed): the mean paired
+  difference, this run less that one, of the loss, the margin and the ink on edges, each with its
+  standard error, and how many sketches each run had recognised. Recognition moves by whole sketches and
+  varies from run to run; a recipe's change to the loss or the margin, paired sketch by sketch, shows
+  through that noise sooner.
 
 Metrics:
 
@@ -224,6 +230,38 @@ def spread(values: list[float], worst: typing.Callable = min) -> dict[str, float
     return {"worst": round(worst(values), 4), "median": round(statistics.median(values), 4)}
 
 
+def load_run(path: str) -> list[dict]:
+    """The sketch lines of an earlier run's JSON lines; InputError when the file has none."""
+    try:
+        lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--against {path}: not the JSON lines of a quality.py run ({one_line(exc)})") from None
+    sketches = [line for line in lines if isinstance(line, dict) and line.get("kind") == "sketch"]
+    if not sketches:
+        raise InputError(f"--against {path}: no sketch lines in it")
+    return sketches
+
+
+def paired(differences: list[float]) -> dict[str, float | None]:
+    """Mean of paired differences and its standard error (None for fewer than two pairs)."""
+    se = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else None
+    return {"mean_difference": round(statistics.mean(differences), 4),
+            "standard_error": None if se is None else round(se, 4)}
+
+
+def compare(mine: list[dict], theirs: list[dict], against: str) -> dict:
+    """This run's sketches against an earlier run's, paired by photo and seed (see the module docstring)."""
+    earlier = {(row["photo"], row["seed"]): row for row in theirs}
+    pairs = [(row, earlier[row["photo"], row["seed"]]) for row in mine if (row["photo"], row["seed"]) in earlier]
+    line: dict = {"kind": "comparison", "against": against, "pairs": len(pairs)}
+    if pairs:
+        for key in ("loss", "margin", "ink_on_edges"):
+            line[key] = paired([a[key] - b[key] for a, b in pairs])
+        line["recognised"] = {"this": sum(a["recognised"] for a, _ in pairs),
+                              "against": sum(b["recognised"] for _, b in pairs)}
+    return line
+
+
 def contact_sheet(photos: dict[str, Image.Image], rows: dict[str, list[dict]],
                   drawings: dict[tuple[str, int], Image.Image], seeds: int) -> Image.Image:
     """One row per photo: the photo, then its worst, median and best seed's sketch (by margin)."""
@@ -265,6 +303,7 @@ def main() -> None:
                     help="which of the held-out network's comparisons ranks (all are reported)")
     ap.add_argument("-o", "--output", default="out/quality-worst.png", help="the contact sheet (PNG)")
     ap.add_argument("--json-output", help="also write every JSON line to this file")
+    ap.add_argument("--against", metavar="RUN", help="an earlier run's --json-output: compare sketch by sketch")
     args = ap.parse_args()
     try:
         names = [n.strip() for n in args.photos.split(",") if n.strip()]
@@ -278,6 +317,7 @@ def main() -> None:
             raise InputError(f"--race must be at least 1, got {args.race}")
         optimise.RACE_ITERATIONS = args.race
         extra = parse_options(args.option)
+        earlier = load_run(args.against) if args.against else None
         base = SketchOptions(strokes=args.strokes, preset=args.preset, encoder=args.encoder,
                              iterations=args.iterations, device=args.device, **extra)
         replace(base, seeds=1).validated()
@@ -345,6 +385,8 @@ def main() -> None:
                        "device": args.device,
                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
                        "torch": torch.__version__}})
+    if earlier is not None:
+        emit(compare(every, earlier, args.against))
     if args.json_output:
         Path(args.json_output).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.json_output, "".join(json.dumps(line) + "\n" for line in lines))

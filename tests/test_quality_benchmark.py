@@ -30,11 +30,21 @@ def judge(quality):
 
 
 def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(quality, tmp_path: Path):
-    sheet, saved = tmp_path / "sheet.png", tmp_path / "lines.json"
+    sheet, saved, earlier = tmp_path / "sheet.png", tmp_path / "lines.json", tmp_path / "earlier.json"
+    # An earlier run that sketched only chelsea, seed 0: one pair to compare.
+    earlier.write_text(json.dumps({"kind": "sketch", "photo": "chelsea", "seed": 0, "loss": 1.0, "margin": -0.5,
+                                   "ink_on_edges": 0.25, "recognised": False}) + "\n")
     out = subprocess.run([sys.executable, str(SCRIPT), "--photos", "chelsea,coffee", "--seeds", "1",
-                          "--iterations", "2", "--threads", "1", "-o", str(sheet), "--json-output", str(saved)],
+                          "--iterations", "2", "--threads", "1", "-o", str(sheet), "--json-output", str(saved),
+                          "--against", str(earlier)],
                          capture_output=True, text=True, timeout=600, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
+    comparison = rows.pop()
+    assert comparison["kind"] == "comparison" and comparison["pairs"] == 1
+    assert comparison["loss"] == {"mean_difference": round(rows[0]["loss"] - 1.0, 4), "standard_error": None}
+    assert comparison["margin"]["mean_difference"] == round(rows[0]["margin"] + 0.5, 4)
+    assert comparison["recognised"] == {"this": int(rows[0]["recognised"]), "against": 0}
+    rows.append(comparison)
     assert rows == [json.loads(line) for line in saved.read_text().splitlines()]
     assert [(r["kind"], r["photo"]) for r in rows[:4]] == [("sketch", "chelsea"), ("sketch", "coffee"),
                                                            ("photo", "chelsea"), ("photo", "coffee")]
@@ -62,6 +72,26 @@ def test_an_unknown_option_is_one_line_and_exit_2(quality, monkeypatch, capsys):
     out = capsys.readouterr()
     assert stop.value.code == 2 and out.out == ""
     assert out.err.startswith("quality.py: --option colour: not an option here") and out.err.count("\n") == 1
+
+
+def test_comparing_with_a_file_that_is_no_run_is_one_line_and_exit_2(quality, monkeypatch, capsys, tmp_path):
+    for text, why in (("not json\n", "not the JSON lines of a quality.py run"), ('{"kind": "summary"}\n', "no sketch lines")):
+        (tmp_path / "run.json").write_text(text)
+        monkeypatch.setattr(sys, "argv", ["quality.py", "--photos", "chelsea", "--against", str(tmp_path / "run.json")])
+        with pytest.raises(SystemExit) as stop:
+            quality.main()
+        out = capsys.readouterr()
+        assert stop.value.code == 2 and out.out == "" and why in out.err and out.err.count("\n") == 1
+
+
+def test_paired_differences_have_their_standard_error(quality):
+    mine = [{"photo": "a", "seed": s, "loss": 1.0 + s, "margin": 0.1, "ink_on_edges": 0.5, "recognised": True}
+            for s in range(3)]
+    theirs = [{**row, "loss": row["loss"] - d, "recognised": False} for row, d in zip(mine, (0.1, 0.2, 0.3))]
+    found = quality.compare(mine, theirs[:2] + [{**theirs[2], "photo": "b"}], "x")  # the third has no pair
+    assert found["pairs"] == 2 and found["loss"] == {"mean_difference": 0.15, "standard_error": 0.05}
+    assert found["margin"] == {"mean_difference": 0.0, "standard_error": 0.0}
+    assert found["recognised"] == {"this": 2, "against": 0}
 
 
 def test_the_judge_picks_each_photo_out_from_its_grey_copy(quality, judge):
