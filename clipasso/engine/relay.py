@@ -99,7 +99,7 @@ def replace_weak_strokes(
             return weak, None
         wanted = target.prob * errors[r]
         wanted = wanted / wanted.sum() if wanted.sum() > 0 else target.prob
-        return weak, traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generators[r])
+        return weak, traced_strokes(wanted, target.tangents, len(weak), traced_length(n), generators[r], target.region)
 
     moved = []
     for r, (weak, fresh) in enumerate(each(fresh_strokes, range(runs))):

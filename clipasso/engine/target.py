@@ -14,7 +14,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 from torch import Tensor
 
 from ..encoders import Encoder
@@ -35,6 +35,9 @@ AUGMENTATION_BANK = 24
 #: How many photos' loss sides are kept for the next sketch of the same photo (another stroke count, seed or
 #: ladder, as an artist tries them): each is the encoder's maps under the 25 views, 15-60 MB.
 LOSS_CACHE = 4
+#: How far (canvas pixels) traced strokes may run beyond the subject where they start: a stroke's width
+#: and a little more, so that one laid along the outline is not cut short by the mask's rough edge.
+REGION_MARGIN = 4
 #: How far (canvas pixels, a Gaussian's sigma) new strokes' start points keep from the artist's kept
 #: paths: the new strokes complete the picture instead of doubling what is drawn.
 KEPT_CLEARANCE = 4.0
@@ -45,6 +48,7 @@ class Target:
     box: Letterbox
     placed: np.ndarray  #: the letterboxed photo, (S, S, 3) float32 in [0, 1]
     prob: np.ndarray  #: (S, S) probability of each pixel to start a stroke
+    region: np.ndarray  #: (S, S) bool: where traced strokes may run (the subject, and REGION_MARGIN around it)
     canvas: Tensor  #: the letterboxed photo as (1, 3, S, S) on the encoder's device
     encoder: Encoder
     grids: Tensor  #: the augmentation bank's sampling grids
@@ -141,6 +145,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         box=box,
         placed=placed,
         prob=prob,
+        region=binary_dilation(starts_on > 0.5, iterations=REGION_MARGIN),
         canvas=canvas,
         encoder=encoder,
         grids=grids,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lxml import etree
 from PIL import Image
+from scipy import ndimage
 from skimage import data
 
 from tiny_clip import save_tiny_clip
@@ -159,6 +160,27 @@ def test_init_lies_on_salient_edges():
     assert strokes.shape == (12, 4, 2)
     span = (strokes[:, 3] - strokes[:, 0]).norm(dim=-1)
     assert (span > 10).float().mean() > 0.5  # strokes start as contour pieces, not dots
+
+
+def test_traced_strokes_end_where_they_would_leave_their_region():
+    """Strokes traced from a disc's edge stop at the region's border instead of running off along the tangent."""
+    yy, xx = np.mgrid[0:224, 0:224] + 0.5
+    disc = (xx - 112) ** 2 + (yy - 112) ** 2 <= 50**2
+    canvas = np.ones((224, 224, 3), dtype=np.float32)
+    canvas[disc] = 0.2
+    edges = xdog_edges(canvas)
+    prob = init_distribution(np.ones((224, 224), dtype=np.float32), edges, disc.astype(np.float32))
+    region = disc & (np.abs(xx - 112) < 20)  # a band through the disc: long traces must leave it
+    prob = np.where(region, prob, 0)
+    prob /= prob.sum()
+    tangents = edge_tangents(canvas)
+    free = traced_strokes(prob, tangents, 8, 60.0, torch.Generator().manual_seed(0))
+    held = traced_strokes(prob, tangents, 8, 60.0, torch.Generator().manual_seed(0), region).numpy()
+    x, y = np.floor(held[..., 0]).astype(int), np.floor(held[..., 1]).astype(int)
+    jittered = ndimage.binary_dilation(region, iterations=2)  # traced points then move up to a pixel each way
+    assert jittered[np.clip(y, 0, 223), np.clip(x, 0, 223)].all()
+    x, y = np.floor(free[..., 0].numpy()).astype(int), np.floor(free[..., 1].numpy()).astype(int)
+    assert not region[np.clip(y, 0, 223), np.clip(x, 0, 223)].all()  # without it, traces run out
 
 
 def test_start_pixels_are_drawn_in_proportion_and_never_where_the_weight_is_zero():
