@@ -159,7 +159,7 @@ def traced_strokes(
         for _ in range(3):
             direction = tangent_at(pts[-1], direction)
             ahead = pts[-1] + direction * step
-            pts.append(ahead if within(ahead) and within(pts[-1]) else pts[-1])
+            pts.append(ahead if within(ahead) else pts[-1])  # once held, the same step is held again
         strokes[k] = np.array(pts)
     jitter = (torch.rand(n, 4, 2, generator=generator) * 2 - 1).numpy() * 1.0
     strokes += jitter

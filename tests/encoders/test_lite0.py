@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clipasso.encoders.base import Encoder
 from clipasso.encoders.lite0 import Lite0Encoder
 
 
@@ -23,9 +24,7 @@ def test_cpu_placement_folds_every_padding_and_computes_the_same():
     # The reference: the same layout (channels-last) with the stride-2 convolutions' zero-padding modules.
     # Another layout or thread count sums in another order, which moves single gradients by 1 % (a ReLU6
     # that flips at its bound), so only the same layout can show that the fold reads the same pixels.
-    padded = Lite0Encoder()
-    padded.memory_format = torch.channels_last
-    padded.to(memory_format=torch.channels_last)
+    padded = Encoder.place(Lite0Encoder(), torch.device("cpu"))  # the base class's placement: no fold
     assert any(isinstance(m, nn.ZeroPad2d) for m in padded.modules())
     folded = Lite0Encoder().place(torch.device("cpu"))
     assert not any(isinstance(m, nn.ZeroPad2d) for m in folded.modules())
