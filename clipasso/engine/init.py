@@ -1,4 +1,4 @@
-"""Where the first strokes go: on the photo's edges, where the encoder looks (saliency x XDoG edges).
+"""Where the first strokes go: on the photo's edges, where the encoder looks (saliency x edges).
 
 Initialisation decides most of a sketch's quality and how fast it converges: strokes that start on
 salient contours only need to settle, not to travel.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
@@ -21,26 +22,64 @@ TEMPERATURE = 0.3
 POINT_SPREAD = 0.025
 
 
-#: The surround scale for contour-traced strokes: thin edges that lie on contours, where the paper's
-#: k = 10 marks whole dark regions beside bright ones (a black helmet, a night sky) as edge.
-THIN_EDGE_K = 1.6
+#: Contours for traced strokes: Canny's Gaussian (canvas pixels), and the share of the photo's pixels whose
+#: gradient is weaker than Canny's upper threshold (its lower one is half that). A share, not an absolute
+#: threshold, so that a low-contrast photo still has its contours: 5-12 % of the photo comes out as
+#: edge on the twelve photos of benchmarks/quality.py, lines one pixel wide along outlines and parts.
+CONTOUR_SIGMA = 1.0
+CONTOUR_QUANTILE = 0.9
+GRADIENT_SCALE = 1000.0
+
+Box = tuple[int, int, int, int]
 
 
-def xdog_edges(rgb: np.ndarray, box: tuple[int, int, int, int] | None = None, k: float = XDOG["k"]) -> np.ndarray:
-    """Binary edge map (H, W) of an RGB image in [0, 1]: extended difference of Gaussians, Otsu-cut.
+def _grey(rgb: np.ndarray, box: Box | None) -> tuple[np.ndarray, Box]:
+    """The photo's part of the canvas in grey, and `box` (x, y, w, h; the whole canvas where None)."""
+    box = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])
+    x, y, w, h = box
+    return rgb[y : y + h, x : x + w] @ np.array([0.299, 0.587, 0.114], dtype=np.float32), box
+
+
+def _on_canvas(part: np.ndarray, shape: tuple[int, ...], box: Box) -> np.ndarray:
+    x, y, w, h = box
+    edges = np.zeros(shape[:2], dtype=bool)
+    edges[y : y + h, x : x + w] = part
+    return edges
+
+
+def contour_edges(rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
+    """Binary map (H, W) of an RGB image's contours in [0, 1]: Canny (OpenCV), thresholds from the photo's
+    own gradients (CONTOUR_QUANTILE). One pixel wide, so that a stroke started on one can follow it.
 
     `box` (x, y, w, h) limits it to where the photo is on a letterboxed canvas, so the paper's border
-    does not count as an edge. `k` is the surround Gaussian's scale relative to the centre's.
+    does not count as an edge.
     """
-    x, y, w, h = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])
-    grey = rgb[y : y + h, x : x + w] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey, box = _grey(rgb, box)
+    smooth = gaussian_filter(grey, CONTOUR_SIGMA).astype(np.float32)
+    dx, dy = cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)
+    high = float(np.quantile(np.hypot(dx, dy), CONTOUR_QUANTILE))
+    if high <= 1e-6:  # a flat photo has no contours
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    # Canny on the float gradients, scaled so that the upper threshold is GRADIENT_SCALE in OpenCV's 16-bit
+    # integers: the same contours whatever the photo's contrast, none lost to 8-bit rounding.
+    dx, dy = (np.clip(d * (GRADIENT_SCALE / high), -32767, 32767).astype(np.int16) for d in (dx, dy))
+    found = cv2.Canny(dx, dy, GRADIENT_SCALE / 2, GRADIENT_SCALE, L2gradient=True)
+    return _on_canvas(found > 0, rgb.shape, box)
+
+
+def xdog_edges(rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
+    """Binary edge map (H, W) of an RGB image in [0, 1]: extended difference of Gaussians, Otsu-cut (the
+    paper's), thick where dark regions meet bright ones.
+
+    `box` (x, y, w, h) limits it to where the photo is on a letterboxed canvas, so the paper's border
+    does not count as an edge.
+    """
+    grey, box = _grey(rgb, box)
     p = XDOG
-    d = gaussian_filter(grey, p["sigma"]) - p["gamma"] * gaussian_filter(grey, p["sigma"] * k)
+    d = gaussian_filter(grey, p["sigma"]) - p["gamma"] * gaussian_filter(grey, p["sigma"] * p["k"])
     ink = -np.tanh(p["phi"] * np.minimum(d - p["eps"], 0.0))  # 0 on paper, towards 1 on edges
-    edges = np.zeros(rgb.shape[:2], dtype=bool)
-    if (ink > 0).sum() > 16:
-        edges[y : y + h, x : x + w] = ink > otsu_threshold(ink[ink > 0])
-    return edges
+    found = ink > otsu_threshold(ink[ink > 0]) if (ink > 0).sum() > 16 else np.zeros_like(ink, dtype=bool)
+    return _on_canvas(found, rgb.shape, box)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -189,7 +228,7 @@ class Photo(Protocol):
 class TracedStart:
     """Our recipe: strokes laid along thin salient contours, spread over the subject."""
 
-    edge_k = THIN_EDGE_K
+    edges = staticmethod(contour_edges)
 
     def strokes(self, photo: Photo, n: int, generator: torch.Generator) -> Tensor:
         return traced_strokes(photo.prob, photo.tangents, n, traced_length(n), generator, photo.region)
@@ -198,7 +237,7 @@ class TracedStart:
 class PaperStart:
     """The reference's: short random strokes from start pixels on salient edges (the paper's XDoG)."""
 
-    edge_k = XDOG["k"]
+    edges = staticmethod(xdog_edges)
 
     def strokes(self, photo: Photo, n: int, generator: torch.Generator) -> Tensor:
         return initial_strokes(photo.prob, n, generator)

@@ -22,7 +22,7 @@ from ..images import Letterbox, Photo
 from ..options import CANVAS, Focus, Renderer, SketchOptions, image_stroke_width
 from ..paths import DrawnPath
 from .focus import Source, find_subject
-from .init import STARTS, PaperStart, TracedStart, edge_tangents, init_distribution, xdog_edges
+from .init import STARTS, PaperStart, TracedStart, edge_tangents, init_distribution
 from .losses import SketchLoss, augmentation_bank
 from .render import render, render_batch
 
@@ -123,7 +123,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     mask[oy : oy + ph, ox : ox + pw] = 1.0
     with torch.no_grad():
         saliency = encoder.saliency(canvas).cpu().numpy()
-    edges = xdog_edges(placed, (ox, oy, pw, ph), k=STARTS[options.recipe.init].edge_k)
+    edges = STARTS[options.recipe.init].edges(placed, (ox, oy, pw, ph))
     grids = bank_grids(options.seed, device)
     weight, starts_on, subject = saliency, mask, Source.SALIENCY
     if options.focus == Focus.AUTO.value:
