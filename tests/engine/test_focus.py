@@ -78,6 +78,14 @@ def test_a_face_is_found_and_made_salient(lite0):
     assert subject.mask[int(cy), int(cx)] > 0.5
 
 
+def test_only_faces_with_eyes_count():
+    """The face cascade alone finds three "faces" among the coins; none has an eye. A face a fifth of the
+    size of the astronaut's (38 px) still does."""
+    assert len(faces(Image.fromarray(data.coins()).convert("RGB"))) == 0
+    small = faces(Image.fromarray(data.astronaut()).resize((200, 200)))
+    assert len(small) == 1 and 60 < small[0][0] + small[0][2] / 2 < 120
+
+
 def test_strokes_start_and_stay_on_a_cut_out(lite0):
     image = cut_out(Image.fromarray(data.chelsea()))
     photo = Photo.of(image)
