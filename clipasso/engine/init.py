@@ -29,6 +29,7 @@ POINT_SPREAD = 0.025
 #: Sigma 1.5 or the 95th percentile ended at a higher loss there (README, Quality).
 CONTOUR_SIGMA = 1.0
 CONTOUR_QUANTILE = 0.9
+#: Canny's upper threshold in the 16-bit gradients it is given (they are scaled to put it there).
 GRADIENT_SCALE = 1000.0
 
 Box = tuple[int, int, int, int]
@@ -42,6 +43,7 @@ def _grey(rgb: np.ndarray, box: Box | None) -> tuple[np.ndarray, Box]:
 
 
 def _on_canvas(part: np.ndarray, shape: tuple[int, ...], box: Box) -> np.ndarray:
+    """The photo's edge map `part` placed at `box` on an empty (H, W) canvas map of `shape`."""
     x, y, w, h = box
     edges = np.zeros(shape[:2], dtype=bool)
     edges[y : y + h, x : x + w] = part
