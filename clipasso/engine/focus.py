@@ -87,7 +87,7 @@ def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.
 
 def faces(image: Image.Image) -> np.ndarray:
     """Frontal faces as (F, 4) boxes x, y, w, h in the image's pixels (none where OpenCV has no cascade)."""
-    cascade = _cascade(CASCADE)
+    cascade = _cascade(CASCADE, "faces are not looked for")
     if cascade is None:
         return np.zeros((0, 4))
     grey = image.convert("L")
@@ -106,7 +106,7 @@ def _has_an_eye(pixels: np.ndarray, box: np.ndarray) -> bool:
     """Whether OpenCV's eye cascade finds an eye in the upper part of a face the face cascade found: the
     face cascade alone took a patch of green blur beside a bird and three coins for faces, and a face made
     sure subject drags the segmentation onto whatever it lies on. Without the eye cascade, faces stand."""
-    eyes = _cascade(EYE_CASCADE)
+    eyes = _cascade(EYE_CASCADE, "faces are not checked for eyes")
     if eyes is None:
         return True
     x, y, w, h = box
@@ -135,13 +135,13 @@ _cascade_lock = threading.Lock()
 
 
 @lru_cache(maxsize=2)
-def _cascade(name: str) -> cv2.CascadeClassifier | None:
-    """One of OpenCV's Haar cascades, which its 4.x wheels ship (pyproject pins them); None without it."""
+def _cascade(name: str, without: str) -> cv2.CascadeClassifier | None:
+    """One of OpenCV's Haar cascades, which its 4.x wheels ship (pyproject pins them); None without it,
+    with a warning that says what then goes undone (`without`)."""
     data, classifier = getattr(cv2, "data", None), getattr(cv2, "CascadeClassifier", None)
     cascade = None if classifier is None else classifier(str(Path(getattr(data, "haarcascades", "")) / name))
     if cascade is None or cascade.empty():
-        log.warning("OpenCV has no %s here: %s", name,
-                    "faces are not looked for" if name == CASCADE else "faces are not checked for eyes")
+        log.warning("OpenCV has no %s here: %s", name, without)
         return None
     return cascade
 

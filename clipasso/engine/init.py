@@ -126,7 +126,7 @@ def initial_strokes(prob: np.ndarray, n: int, generator: torch.Generator) -> Ten
 
 def edge_tangents(rgb: np.ndarray, sigma: float = 1.5, rho: float = 3.0) -> np.ndarray:
     """Unit tangent (H, W, 2) of the image's contours: the structure tensor's minor eigenvector."""
-    grey = gaussian_filter(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), sigma)
+    grey = gaussian_filter(_grey(rgb, None)[0], sigma)
     gy, gx = np.gradient(grey)
     jxx, jxy, jyy = (gaussian_filter(a, rho) for a in (gx * gx, gx * gy, gy * gy))
     # The gradient direction's angle is half the angle of (jxx - jyy, 2 jxy); the tangent is normal to it.
