@@ -124,14 +124,23 @@ def initial_strokes(prob: np.ndarray, n: int, generator: torch.Generator) -> Ten
     return points.float()
 
 
-def edge_tangents(rgb: np.ndarray, sigma: float = 1.5, rho: float = 3.0) -> np.ndarray:
-    """Unit tangent (H, W, 2) of the image's contours: the structure tensor's minor eigenvector."""
-    grey = gaussian_filter(_grey(rgb, None)[0], sigma)
+def edge_tangents(rgb: np.ndarray, box: Box | None = None, sigma: float = 1.5, rho: float = 3.0) -> np.ndarray:
+    """Unit tangent (H, W, 2) of the image's contours: the structure tensor's minor eigenvector.
+
+    `box` (x, y, w, h) limits it to where the photo is on a letterboxed canvas (elsewhere the tangents
+    point along x): the photo's border with the paper is the strongest edge near it, and a stroke traced
+    from a start there would follow the border instead of the photo's own contours.
+    """
+    grey, (x, y, w, h) = _grey(rgb, box)
+    grey = gaussian_filter(grey, sigma)
     gy, gx = np.gradient(grey)
     jxx, jxy, jyy = (gaussian_filter(a, rho) for a in (gx * gx, gx * gy, gy * gy))
     # The gradient direction's angle is half the angle of (jxx - jyy, 2 jxy); the tangent is normal to it.
     theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2
-    return np.stack([np.cos(theta), np.sin(theta)], axis=-1).astype(np.float32)
+    tangents = np.zeros((*rgb.shape[:2], 2), dtype=np.float32)
+    tangents[..., 0] = 1.0
+    tangents[y : y + h, x : x + w] = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
+    return tangents
 
 
 def spread_starts(prob: np.ndarray, n: int, radius: float, generator: torch.Generator) -> np.ndarray:

@@ -86,7 +86,8 @@ class Target:
     @cached_property
     def tangents(self) -> np.ndarray:
         """(S, S, 2) unit tangents of the photo's contours, for strokes traced along them."""
-        return edge_tangents(self.placed)
+        (x, y), (w, h) = self.box.offset, self.box.placed
+        return edge_tangents(self.placed, (x, y, w, h))
 
     @property
     def device(self) -> torch.device:

@@ -183,6 +183,20 @@ def test_contours_are_thin_lines_found_whatever_the_photos_contrast(cat):
     assert not contour_edges(np.full((64, 64, 3), 0.5, dtype=np.float32)).any()  # a flat photo has none
 
 
+def test_tangents_near_a_letterboxed_photos_border_follow_the_photo():
+    """The photo's border with the paper is its strongest edge: tangents read on the whole canvas run along
+    it there, and a stroke traced from a start beside it would lie on the border instead of the photo."""
+    canvas = np.ones((224, 224, 3), dtype=np.float32)
+    xx = np.arange(224)
+    canvas[60:164] = np.where((xx // 12) % 2 == 0, 0.3, 0.45)[None, :, None]  # vertical stripes, dull
+    box = (0, 60, 224, 104)
+    inside, whole = edge_tangents(canvas, box), edge_tangents(canvas)
+    rows, cols = slice(61, 64), slice(20, 200)
+    assert np.abs(whole[rows, cols, 0]).mean() > 0.9  # along the border
+    assert np.abs(inside[rows, cols, 1]).mean() > 0.9  # along the stripes
+    assert np.allclose(np.abs(inside[110, cols]), np.abs(whole[110, cols]), atol=0.05)  # far from it, the same
+
+
 def test_traced_strokes_end_where_they_would_leave_their_region():
     """Strokes traced from a disc's edge stop at the region's border instead of running off along the tangent."""
     yy, xx = np.mgrid[0:224, 0:224] + 0.5
