@@ -25,6 +25,7 @@ from clipasso.engine.init import (
     traced_strokes,
     xdog_edges,
 )
+from clipasso.engine.losses import SketchLoss
 from clipasso.engine.stopping import EVAL_EVERY, MIN_ITERATIONS, PATIENCE, Plateau, ReferenceStop
 from clipasso.errors import InputError
 from clipasso.options import SketchOptions
@@ -326,11 +327,13 @@ def test_the_loop_as_it_runs_on_a_gpu_gives_the_same_sketches(cat, monkeypatch):
     have ended; here on the CPU with those settings, each sketch is what it is alone."""
     monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 4})
     monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
+    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)  # the long ones race their starts, the short one cannot
     short, long = fast(iterations=3, strokes=6), fast(iterations=7, strokes=6, seed=3)
     outcomes = sketch_batch([SketchRequest(cat, short), SketchRequest(cat, long), SketchRequest(cat, long)])
-    for outcome, options in zip(outcomes, [short, long, long]):
-        assert outcome.iterations == options.iterations
-    monkeypatch.undo()
+    for outcome, steps in zip(outcomes, [3, 3 + 3 + 7, 3 + 3 + 7]):
+        assert outcome.iterations == steps
+    monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 1})
+    monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", {"cpu"})
     for outcome, options in zip(outcomes, [short, long]):
         solo = sketch(cat, options)
         assert outcome.loss == pytest.approx(solo.loss, rel=1e-3) and np.abs(outcome.strokes - solo.strokes).max() < 0.5
@@ -342,9 +345,18 @@ def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
     monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)
     options = fast(iterations=7)
     assert options.validated().recipe.starts == 3
-    seen = []
+    seen, passes = [], []
+    call = SketchLoss.__call__
+
+    def counted(self, sketches, plain, picks, owners):
+        passes.append((len(sketches), len(picks)))
+        return call(self, sketches, plain, picks, owners)
+
+    monkeypatch.setattr(SketchLoss, "__call__", counted)
     raced = sketch(cat, options, on_progress=lambda i, n, loss, s: seen.append((i, n)))
     assert raced.iterations == 3 + 3 + 7  # two starts ended after the race, the best ran on
+    # The race compares its starts on the plain view alone; the winner goes on with the preset's views.
+    assert passes == [(3, 0)] * 3 + [(1, options.validated().recipe.augmentations)] * 4
     assert all(n == 13 for _, n in seen) and max(i for i, _ in seen) <= 13  # every start counts towards 13
     one_at_a_time = sketch(cat, options, batch=1)
     assert one_at_a_time.iterations == 13 and one_at_a_time.loss == pytest.approx(raced.loss, rel=1e-3)
