@@ -49,7 +49,9 @@ class Target:
     placed: np.ndarray  #: the letterboxed photo, (S, S, 3) float32 in [0, 1]
     prob: np.ndarray  #: (S, S) probability of each pixel to start a stroke
     region: np.ndarray  #: (S, S) bool: where traced strokes may run (the subject, and REGION_MARGIN around it)
-    canvas: Tensor  #: the letterboxed photo as (1, 3, S, S) on the encoder's device
+    #: the photo as the loss sees it, (1, 3, S, S) on the encoder's device: the letterbox's paper filled with
+    #: the photo's edge pixels (see `unbordered`)
+    canvas: Tensor
     encoder: Encoder
     grids: Tensor  #: the augmentation bank's sampling grids
     focus: Tensor  #: (S, S) weight of each place in the geometric loss
@@ -118,12 +120,11 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     device = next(encoder.parameters()).device
     box = Letterbox(photo.width, photo.height, CANVAS)
     placed = box.place(photo.image)
-    canvas = torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)
     mask = np.zeros((CANVAS, CANVAS), dtype=np.float32)
     (ox, oy), (pw, ph) = box.offset, box.placed
     mask[oy : oy + ph, ox : ox + pw] = 1.0
     with torch.no_grad():
-        saliency = encoder.saliency(canvas).cpu().numpy()
+        saliency = encoder.saliency(torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)).cpu().numpy()
     edges = STARTS[options.recipe.init].edges(placed, (ox, oy, pw, ph))
     grids = bank_grids(options.seed, device)
     weight, starts_on, subject = saliency, mask, Source.SALIENCY
@@ -147,7 +148,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         placed=placed,
         prob=prob,
         region=binary_dilation(starts_on > 0.5, iterations=REGION_MARGIN),
-        canvas=canvas,
+        canvas=torch.from_numpy(unbordered(placed, box)).permute(2, 0, 1)[None].to(device),
         encoder=encoder,
         grids=grids,
         focus=torch.from_numpy(focus).to(device),
@@ -161,6 +162,18 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         kept=None if kept is None else kept.to(device),
         refine=None if starts is None else starts.to(device),
     )
+
+
+def unbordered(placed: np.ndarray, box: Letterbox) -> np.ndarray:
+    """The letterboxed photo with the paper around it filled by repeating the photo's edge pixels.
+
+    Where dark photo met white paper the encoder saw the strongest edge of the canvas, and the loss pulled
+    a stroke onto the photo's border (the keep sheet's stroke across the cat photo's top); strokes stay
+    on the photo and the paper has no loss weight, so only that edge goes.
+    """
+    (x, y), (w, h) = box.offset, box.placed
+    size = placed.shape[0]
+    return np.pad(placed[y : y + h, x : x + w], ((y, size - y - h), (x, size - x - w), (0, 0)), mode="edge")
 
 
 def clamp(points: Tensor, low: Tensor, high: Tensor) -> Tensor:

@@ -113,3 +113,16 @@ def test_focus_none_is_the_saliency_alone(lite0):
     assert auto.prob[background].sum() == 0  # auto: every start on the cup and saucer
     assert none.prob[background].sum() > 0.05  # none: the table's edges too
     assert auto.loss_key != none.loss_key  # the two never share a cached loss
+
+
+def test_the_loss_sees_the_photo_without_its_border_with_the_paper(lite0):
+    """Around a letterboxed photo the loss's canvas repeats the photo's edge pixels: the paper's white
+    made the photo's border the strongest edge there, and the loss pulled strokes onto it."""
+    photo = Photo.of(Image.fromarray(data.chelsea()))  # 451 x 300: paper above and below
+    target = prepare_target(photo, lite0, SketchOptions(strokes=8, encoder="lite0", device="cpu").validated())
+    seen = target.canvas[0].permute(1, 2, 0).cpu().numpy()
+    (x, y), (w, h) = target.box.offset, target.box.placed
+    assert y > 0 and np.array_equal(seen[y : y + h, x : x + w], target.placed[y : y + h, x : x + w])
+    assert (target.placed[:y] == 1).all()  # the sketch's paper is white
+    assert np.array_equal(seen[:y], np.broadcast_to(seen[y], seen[:y].shape))  # the loss's repeats the photo's top row
+    assert np.array_equal(seen[y + h :], np.broadcast_to(seen[y + h - 1], seen[y + h :].shape))
