@@ -322,12 +322,8 @@ class _Run:
             self.picks.append(torch.randint(0, AUGMENTATION_BANK, (count,), generator=self.generator))
 
     def horizon(self, iteration: int) -> int:
-        """How far ahead of `iteration` views can be drawn: up to its next re-laying, the end of its race (the
-        views per step change there), or its last iteration."""
-        ends = [i for i in self.relay_at if i >= iteration] + [self.last]
-        if self.race is not None and iteration < RACE_ITERATIONS:
-            ends.append(RACE_ITERATIONS - 1)
-        return min(ends)
+        """How far ahead of `iteration` views can be drawn: up to its next re-laying, or its last iteration."""
+        return min([i for i in self.relay_at if i >= iteration] + [self.last])
 
 
 class _Cohort:
@@ -500,10 +496,13 @@ class _Batch:
         return any(iteration in r.relay_at for c in self.cohorts for r in c.runs)
 
     def _plan(self, iteration: int) -> None:
-        """Draw every run's augmented views ahead, as far as the nearest re-laying or end, and send them to
-        the device at once: one copy for many steps, not one a step."""
+        """Draw every run's augmented views ahead, as far as the nearest re-laying, end or the race's end (where
+        raced runs' views per step change), and send them to the device at once: one copy for many steps,
+        not one a step."""
         runs = [r for c in self.cohorts for r in c.runs]
         last = min(r.horizon(iteration) for r in runs if not r.ended)  # ended runs in the batch just follow
+        if iteration < RACE_ITERATIONS and any(r.race is not None for r in runs):
+            last = min(last, RACE_ITERATIONS - 1)  # raced runs, even ended ones, draw more views after the race
         for r in runs:
             r.draw_until(last)
         offsets = [self.photo_of[id(r.sketch)] * self.loss.bank for r in runs]

@@ -339,6 +339,20 @@ def test_the_loop_as_it_runs_on_a_gpu_gives_the_same_sketches(cat, monkeypatch):
         assert outcome.loss == pytest.approx(solo.loss, rel=1e-3) and np.abs(outcome.strokes - solo.strokes).max() < 0.5
 
 
+def test_a_cancelled_race_that_stays_in_a_gpu_batch_does_not_break_it(cat, monkeypatch):
+    """Off the CPU ended runs stay in the batch while most still run: a raced sketch cancelled early keeps
+    drawing views beside unraced ones that re-lay, and its views per step change at the race's end."""
+    monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 4})
+    monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
+    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 6)
+    asked = []
+    raced, unraced = fast(iterations=12, strokes=6), fast(iterations=12, strokes=6, seeds=3)  # re-lay at 3 and 6
+    outcomes = sketch_batch([SketchRequest(cat, raced, should_stop=lambda: asked.append(1) or len(asked) > 1),
+                             SketchRequest(cat, unraced), SketchRequest(cat, fast(iterations=12, strokes=6, seeds=3, seed=7))])
+    assert outcomes[0].cancelled and outcomes[0].iterations == 3 * 1
+    assert [o.iterations for o in outcomes[1:]] == [3 * 12, 3 * 12]
+
+
 def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
     """The default preset races 3 starts per seed; after the race only the one with the lowest loss goes on.
     Progress counts every start's steps, and a batch of one run at a time still holds a whole race."""
