@@ -132,13 +132,15 @@ def edge_tangents(rgb: np.ndarray, box: Box | None = None, sigma: float = 1.5, r
     from a start there would follow the border instead of the photo's own contours.
     """
     grey, (x, y, w, h) = _grey(rgb, box)
+    tangents = np.zeros((*rgb.shape[:2], 2), dtype=np.float32)
+    tangents[..., 0] = 1.0
+    if min(grey.shape) < 2:  # a photo one canvas pixel thin: no gradient to read, and no contour
+        return tangents
     grey = gaussian_filter(grey, sigma)
     gy, gx = np.gradient(grey)
     jxx, jxy, jyy = (gaussian_filter(a, rho) for a in (gx * gx, gx * gy, gy * gy))
     # The gradient direction's angle is half the angle of (jxx - jyy, 2 jxy); the tangent is normal to it.
     theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2
-    tangents = np.zeros((*rgb.shape[:2], 2), dtype=np.float32)
-    tangents[..., 0] = 1.0
     tangents[y : y + h, x : x + w] = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
     return tangents
 

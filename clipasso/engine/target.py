@@ -168,8 +168,9 @@ def unbordered(placed: np.ndarray, box: Letterbox) -> np.ndarray:
     """The letterboxed photo with the paper around it filled by repeating the photo's edge pixels.
 
     Where dark photo met white paper the encoder saw the strongest edge of the canvas, and the loss pulled
-    a stroke onto the photo's border (the keep sheet's stroke across the cat photo's top); strokes stay
-    on the photo and the paper has no loss weight, so only that edge goes.
+    a stroke onto the photo's border (the keep sheet's stroke across the cat photo's top). Strokes stay
+    on the photo and the paper has no weight in the geometric loss; the semantic embedding reads the filled
+    paper, as it read the white before.
     """
     (x, y), (w, h) = box.offset, box.placed
     size = placed.shape[0]

@@ -13,6 +13,7 @@ from skimage import data
 from clipasso.encoders import load_encoder
 from clipasso.engine import sketch
 from clipasso.engine.focus import Source, faces, find_subject
+from clipasso.engine.init import edge_tangents
 from clipasso.engine.target import prepare_target
 from clipasso.images import Letterbox, Photo
 from clipasso.options import CANVAS, SketchOptions
@@ -126,3 +127,4 @@ def test_the_loss_sees_the_photo_without_its_border_with_the_paper(lite0):
     assert (target.placed[:y] == 1).all()  # the sketch's paper is white
     assert np.array_equal(seen[:y], np.broadcast_to(seen[y], seen[:y].shape))  # the loss's repeats the photo's top row
     assert np.array_equal(seen[y + h :], np.broadcast_to(seen[y + h - 1], seen[y + h :].shape))
+    assert np.array_equal(target.tangents, edge_tangents(target.placed, (x, y, w, h)))  # traced inside the photo

@@ -198,6 +198,13 @@ def test_tangents_near_a_letterboxed_photos_border_follow_the_photo():
     assert np.allclose(np.abs(inside[110, cols]), np.abs(whole[110, cols]), atol=0.05)  # far from it, the same
 
 
+def test_a_photo_one_canvas_pixel_thin_is_still_sketched(cat):
+    """A 600 x 2 photo is 1 px tall on the canvas: no gradient to read tangents from, yet a sketch."""
+    strip = cat.crop((0, 100, 600, 102))
+    result = sketch(strip, fast(iterations=2, strokes=4))
+    assert result.strokes.shape == (4, 4, 2) and np.isfinite(result.strokes).all()
+
+
 def test_traced_strokes_end_where_they_would_leave_their_region():
     """Strokes traced from a disc's edge stop at the region's border instead of running off along the tangent."""
     yy, xx = np.mgrid[0:224, 0:224] + 0.5
