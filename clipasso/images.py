@@ -353,6 +353,12 @@ class Letterbox:
         return (self.size - w) // 2, (self.size - h) // 2
 
     @property
+    def rect(self) -> tuple[int, int, int, int]:
+        """Where the image is on the canvas: x, y, width, height in canvas pixels."""
+        (x, y), (w, h) = self.offset, self.placed
+        return x, y, w, h
+
+    @property
     def scale(self) -> tuple[float, float]:
         """Canvas pixels per image pixel, along x and y."""
         w, h = self.placed

@@ -70,7 +70,7 @@ def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.
     """The subject of `photo`, letterboxed by `box` on the canvas, where `placed` is the photo on the canvas
     (S, S, 3) in [0, 1], `saliency` (S, S) in [0, 1] where the encoder looks, and `inside` (S, S) 1 where
     the photo is (0 on the letterbox's paper)."""
-    (x, y), (w, h) = box.offset, box.placed
+    x, y, w, h = box.rect
     saliency = np.maximum(saliency, face_map(faces(photo.image), box, saliency.shape[0]))
     if photo.alpha is not None:
         alpha = box.place(photo.alpha)

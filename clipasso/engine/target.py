@@ -88,8 +88,7 @@ class Target:
     @cached_property
     def tangents(self) -> np.ndarray:
         """(S, S, 2) unit tangents of the photo's contours, for strokes traced along them."""
-        (x, y), (w, h) = self.box.offset, self.box.placed
-        return edge_tangents(self.placed, (x, y, w, h))
+        return edge_tangents(self.placed, self.box.rect)
 
     @property
     def device(self) -> torch.device:
@@ -121,11 +120,11 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     box = Letterbox(photo.width, photo.height, CANVAS)
     placed = box.place(photo.image)
     mask = np.zeros((CANVAS, CANVAS), dtype=np.float32)
-    (ox, oy), (pw, ph) = box.offset, box.placed
+    ox, oy, pw, ph = box.rect
     mask[oy : oy + ph, ox : ox + pw] = 1.0
     with torch.no_grad():
-        saliency = encoder.saliency(torch.from_numpy(placed).permute(2, 0, 1)[None].to(device)).cpu().numpy()
-    edges = STARTS[options.recipe.init].edges(placed, (ox, oy, pw, ph))
+        saliency = encoder.saliency(_batch_of_one(placed, device)).cpu().numpy()
+    edges = STARTS[options.recipe.init].edges(placed, box.rect)
     grids = bank_grids(options.seed, device)
     weight, starts_on, subject = saliency, mask, Source.SALIENCY
     if options.focus == Focus.AUTO.value:
@@ -148,7 +147,7 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         placed=placed,
         prob=prob,
         region=binary_dilation(starts_on > 0.5, iterations=REGION_MARGIN),
-        canvas=torch.from_numpy(unbordered(placed, box)).permute(2, 0, 1)[None].to(device),
+        canvas=_batch_of_one(unbordered(placed, box), device),
         encoder=encoder,
         grids=grids,
         focus=torch.from_numpy(focus).to(device),
@@ -172,9 +171,14 @@ def unbordered(placed: np.ndarray, box: Letterbox) -> np.ndarray:
     on the photo and the paper has no weight in the geometric loss; the semantic embedding reads the filled
     paper, as it read the white before.
     """
-    (x, y), (w, h) = box.offset, box.placed
+    x, y, w, h = box.rect
     size = placed.shape[0]
     return np.pad(placed[y : y + h, x : x + w], ((y, size - y - h), (x, size - x - w), (0, 0)), mode="edge")
+
+
+def _batch_of_one(rgb: np.ndarray, device: torch.device) -> Tensor:
+    """An (S, S, 3) image as the (1, 3, S, S) batch the encoder takes, on `device`."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
 
 
 def clamp(points: Tensor, low: Tensor, high: Tensor) -> Tensor:
