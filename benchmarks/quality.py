@@ -27,7 +27,8 @@ Metrics:
   strokes: a line drawing of all it shows), each squashed alike to the network's 240x240 input. A sketch's
   rank is its own photo's place among the run's photos by cosine similarity (1: picked out; chance is 1 in
   the number of photos); its margin is the similarity to its own photo less the best other's (above 0
-  exactly when the rank is 1). Judges (`--judge`; all are reported):
+  exactly when the rank is 1); `taken_for` names the photo it is most like (its own when picked out).
+  Judges (`--judge`; all are reported):
   - `outlines` (default): the sketch against each photo's outline, pooled 1280-d head features. Line
     drawings against line drawings: the network compares shapes and where they are, not style.
   - `features`, `logits`: the sketch against each photo, head features or ImageNet logits.
@@ -122,6 +123,7 @@ class Judge:
 class Recognition:
     rank: int  #: 1 + the number of other photos more similar to the sketch than its own
     margin: float  #: similarity to its own photo less the most similar other photo's
+    first: int  #: the photo most similar to the sketch (its own exactly when rank is 1)
 
 
 def recognise(sketches: torch.Tensor, photos: torch.Tensor, own: list[int]) -> list[Recognition]:
@@ -131,7 +133,7 @@ def recognise(sketches: torch.Tensor, photos: torch.Tensor, own: list[int]) -> l
     for row, p in zip(sims, own):
         others = torch.cat([row[:p], row[p + 1:]])
         best_other = others.max().item() if len(others) else -1.0
-        found.append(Recognition(1 + int((others > row[p]).sum()), row[p].item() - best_other))
+        found.append(Recognition(1 + int((others > row[p]).sum()), row[p].item() - best_other, int(row.argmax())))
     return found
 
 
@@ -351,6 +353,7 @@ def main() -> None:
         row = {"kind": "sketch", "photo": name, "seed": seed, "loss": round(result.loss, 4),
                "iterations": result.iterations, "seconds": round(seconds, 2), "rank": primary.rank,
                "recognised": primary.rank == 1, "margin": round(primary.margin, 4),
+               "taken_for": names[primary.first],
                "ink_on_edges": round(ink_on_edges(drawing, near_edges(photos[name], drawing.size)), 4),
                "ranks": {j: found[j][i].rank for j in JUDGES}}
         rows[name].append(row)

@@ -51,6 +51,7 @@ def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(qualit
     for r in rows[:2]:
         assert r["seed"] == 0 and r["iterations"] == 2 and r["seconds"] > 0 and r["loss"] > 0
         assert r["rank"] in (1, 2) and r["recognised"] == (r["rank"] == 1) == (r["margin"] > 0)
+        assert (r["taken_for"] == r["photo"]) == r["recognised"] and r["taken_for"] in ("chelsea", "coffee")
         assert set(r["ranks"]) == set(quality.JUDGES) and r["ranks"]["outlines"] == r["rank"]
         assert 0 <= r["ink_on_edges"] <= 1
     for sketched, photo in zip(rows[:2], rows[2:4]):
@@ -102,6 +103,7 @@ def test_the_judge_picks_each_photo_out_from_its_grey_copy(quality, judge):
     for kind in ("features", "logits"):
         found = quality.recognise(grey[kind], colour[kind], list(range(len(photos))))
         assert [f.rank for f in found] == [1] * len(photos) and min(f.margin for f in found) > 0
+        assert [f.first for f in found] == list(range(len(photos)))
 
 
 def test_the_judge_picks_each_photos_outline_from_a_coarser_one(quality, judge):
