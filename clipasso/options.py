@@ -114,12 +114,15 @@ class Preset:
     #: with the lowest loss goes on (a bad start is the usual cause of a bad sketch); several seeds share
     #: them (see engine/optimise.py).
     starts: int = 1
+    #: How far the geometric loss's target leans from the photo towards a drawing of its contours made with
+    #: the sketch's own stroke width (engine/losses.py, `_target_maps`): 0 is the photo alone, the reference.
+    lines: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
     # The fast recipe: tuned on the built-in encoder for a laptop CPU.
     "default": Preset(iterations=130, seeds=1, augmentations=1, encoder="clip:RN101", init=Init.TRACED,
-                      stop=Stop.PLATEAU, relay=True, starts=3),
+                      stop=Stop.PLATEAU, relay=True, starts=3, lines=0.5),
     # The reference settings, for comparison.
     "paper": Preset(iterations=2000, seeds=3, augmentations=4, encoder="clip:RN101", init=Init.PAPER,
                     stop=Stop.REFERENCE, relay=False),

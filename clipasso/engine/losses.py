@@ -80,6 +80,24 @@ def _unit(t: Tensor) -> Tensor:
     return t * torch.rsqrt(t.square().sum(dim=1, keepdim=True) + 1e-10)
 
 
+def _view_features(encoder: Encoder, image: Tensor, grids: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The encoder's stage maps and embeddings of an image's plain view and its views under every grid."""
+    views = torch.cat([image, warp(image.expand(len(grids), -1, -1, -1), grids)])
+    passes = [encoder.features(v) for v in views.split(PHOTO_CHUNK.get(image.device.type, len(views)))]
+    return [torch.cat(stage) for stage in zip(*(m for m, _ in passes))], torch.cat([e for _, e in passes])
+
+
+def _target_maps(photo: list[Tensor], lines: list[Tensor], line_weight: float) -> list[Tensor]:
+    """The geometric term's target at each stage: the photo's and its contour drawing's unit maps, mixed.
+
+    Strokes on white cannot make a photo's fur, foliage or shading, so against the photo alone the early
+    stages mostly measure a gap no sketch closes; a line drawing of the photo's contours is something
+    strokes can match. The squared distance to the mix is the mix of the squared distances to each, less
+    a constant: the loss pulls towards both, by their weights.
+    """
+    return [(1 - line_weight) * _unit(p) + line_weight * _unit(q) for p, q in zip(photo, lines)]
+
+
 class SketchLoss:
     """Loss of sketch views against the photo under the same views, with the photo's features cached.
 
@@ -89,24 +107,27 @@ class SketchLoss:
     with its own photo's views.
     """
 
-    def __init__(self, encoder: Encoder, photo: Tensor, grids: Tensor, focus: Tensor | None = None) -> None:
-        """photo: (1, 3, S, S); grids: (K, S, S, 2) augmentation bank; focus: (S, S) weights in [0, 1].
-        View 0 is the plain photo, view k + 1 the photo under grids[k]."""
+    def __init__(self, encoder: Encoder, photo: Tensor, grids: Tensor, focus: Tensor | None = None,
+                 lines: Tensor | None = None, line_weight: float = 0.0) -> None:
+        """photo: (1, 3, S, S); grids: (K, S, S, 2) augmentation bank; focus: (S, S) weights in [0, 1];
+        lines: (1, 3, S, S) the photo's contours drawn as strokes are, which the geometric term's target
+        leans towards by line_weight (see `_target_maps`). View 0 is the plain photo, view k + 1 the photo
+        under grids[k]."""
         self.encoder = encoder
         self.grids = grids
         self.bank = len(grids)
         with torch.no_grad():
-            views = torch.cat([photo, warp(photo.expand(len(grids), -1, -1, -1), grids)])
-            passes = [encoder.features(v) for v in views.split(PHOTO_CHUNK.get(photo.device.type, len(views)))]
-            maps = [torch.cat(stage) for stage in zip(*(m for m, _ in passes))]
-            emb = torch.cat([e for _, e in passes])
-            del passes
+            maps, emb = _view_features(encoder, photo, grids)
+            if lines is not None and line_weight > 0:
+                maps = _target_maps(maps, _view_features(encoder, lines, grids)[0], line_weight)
+            else:
+                maps = [_unit(m) for m in maps]
             if focus is None:
                 focus = torch.ones(photo.shape[-2:], device=photo.device)
             f = focus[None, None].to(photo)
             # warp() treats 0 as white: warp 1 - focus so that outside the photo has no weight.
             fviews = torch.cat([f, 1 - warp(1 - f.expand(len(grids), -1, -1, -1), grids)])
-        self.photo_maps = [_unit(m) for m in maps]
+        self.photo_maps = maps
         self.weights = [F.adaptive_avg_pool2d(fviews, m.shape[-2:])[:, 0] for m in maps]
         self.weights = [w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-8) for w in self.weights]
         self.photo_emb = F.normalize(emb, dim=-1)

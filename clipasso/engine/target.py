@@ -1,7 +1,8 @@
 """What a sketch is optimised against: the photo on the square canvas and everything derived from it once.
 
 The letterboxed photo, where the strokes may go (the photo, not the paper around it), the start-point
-distribution (salient edges), the contours' tangent field, and the loss with the photo's features cached.
+distribution (salient edges), the contours' tangent field, a drawing of the contours, and the loss with
+the photo's features cached.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
 from torch import Tensor
 
 from ..encoders import Encoder
@@ -55,13 +56,17 @@ class Target:
     encoder: Encoder
     grids: Tensor  #: the augmentation bank's sampling grids
     focus: Tensor  #: (S, S) weight of each place in the geometric loss
-    loss_key: bytes  #: a digest of what the loss compares with (the photo, the focus weights)
+    loss_key: bytes  #: a digest of what the loss compares with (the photo, its contour drawing, the focus weights)
     stroke_width: float  #: in canvas pixels
     low: Tensor  #: the photo's top-left and bottom-right corners on the canvas: strokes stay inside
     high: Tensor
     backend: str  #: the rasterizer everything of this sketch is drawn with (render.BACKENDS)
     seed: int  #: the augmentation bank's seed
     subject: Source  #: where the subject's outline came from
+    #: (1, 3, S, S) the photo's contours drawn with the strokes' width (`line_drawing`), and how far the
+    #: geometric loss's target leans towards it (the recipe's `lines`; without a drawing where 0)
+    lines: Tensor | None = None
+    line_weight: float = 0.0
     #: (S, S) the artist's kept paths, drawn once (1 = paper): every render of the strokes is multiplied by it
     kept: Tensor | None = None
     #: (R, 4, 2) strokes to refine, in canvas pixels: each seed starts from them
@@ -78,7 +83,7 @@ class Target:
             if cached is not None:
                 _losses.move_to_end(key)
                 return cached[1]
-        loss = SketchLoss(self.encoder, self.canvas, self.grids, self.focus)
+        loss = SketchLoss(self.encoder, self.canvas, self.grids, self.focus, self.lines, self.line_weight)
         with _losses_lock:
             _losses[key] = (self.encoder, loss)  # the encoder is held so that its id is not reused meanwhile
             while len(_losses) > LOSS_CACHE:
@@ -132,6 +137,8 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         saliency, weight, subject = found.saliency, found.mask, found.source
         starts_on = (found.mask > 0.5).astype(np.float32)
     focus = ((FOCUS_FLOOR + (1 - FOCUS_FLOOR) * weight) * mask).astype(np.float32)
+    stroke_width = image_stroke_width(options, photo.width, photo.height) * min(box.scale)
+    lines = line_drawing(edges, stroke_width) if options.recipe.lines > 0 else None
     keep, refine, _ = options.drawn_on_photo(photo.width, photo.height)
     backend = Renderer(options.renderer).backend
     kept = draw_kept(keep, box, mask, backend) if keep else None
@@ -151,13 +158,16 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
         encoder=encoder,
         grids=grids,
         focus=torch.from_numpy(focus).to(device),
-        loss_key=hashlib.blake2b(placed.tobytes() + focus.tobytes(), digest_size=16).digest(),
-        stroke_width=image_stroke_width(options, photo.width, photo.height) * min(box.scale),
+        loss_key=hashlib.blake2b(placed.tobytes() + focus.tobytes() + (b"" if lines is None else lines.tobytes())
+                                 + str(options.recipe.lines).encode(), digest_size=16).digest(),
+        stroke_width=stroke_width,
         low=torch.tensor([ox, oy], dtype=torch.float32, device=device),
         high=torch.tensor([ox + pw, oy + ph], dtype=torch.float32, device=device),
         backend=backend,
         seed=options.seed,
         subject=subject,
+        lines=None if lines is None else _batch_of_one(lines, device),
+        line_weight=options.recipe.lines,
         kept=None if kept is None else kept.to(device),
         refine=None if starts is None else starts.to(device),
     )
@@ -174,6 +184,15 @@ def unbordered(placed: np.ndarray, box: Letterbox) -> np.ndarray:
     x, y, w, h = box.rect
     size = placed.shape[0]
     return np.pad(placed[y : y + h, x : x + w], ((y, size - y - h), (x, size - x - w), (0, 0)), mode="edge")
+
+
+def line_drawing(edges: np.ndarray, width: float) -> np.ndarray:
+    """Contours (S, S) bool, one pixel wide, drawn black on white as a stroke of `width` pixels would draw
+    them, with an antialiased rim: (S, S, 3) float32 in [0, 1], what the geometric loss holds strokes to."""
+    if not edges.any():
+        return np.ones(edges.shape + (3,), dtype=np.float32)
+    ink = np.clip(width / 2 + 0.5 - distance_transform_edt(~edges), 0, 1).astype(np.float32)
+    return np.repeat(1 - ink[..., None], 3, axis=2)
 
 
 def _batch_of_one(rgb: np.ndarray, device: torch.device) -> Tensor:

@@ -13,7 +13,7 @@ from skimage import data
 from clipasso.encoders import load_encoder
 from clipasso.engine import sketch
 from clipasso.engine.focus import Source, faces, find_subject
-from clipasso.engine.init import edge_tangents
+from clipasso.engine.init import contour_edges, edge_tangents
 from clipasso.engine.target import prepare_target
 from clipasso.images import Letterbox, Photo
 from clipasso.options import CANVAS, SketchOptions
@@ -128,3 +128,18 @@ def test_the_loss_sees_the_photo_without_its_border_with_the_paper(lite0):
     assert np.array_equal(seen[:y], np.broadcast_to(seen[y], seen[:y].shape))  # the loss's repeats the photo's top row
     assert np.array_equal(seen[y + h :], np.broadcast_to(seen[y + h - 1], seen[y + h :].shape))
     assert np.array_equal(target.tangents, edge_tangents(target.placed, (x, y, w, h)))  # traced inside the photo
+
+
+def test_the_default_recipe_draws_the_photos_contours_at_the_strokes_width(lite0):
+    """The geometric loss's contour drawing: the traced starts' contours, as wide as the strokes; a wider
+    stroke draws them wider and so never shares a cached loss; the paper preset compares with the photo alone."""
+    photo = Photo.of(Image.fromarray(data.coffee()))
+    target = prepare_target(photo, lite0, SketchOptions(encoder="lite0", device="cpu").validated())
+    wide = prepare_target(photo, lite0, SketchOptions(encoder="lite0", device="cpu", stroke_width=20).validated())
+    paper = prepare_target(photo, lite0, SketchOptions(encoder="lite0", device="cpu", preset="paper").validated())
+    assert target.line_weight == 0.5 and paper.lines is None and paper.line_weight == 0
+    drawn = 1 - target.lines[0, 0].cpu().numpy()
+    edges = contour_edges(target.placed, target.box.rect)
+    assert (drawn[edges] == 1).all()  # every contour pixel is inked
+    assert drawn.sum() == pytest.approx(edges.sum() * target.stroke_width, rel=0.35)  # about a stroke wide
+    assert (1 - wide.lines[0, 0].cpu().numpy()).sum() > 1.5 * drawn.sum() and wide.loss_key != target.loss_key

@@ -99,3 +99,24 @@ def test_focus_weights_only_the_subject(photo):
     error = loss_fn.error_maps(torch.ones(1, 224, 224), torch.zeros(1, dtype=torch.long))[0].numpy()
     assert error.shape == (224, 224) and np.isfinite(error).all()
     assert error[:, :100].sum() > 20 * error[:, 124:].sum()
+
+
+def test_the_contour_drawing_is_what_the_geometric_term_leans_to(photo):
+    """With line_weight 1 the drawing itself matches every stage (only the semantic term, towards the photo,
+    is left); with 0.5 it and the photo score alike; with 0 the drawing changes nothing."""
+    encoder, _ = load_encoder("lite0", "cpu")
+    grids = augmentation_bank(2, torch.Generator().manual_seed(0), 224)
+    lines = torch.ones_like(photo)
+    lines[:, :, 60:64, 30:190] = 0  # one bar: a drawing no photo looks like
+    plain = SketchLoss(encoder, photo, grids)
+    ignored = SketchLoss(encoder, photo, grids, lines=lines, line_weight=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.photo_maps, ignored.photo_maps))
+
+    def geometric(loss: SketchLoss, image: torch.Tensor) -> float:
+        return sum(e.sum().item() for e in loss._geometric(image, torch.zeros(1, dtype=torch.long))[0])
+
+    drawn = SketchLoss(encoder, photo, grids, lines=lines, line_weight=1.0)
+    assert geometric(drawn, lines) == pytest.approx(0.0, abs=1e-4) and geometric(drawn, photo) > 0.5
+    half = SketchLoss(encoder, photo, grids, lines=lines, line_weight=0.5)
+    assert geometric(half, lines) == pytest.approx(geometric(half, photo), rel=0.05)
+    assert geometric(half, lines) < geometric(plain, lines)
