@@ -31,7 +31,8 @@ from .render import render, render_batch
 #: still leaves the whole photo some pull.
 FOCUS_FLOOR = 0.25
 #: Size of the fixed augmentation bank whose photo features are computed once: enough variety that
-#: strokes do not fit one warp, few enough that the photo's side costs under a second.
+#: strokes do not fit one warp, few enough that the photo's side (with its contour drawing's) costs under
+#: a second.
 AUGMENTATION_BANK = 24
 #: How many photos' loss sides are kept for the next sketch of the same photo (another stroke count, seed or
 #: ladder, as an artist tries them): each is the encoder's maps under the 25 views, 15-60 MB.
