@@ -2,7 +2,8 @@
 
 Photos: benchmarks/photos.py's twelve (animals, objects, people, vehicles, places; its docstring lists
 each one's source and licence). Each photo is sketched with seeds=1 and seed=s for s in 0..K-1, so that
-every seed is judged on its own. Prints JSON lines:
+every seed is judged on its own (`--first-seed F` takes seeds F..F+K-1 instead: another sample).
+Prints JSON lines:
 
 - one per sketch (`"kind": "sketch"`): loss, iterations, seconds, the recognition rank and margin, its
   rank by every judge, and the ink on edges;
@@ -210,9 +211,9 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
 
 
 def make_sketches(photos: dict[str, Image.Image], base: SketchOptions,
-                  seeds: int) -> Iterator[tuple[str, int, SketchResult, float]]:
+                  seeds: range) -> Iterator[tuple[str, int, SketchResult, float]]:
     """(photo, seed, result, seconds) for each photo and seed, as each is ready (all at once on a GPU)."""
-    jobs = [(name, s) for name in photos for s in range(seeds)]
+    jobs = [(name, s) for name in photos for s in seeds]
     if base.device.startswith("cuda"):
         t = time.perf_counter()
         outcomes = sketch_batch([SketchRequest(photos[n], replace(base, seed=s, seeds=1)) for n, s in jobs])
@@ -291,6 +292,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default=",".join(PHOTOS), help="comma list (default: all)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per photo, 0..K-1 (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="start the seeds here instead of 0: another sample of seeds for the same photos")
     ap.add_argument("--strokes", type=int, default=16)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--encoder", default="lite0")
@@ -315,6 +318,8 @@ def main() -> None:
                              f"{', '.join(PHOTOS)}")
         if args.seeds < 1:
             raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+        if args.first_seed < 0:
+            raise InputError(f"--first-seed must be at least 0, got {args.first_seed}")
         if args.race < 1:
             raise InputError(f"--race must be at least 1, got {args.race}")
         optimise.RACE_ITERATIONS = args.race
@@ -338,7 +343,7 @@ def main() -> None:
     photo_embeddings = judge.embed(list(photos.values()))
     outline_embeddings = judge.embed([outline(p) for p in photos.values()])
     made = []
-    for name, seed, result, seconds in make_sketches(photos, base, args.seeds):
+    for name, seed, result, seconds in make_sketches(photos, base, range(args.first_seed, args.first_seed + args.seeds)):
         print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
         made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
                      preview_image(result, max_side=2 * Judge.SIZE)))
@@ -361,7 +366,7 @@ def main() -> None:
     for name in names:
         mine = rows[name]
         worst = min(mine, key=lambda row: (row["margin"], row["ink_on_edges"]))
-        near = near_edges(photos[name], drawings[name, 0].size)
+        near = near_edges(photos[name], drawings[name, mine[0]["seed"]].size)
         emit({"kind": "photo", "photo": name, "seeds": len(mine), "edge_area": round(float(near.mean()), 4),
               "recognised": sum(row["recognised"] for row in mine) / len(mine),
               "rank": spread([row["rank"] for row in mine], worst=max),
@@ -375,7 +380,8 @@ def main() -> None:
     sheet.save(buffer, format="PNG", optimize=True)
     write_atomic(args.output, buffer.getvalue())
     every = [row for name in names for row in rows[name]]
-    emit({"kind": "summary", "photos": len(names), "seeds": args.seeds, "sketches": len(every),
+    emit({"kind": "summary", "photos": len(names), "seeds": args.seeds, "first_seed": args.first_seed,
+          "sketches": len(every),
           "recognised": round(sum(row["recognised"] for row in every) / len(every), 4),
           "worst_seed_recognised": round(sum(all(r["recognised"] for r in rows[n]) for n in names) / len(names), 4),
           "ink_on_edges": round(statistics.mean(row["ink_on_edges"] for row in every), 4),

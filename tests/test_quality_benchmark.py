@@ -31,10 +31,10 @@ def judge(quality):
 
 def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(quality, tmp_path: Path):
     sheet, saved, earlier = tmp_path / "sheet.png", tmp_path / "lines.json", tmp_path / "earlier.json"
-    # An earlier run that sketched only chelsea, seed 0: one pair to compare.
-    earlier.write_text(json.dumps({"kind": "sketch", "photo": "chelsea", "seed": 0, "loss": 1.0, "margin": -0.5,
+    # An earlier run that sketched only chelsea, seed 2: one pair to compare (this run's one seed is 2).
+    earlier.write_text(json.dumps({"kind": "sketch", "photo": "chelsea", "seed": 2, "loss": 1.0, "margin": -0.5,
                                    "ink_on_edges": 0.25, "recognised": False}) + "\n")
-    out = subprocess.run([sys.executable, str(SCRIPT), "--photos", "chelsea,coffee", "--seeds", "1",
+    out = subprocess.run([sys.executable, str(SCRIPT), "--photos", "chelsea,coffee", "--seeds", "1", "--first-seed", "2",
                           "--iterations", "2", "--threads", "1", "-o", str(sheet), "--json-output", str(saved),
                           "--against", str(earlier)],
                          capture_output=True, text=True, timeout=600, check=True)
@@ -49,17 +49,18 @@ def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(qualit
     assert [(r["kind"], r["photo"]) for r in rows[:4]] == [("sketch", "chelsea"), ("sketch", "coffee"),
                                                            ("photo", "chelsea"), ("photo", "coffee")]
     for r in rows[:2]:
-        assert r["seed"] == 0 and r["iterations"] == 2 and r["seconds"] > 0 and r["loss"] > 0
+        assert r["seed"] == 2 and r["iterations"] == 2 and r["seconds"] > 0 and r["loss"] > 0
         assert r["rank"] in (1, 2) and r["recognised"] == (r["rank"] == 1) == (r["margin"] > 0)
         assert (r["taken_for"] == r["photo"]) == r["recognised"] and r["taken_for"] in ("chelsea", "coffee")
         assert set(r["ranks"]) == set(quality.JUDGES) and r["ranks"]["outlines"] == r["rank"]
         assert 0 <= r["ink_on_edges"] <= 1
     for sketched, photo in zip(rows[:2], rows[2:4]):
-        assert photo["recognised"] == float(sketched["recognised"]) and photo["worst_seed"] == 0
+        assert photo["recognised"] == float(sketched["recognised"]) and photo["worst_seed"] == 2
         assert photo["ink_on_edges"] == {"worst": sketched["ink_on_edges"], "median": sketched["ink_on_edges"]}
         assert 0 < photo["edge_area"] < 1
     summary = rows[4]
     assert summary["kind"] == "summary" and (summary["photos"], summary["seeds"], summary["sketches"]) == (2, 1, 2)
+    assert summary["first_seed"] == 2
     assert summary["recognised"] == sum(r["recognised"] for r in rows[:2]) / 2
     assert summary["settings"]["strokes"] == 16 and summary["settings"]["encoder"] == "lite0"
     with Image.open(sheet) as im:  # photo | its one seed's sketch, two rows with their labels
@@ -73,6 +74,14 @@ def test_an_unknown_option_is_one_line_and_exit_2(quality, monkeypatch, capsys):
     out = capsys.readouterr()
     assert stop.value.code == 2 and out.out == ""
     assert out.err.startswith("quality.py: --option colour: not an option here") and out.err.count("\n") == 1
+
+
+def test_a_negative_first_seed_is_one_line_and_exit_2(quality, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--photos", "chelsea", "--first-seed", "-1"])
+    with pytest.raises(SystemExit) as stop:
+        quality.main()
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and out.out == "" and out.err == "quality.py: --first-seed must be at least 0, got -1\n"
 
 
 def test_comparing_with_a_file_that_is_no_run_is_one_line_and_exit_2(quality, monkeypatch, capsys, tmp_path):
