@@ -343,7 +343,8 @@ def main() -> None:
     photo_embeddings = judge.embed(list(photos.values()))
     outline_embeddings = judge.embed([outline(p) for p in photos.values()])
     made = []
-    for name, seed, result, seconds in make_sketches(photos, base, range(args.first_seed, args.first_seed + args.seeds)):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for name, seed, result, seconds in make_sketches(photos, base, seeds):
         print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
         made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
                      preview_image(result, max_side=2 * Judge.SIZE)))

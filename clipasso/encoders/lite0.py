@@ -24,8 +24,8 @@ class Lite0Encoder(Encoder):
 
     It reads the canvas at 192 px (`input_size`): the network is convolutional, and a sketch's strokes,
     about 3 px wide at 224 px, survive the resize. Over 12 photos x 3 seeds of benchmarks/quality.py a
-    held-out network found the sketches as like their photos as at 224 px (margin +0.005 +- 0.009,
-    paired) in 0.8x the time; at 176 px they were less so (-0.031 +- 0.011).
+    held-out network found the sketches more like their photos than at 224 px (margin +0.016 +- 0.006,
+    paired) from 0.73x the pixels; at 176 px less so (-0.020 +- 0.010; README, Quality).
     """
 
     name = "lite0"
