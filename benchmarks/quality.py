@@ -51,9 +51,9 @@ Metrics:
   noise); the share of the ink (darkness-weighted pixels) within 3 px of an edge.
 
 The contact sheet (-o) has one row per photo: the photo, then its worst seed's sketch (lowest margin),
-its median and its best, each labelled with the seed, rank and ink share, then its tracing. On a CPU the sketches run one
-after another with `sketch`; on a GPU (`--device cuda`) all of them are one `sketch_batch` call, and a
-sketch's seconds are the batch's time divided by the number of sketches.
+its median and its best, each labelled with the seed, rank and ink share, then its tracing. On a CPU
+the sketches run one after another with `sketch`; on a GPU (`--device cuda`) all of them are one
+`sketch_batch` call, and a sketch's seconds are the batch's time divided by the number of sketches.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ def main() -> None:
                "ranks": {j: found[j][i].rank for j in JUDGES}}
         rows[name].append(row)
         emit(row)
-    for name in names:
+    for name, traced_one in zip(names, traced):
         mine = rows[name]
         worst = min(mine, key=lambda row: (row["margin"], row["ink_on_edges"]))
         near = near_edges(photos[name], drawings[name, mine[0]["seed"]].size)
@@ -422,8 +422,8 @@ def main() -> None:
               "margin": spread([row["margin"] for row in mine]),
               "ink_on_edges": spread([row["ink_on_edges"] for row in mine]),
               "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"],
-              "tracing": {"rank": traced[names.index(name)].rank, "margin": round(traced[names.index(name)].margin, 4),
-                          "taken_for": names[traced[names.index(name)].first]}})
+              "tracing": {"rank": traced_one.rank, "margin": round(traced_one.margin, 4),
+                          "taken_for": names[traced_one.first]}})
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     # 128 colours keep twelve rows near 200 KB, small enough to commit; the photos barely change.
