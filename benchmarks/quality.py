@@ -161,27 +161,34 @@ def judge_all(sketches: dict[str, torch.Tensor], photos: dict[str, torch.Tensor]
     }
 
 
+def canny_edges(photo: Image.Image, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """The photo's Canny edges (one pixel wide) on its grey copy at `size`."""
+    grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
+    return canny(grey, sigma=sigma)
+
+
+def within(edges: np.ndarray, radius: float) -> np.ndarray:
+    """Where the picture lies within `radius` px of `edges` (nowhere without edges)."""
+    return distance_transform_edt(~edges) <= radius if edges.any() else edges
+
+
 def near_edges(photo: Image.Image, size: tuple[int, int], sigma: float = EDGE_SIGMA,
                near: float = NEAR) -> np.ndarray:
     """Where a stroke counts as on an edge: within `near` px of the photo's Canny edges at `size`."""
-    grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
-    edges = canny(grey, sigma=sigma)
-    return distance_transform_edt(~edges) <= near
+    return within(canny_edges(photo, size, sigma), near)
 
 
 def outline_edges(photo: Image.Image) -> np.ndarray:
-    """The photo's Canny edges (one pixel wide) at the judge's render size, smoothed as at the working size."""
+    """The photo's Canny edges at the judge's render size, smoothed as at the working size."""
     side = 2 * Judge.SIZE
     s = side / max(photo.size)
     size = (max(1, round(photo.width * s)), max(1, round(photo.height * s)))
-    grey = np.asarray(photo.convert("L").resize(size, Image.LANCZOS), dtype=np.float64) / 255
-    return canny(grey, sigma=EDGE_SIGMA * side / WORK)
+    return canny_edges(photo, size, EDGE_SIGMA * side / WORK)
 
 
 def draw_edges(edges: np.ndarray) -> Image.Image:
     """Edges drawn black on white about as wide as a sketch's strokes (3 px at the working size)."""
-    near = distance_transform_edt(~edges) <= 1.5 * 2 * Judge.SIZE / WORK if edges.any() else edges
-    return Image.fromarray(np.where(near, 0, 255).astype(np.uint8), "L")
+    return Image.fromarray(np.where(within(edges, 1.5 * 2 * Judge.SIZE / WORK), 0, 255).astype(np.uint8), "L")
 
 
 def outline(photo: Image.Image) -> Image.Image:
@@ -190,9 +197,14 @@ def outline(photo: Image.Image) -> Image.Image:
     return draw_edges(outline_edges(photo))
 
 
+def darkness(drawing: Image.Image) -> np.ndarray:
+    """A drawing's ink at each pixel: 1 - grey, so that darker counts more."""
+    return 1 - np.asarray(drawing.convert("L"), dtype=np.float64) / 255
+
+
 def ink(drawing: Image.Image) -> float:
-    """How much ink a drawing holds: its darkness (1 - grey) summed over its pixels."""
-    return float((1 - np.asarray(drawing.convert("L"), dtype=np.float64) / 255).sum())
+    """How much ink a drawing holds: its darkness summed over its pixels."""
+    return float(darkness(drawing).sum())
 
 
 def tracing(photo: Image.Image, budget: float) -> Image.Image:
@@ -215,10 +227,10 @@ def tracing(photo: Image.Image, budget: float) -> Image.Image:
 
 
 def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
-    """The share of the drawing's ink (1 - grey, so darker counts more) that lies near an edge."""
-    ink = 1 - np.asarray(drawing.convert("L"), dtype=np.float64) / 255
-    total = ink.sum()
-    return float((ink * near).sum() / total) if total > 0 else 0.0
+    """The share of the drawing's ink (`darkness`) that lies near an edge."""
+    dark = darkness(drawing)
+    total = dark.sum()
+    return float((dark * near).sum() / total) if total > 0 else 0.0
 
 
 def coerce(key: str, value: str) -> object:
