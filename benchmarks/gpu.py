@@ -5,7 +5,9 @@
   their sketch means nothing and is not kept);
 - `seeds`: `--seeds 8` against one seed (the seeds run together), and the same seeds one after another;
 - `service`: the service's job store and worker (no HTTP) finishing 32 queued 16-stroke lite0 jobs in
-  batches of `--batch` (and, for comparison, a few jobs one at a time);
+  batches of `--batch`, preparing the next batch while one steps (and, for comparison, a few jobs one at a
+  time); `--prefetch off` prepares each batch only when it is taken (`auto`, the service's default: on off
+  the CPU);
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
 
 `--no-graphs` runs without CUDA graphs (to measure what they gain), `--renderer tiles` with the tiled
@@ -126,7 +128,7 @@ def bench_seeds(photo: Image.Image, device: str, encoder: tuple[str, str | None]
 
 
 def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], strokes: int, iterations: int | None,
-                  jobs: int, batch: int) -> dict:
+                  jobs: int, batch: int, prefetch: bool | None) -> dict:
     """Queue `jobs` jobs, then time the worker from its start until every job has finished."""
     name, weights = encoder
     with tempfile.TemporaryDirectory() as data:
@@ -143,7 +145,8 @@ def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], stro
                 done.set()
 
         store.finish = finish_and_count
-        worker = Worker(store, batch=batch)
+        worker = Worker(store, batch=batch, prefetch=prefetch)
+        prefetch = worker.prefetch
         peak_reset(device)
         t = time.perf_counter()
         worker.start()
@@ -152,7 +155,8 @@ def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], stro
         store.close()
         worker.join(30)
         states = [store.snapshot(i)[1]["state"] for i in ids]
-    return {"bench": "service", "encoder": name, "jobs": jobs, "batch": batch, "strokes": strokes, "seconds": round(seconds, 2),
+    return {"bench": "service", "encoder": name, "jobs": jobs, "batch": batch, "prefetch": prefetch,
+            "strokes": strokes, "seconds": round(seconds, 2),
             "sketches_per_second": round(jobs / seconds, 2), "succeeded": states.count("succeeded"),
             "peak_gpu_mb": peak_mb(device)}
 
@@ -188,6 +192,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
     ap.add_argument("--batch", default="16", help="jobs per batch in the service measurement (several: 16,32)")
     ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
+    ap.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
+                    help="whether the service prepares the next batch while one steps (auto: off the CPU)")
     ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
                     help="the rasterizer off the CPU (the CPU always draws with the tiles)")
     ap.add_argument("--only", help="some of single, seeds, service, profile (comma-separated)")
@@ -221,9 +227,11 @@ def main() -> None:
             strokes, iterations, repeats, warm)),
         ("seeds", lambda: bench_seeds(photo, device, many, strokes, iterations, seeds, repeats, warm)),
     ]
-    rows += [("service", lambda b=int(b): bench_service(png, device, many, strokes, iterations, jobs, b))
+    prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
+    rows += [("service", lambda b=int(b): bench_service(png, device, many, strokes, iterations, jobs, b, prefetch))
              for b in args.batch.split(",")]
-    rows.append(("service", lambda: bench_service(png, device, many, strokes, iterations, max(2, jobs // 4), 1)))
+    rows.append(("service", lambda: bench_service(png, device, many, strokes, iterations, max(2, jobs // 4), 1,
+                                                  prefetch)))
     for kind, row in rows:
         if only is None or kind in only:
             print(json.dumps(row()), flush=True)

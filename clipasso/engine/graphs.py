@@ -6,10 +6,14 @@ about one launch. Where every stroke set of a batch is drawn by the fixed raster
 one graph per batch layout (StepGraph); where one is not (the tiles and diffvg follow the strokes with
 their shapes, so they wait for the host), only the encoder's pass is (LossPass). Off CUDA, or where
 capture fails (an operation that cannot be captured), the step runs as it is, said once in the log.
+
+Captures tolerate other threads' GPU work ("thread_local" capture mode): the service prepares its next
+batch in other threads, on the default stream, while the worker captures and replays its steps.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Callable, Hashable
 
@@ -26,6 +30,13 @@ ENABLED = True
 #: Steps run as they are before a capture: lazy initialisations (cuBLAS and cuDNN handles and plans, the
 #: caching allocator's first blocks) happen outside the graph, as PyTorch's docs ask.
 WARMUP_STEPS = 2
+
+#: Only the capturing thread's unsafe CUDA calls break a capture (CUDA's cudaStreamCaptureModeThreadLocal).
+CAPTURE_MODE = "thread_local"
+#: Whether this PyTorch's make_graphed_callables takes a capture mode (2.13 and later): without one it
+#: captures in the global mode, which another thread's allocation breaks, so the encoder's pass alone is
+#: not captured there.
+_GRAPHED_CALLABLES_TAKE_MODE = "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
 
 _told: set[str] = set()  # the fallbacks already logged as warnings
 
@@ -69,7 +80,7 @@ class StepGraph:
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                     self.body()  # recorded, not run: the state is as it was
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
                 _fall_back("the whole step", exc)
@@ -93,7 +104,7 @@ class LossPass:
 
     def __init__(self, loss: SketchLoss, graphed: bool) -> None:
         self.loss = loss
-        self.graphs = graphed
+        self.graphs = graphed and _GRAPHED_CALLABLES_TAKE_MODE
         self.shape: tuple | None = None
         self.graphed = None
 
@@ -107,7 +118,7 @@ class LossPass:
             # The sample tensors become the graph's input buffers: fresh, contiguous ones.
             sample = (torch.zeros_like(renders, requires_grad=True), plain.clone(), picks.clone(), owners.clone())
             try:
-                self.graphed = torch.cuda.make_graphed_callables(self._eager, sample)
+                self.graphed = torch.cuda.make_graphed_callables(self._eager, sample, capture_error_mode=CAPTURE_MODE)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
                 _fall_back("this encoder", exc)
                 self.graphs = False

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -119,17 +119,44 @@ def sketch(
     return outcome
 
 
-def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> list[Outcome]:
+def sketch_batch(requests: list[SketchRequest | Prepared], batch: int | None = None) -> list[Outcome]:
     """Make several sketches, stepping up to `batch` seeds together (None: all of them); a seed's raced
     starts count as one, as they end in one race (the service's `--batch` counts single-seed jobs).
 
     Requests for the same encoder share one; each keeps its own options, hooks and result. A request
     that fails (bad options, its photo, its own hooks) gets its exception as its outcome and the others
-    go on; a failure of a shared step is every unfinished request's outcome.
+    go on; a failure of a shared step is every unfinished request's outcome. Items from `prepare()` are
+    stepped as they are (their hooks, set since, hear what they missed: the encoder, or their failure).
     """
-    sketches = [_Sketch(i, request) for i, request in enumerate(requests)]
-    groups: dict[tuple, list[_Sketch]] = {}
+    sketches = [item if isinstance(item, Prepared) else Prepared(i, item) for i, item in enumerate(requests)]
     for s in sketches:
+        if s.ready:
+            s.adopted()
+    _prepare([s for s in sketches if not s.ready])
+    groups: dict[int, list[Prepared]] = {}
+    for s in sketches:
+        if s.outcome is None:
+            groups.setdefault(id(s.target.encoder), []).append(s)
+    for group in groups.values():
+        _step_group(group, batch)
+    return [s.outcome for s in sketches]
+
+
+def prepare(requests: list[SketchRequest]) -> list[Prepared]:
+    """Everything of these sketches before their first step (the photos placed, the subject found, the
+    starts laid, the loss's photo side computed), for `sketch_batch` to step later: the service prepares
+    the next batch while a GPU steps the current one. A request that fails here keeps its exception as its
+    outcome. Hooks may be set on the requests afterwards."""
+    sketches = [Prepared(i, r) for i, r in enumerate(requests)]
+    _prepare(sketches)
+    return sketches
+
+
+def _prepare(sketches: list[Prepared]) -> None:
+    """Validate each sketch's options, then prepare the sketches of each encoder together."""
+    groups: dict[tuple, list[Prepared]] = {}
+    for s in sketches:
+        s.ready = True
         try:
             s.opts = s.request.options.validated()
             check_backend(Renderer(s.opts.renderer).backend, resolve_device(s.opts.device))  # before the slow part
@@ -138,13 +165,21 @@ def sketch_batch(requests: list[SketchRequest], batch: int | None = None) -> lis
             continue
         groups.setdefault(s.opts.encoder_choice, []).append(s)
     for group in groups.values():
-        _run_group(group, batch)
-    return [s.outcome for s in sketches]
+        _prepare_group(group)
 
 
-def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
-    """Sketches that share an encoder: load it, prepare the photos side by side, then step their runs in
-    batches."""
+@contextmanager
+def _side_by_side(device: torch.device) -> Iterator[Each]:
+    """`map`, or off the CPU a thread pool's map (see PREPARE_THREADS)."""
+    if device.type == "cpu":
+        yield map
+    else:
+        with ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
+            yield pool.map
+
+
+def _prepare_group(sketches: list[Prepared]) -> None:
+    """Sketches that share an encoder: load it, then prepare the photos side by side."""
     t = time.perf_counter()
     try:
         first = sketches[0].opts
@@ -154,9 +189,7 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
             s.finish(exc)
         return
     load = time.perf_counter() - t
-    on_cpu = next(encoder.parameters()).device.type == "cpu"
-    with nullcontext() if on_cpu else ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="clipasso-prepare") as pool:
-        each: Each = map if pool is None else pool.map
+    with _side_by_side(next(encoder.parameters()).device) as each:
         t = time.perf_counter()
         for s in sketches:
             s.timings["load"] = load
@@ -174,6 +207,11 @@ def _run_group(sketches: list[_Sketch], batch: int | None) -> None:
         _each(each, sketches, lambda s: s.target.loss)
         for s in sketches:
             s.timings["init"] = time.perf_counter() - t
+
+
+def _step_group(sketches: list[Prepared], batch: int | None) -> None:
+    """Prepared sketches that share an encoder: step their runs in batches."""
+    with _side_by_side(sketches[0].target.device) as each:
         runs = [r for s in sketches if s.outcome is None for r in s.runs]
         for chunk in _chunks(runs, batch or len(runs) or 1):
             chunk = [r for r in chunk if r.sketch.outcome is None]
@@ -191,7 +229,7 @@ def _chunks(runs: list[_Run], size: int) -> Iterator[list[_Run]]:
         yield [r for unit in units[i : i + size] for r in unit]
 
 
-def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
+def _guarded(sketch: Prepared, work: Callable[[Prepared], object]) -> object:
     """`work(sketch)` unless the sketch has failed; a sketch whose work raises fails with that."""
     if sketch.outcome is not None:
         return None
@@ -202,17 +240,19 @@ def _guarded(sketch: _Sketch, work: Callable[[_Sketch], object]) -> object:
         return None
 
 
-def _each(each: Each, sketches: list[_Sketch], work: Callable[[_Sketch], object]) -> None:
+def _each(each: Each, sketches: list[Prepared], work: Callable[[Prepared], object]) -> None:
     """`work` on every sketch still going, side by side where `each` is a thread pool's map."""
     list(each(lambda s: _guarded(s, work), sketches))
 
 
 @dataclass
-class _Sketch:
-    """One request as the engine works on it: its photo's target, its runs and what it reports."""
+class Prepared:
+    """One request as the engine works on it: its photo's target, its runs and what it reports; `prepare()`
+    hands it out ready to step."""
 
     index: int
     request: SketchRequest
+    ready: bool = False  #: prepared (or failed trying): stepping it skips the preparation
     opts: SketchOptions | None = None
     target: Target | None = None
     encoder: str = ""
@@ -222,12 +262,25 @@ class _Sketch:
     timings: dict[str, float] = field(default_factory=lambda: {"init": 0.0, "render": 0.0, "forward": 0.0,
                                                                  "backward": 0.0})
     started: float = field(default_factory=time.perf_counter)
+    told: set[str] = field(default_factory=set)  #: what the hooks have heard: "encoder", "outcome"
 
     def choose(self, encoder: Encoder, reason: str) -> None:
         """The encoder that runs, told to the caller as soon as it is known."""
         self.encoder, self.encoder_reason = encoder.name, reason
         if self.request.on_encoder is not None:
+            self.told.add("encoder")
             self.request.on_encoder(encoder.name, reason)
+
+    def adopted(self) -> None:
+        """Stepped after `prepare()`, whose caller may have set the hooks since: tell them what they have not
+        heard (the encoder, or the failure), and count the time from the preparation's end as stepping."""
+        if self.outcome is not None:
+            if "outcome" not in self.told:
+                self.finish(self.outcome)
+            return
+        if "encoder" not in self.told:
+            self.choose(self.target.encoder, self.encoder_reason)
+        self.started = time.perf_counter() - self.timings["init"] - self.timings.get("load", 0.0)
 
     def place(self, encoder: Encoder) -> None:
         """The photo on the canvas and where strokes start (not yet the loss's photo side)."""
@@ -257,6 +310,7 @@ class _Sketch:
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
         if self.request.on_finish is not None:
+            self.told.add("outcome")
             try:
                 self.request.on_finish(outcome)
             except Exception:  # the caller's hook; the other sketches of the batch go on
@@ -293,7 +347,7 @@ class _Sketch:
 class _Run:
     """One seed of one sketch: its random stream, its start, and once ended its best strokes and loss."""
 
-    def __init__(self, sketch: _Sketch, seed: int, start: int = 0) -> None:
+    def __init__(self, sketch: Prepared, seed: int, start: int = 0) -> None:
         opts, target = sketch.opts, sketch.target
         self.sketch, self.seed = sketch, seed
         self.generator = torch.Generator().manual_seed(seed + start * START_STRIDE)
@@ -589,12 +643,12 @@ class _Batch:
             except Exception as exc:
                 self._drop(s, exc)
 
-    def _drop(self, sketch: _Sketch, exc: Exception) -> None:
+    def _drop(self, sketch: Prepared, exc: Exception) -> None:
         """A sketch's own hook failed: it fails with that, the others go on."""
         sketch.finish(exc)
         self._end(sketch)
 
-    def _end(self, sketch: _Sketch, cancelled: bool = False) -> None:
+    def _end(self, sketch: Prepared, cancelled: bool = False) -> None:
         """End every run of `sketch` now and take what they have."""
         for c in self.cohorts:
             for k, r in enumerate(c.runs):

@@ -508,10 +508,7 @@ class JobStore:
         with self._wake:
             if not self._queue and not self._closed:
                 self._wake.wait(timeout)
-            if self._closed or not self._queue:
-                return []
-            choice = self._jobs[self._queue[0]].options.encoder_choice
-            jobs = [self._jobs[i] for i in self._queue if self._jobs[i].options.encoder_choice == choice][:limit]
+            jobs = self._next(limit)
             now = time.time()
             for job in jobs:
                 self._queue.remove(job.id)
@@ -521,6 +518,19 @@ class JobStore:
         for job in jobs:
             self._persist(job)
         return jobs
+
+    def peek_jobs(self, limit: int) -> list[Job]:
+        """The jobs next_jobs would take now, left queued: the worker prepares them while a batch runs."""
+        with self._lock:
+            return self._next(limit)
+
+    def _next(self, limit: int) -> list[Job]:
+        """The oldest queued job and up to `limit` - 1 more queued jobs that use the same encoder (call with
+        the lock held)."""
+        if self._closed or not self._queue:
+            return []
+        choice = self._jobs[self._queue[0]].options.encoder_choice
+        return [self._jobs[i] for i in self._queue if self._jobs[i].options.encoder_choice == choice][:limit]
 
     def should_stop(self, job: Job) -> bool:
         return job.cancel_requested or self._closed

@@ -1,5 +1,5 @@
 """The worker: one thread per device that runs the store's jobs through the engine, several at once where
-the device gains from it (`clipasso serve --batch`)."""
+the device gains from it (`clipasso serve --batch`), preparing the next ones while a GPU steps a batch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..encoders import load_encoder
-from ..engine import SketchRequest, sketch_batch
+from ..engine import Prepared, SketchRequest, prepare, sketch_batch
 from ..errors import InputError, one_line
 from ..options import SketchResult
 from .jobs import Job, JobStore
@@ -24,8 +24,9 @@ log = logging.getLogger("clipasso.jobs")
 #: Nice value of the worker thread: the engine yields the CPU to the HTTP side when both want it.
 WORKER_NICENESS = 10
 
-#: sketch_batch's signature: requests and the most runs stepped together -> each request's outcome.
-Engine = Callable[[list[SketchRequest], int], list[SketchResult | Exception]]
+#: sketch_batch's signature: requests (or prepared sketches) and the most runs stepped together -> each
+#: request's outcome.
+Engine = Callable[[list[SketchRequest | Prepared], int], list[SketchResult | Exception]]
 
 
 class Worker:
@@ -33,15 +34,26 @@ class Worker:
 
     It takes up to `batch` queued jobs that use the same encoder and runs them as one batch: each keeps its
     own options, progress, cancel and result, and a job that fails fails alone.
+
+    With `prefetch` (default: off the CPU, with the real engine) it prepares the jobs next in the queue
+    while a batch steps, leaving them queued: preparing (decoding, finding the subject, laying the starts,
+    the loss's photo side) is CPU and launch work that would otherwise leave a GPU idle between batches. A
+    job cancelled meanwhile is never run; one that is not prepared ahead is prepared when taken. On a CPU
+    the preparation would take cores from the step.
     """
 
     def __init__(self, store: JobStore, engine: Engine = sketch_batch, preload: str | None = None,
-                 batch: int = 1) -> None:
+                 batch: int = 1, prefetch: bool | None = None) -> None:
         self.store = store
         self.engine = engine
         self.preload = preload
         self.batch = batch
+        if prefetch is None:
+            prefetch = engine is sketch_batch and not store.device.startswith("cpu")
+        self.prefetch = prefetch
         self._thread = threading.Thread(target=self._loop, name="clipasso-worker", daemon=True)
+        self._ahead: dict[str, Prepared] = {}  # job id -> that queued job, prepared
+        self._preparing: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -82,31 +94,71 @@ class Worker:
     def run_jobs(self, jobs: list[Job]) -> None:
         """Run jobs together; any failure marks only its own job failed, with the reason in one line."""
         store = self.store
-        requests, pending = [], {}
+        ahead = self._prepared_ahead()
+        items: list[SketchRequest | Prepared] = []
+        pending: dict[str, Job] = {}
         for job in jobs:
             log.info("job %s running", job.id)
-            try:
-                photo = store.photo(job)
-            except InputError as exc:
-                store.finish(job, error=f"the stored photo could not be read ({exc})")
-                continue
+            hooks = {
+                "on_progress": lambda i, n, loss, strokes, job=job: store.progress(job, i, loss, strokes),
+                "should_stop": partial(store.should_stop, job),
+                "on_encoder": partial(store.encoder_chosen, job),
+                "on_finish": partial(self._finish, pending, job),
+            }
+            ready = ahead.get(job.id)
+            if ready is None:
+                try:
+                    ready = SketchRequest(store.photo(job), job.options)
+                except InputError as exc:
+                    store.finish(job, error=f"the stored photo could not be read ({exc})")
+                    continue
+            for name, hook in hooks.items():
+                setattr(ready.request if isinstance(ready, Prepared) else ready, name, hook)
             pending[job.id] = job
-            requests.append(SketchRequest(
-                photo,
-                job.options,
-                on_progress=lambda i, n, loss, strokes, job=job: store.progress(job, i, loss, strokes),
-                should_stop=partial(store.should_stop, job),
-                on_encoder=partial(store.encoder_chosen, job),
-                on_finish=partial(self._finish, pending, job),
-            ))
-        if not requests:
+            items.append(ready)
+        if not items:
             return
         try:
-            self.engine(requests, self.batch)
+            if self.prefetch:  # this batch's own preparation first, then the next batch's beside its steps
+                fresh = [i for i in items if isinstance(i, SketchRequest)]
+                made = iter(prepare(fresh))
+                items = [next(made) if isinstance(i, SketchRequest) else i for i in items]
+                self._prepare_ahead()
+            self.engine(items, self.batch)
         except Exception as exc:  # the engine itself broke: whatever it did not finish fails with it
-            log.exception("batch of %d jobs failed", len(requests))
+            log.exception("batch of %d jobs failed", len(items))
             for job in list(pending.values()):
                 self._finish(pending, job, exc)
+
+    def _prepare_ahead(self) -> None:
+        """Start preparing the jobs that the next batch will take, in a thread of their own."""
+        jobs = self.store.peek_jobs(self.batch)
+        if jobs:
+            self._preparing = threading.Thread(target=self._prepare, args=(jobs,), name="clipasso-prepare-ahead",
+                                               daemon=True)
+            self._preparing.start()
+
+    def _prepare(self, jobs: list[Job]) -> None:
+        _lower_thread_priority()
+        requests, ids = [], []
+        for job in jobs:
+            try:
+                requests.append(SketchRequest(self.store.photo(job), job.options))
+                ids.append(job.id)
+            except InputError:
+                continue  # said when the job is taken
+        try:
+            self._ahead = dict(zip(ids, prepare(requests)))
+        except Exception:  # they are prepared again when taken
+            log.exception("preparing %d queued jobs ahead failed", len(requests))
+
+    def _prepared_ahead(self) -> dict[str, Prepared]:
+        """The jobs prepared while the last batch ran (waiting for that preparation to end)."""
+        if self._preparing is not None:
+            self._preparing.join()
+            self._preparing = None
+        ahead, self._ahead = self._ahead, {}
+        return ahead
 
     def _finish(self, pending: dict[str, Job], job: Job, outcome: SketchResult | Exception) -> None:
         """Store one job's outcome as soon as the engine has it (the others of its batch may still run)."""

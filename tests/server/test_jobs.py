@@ -122,6 +122,40 @@ def test_jobs_run_together_and_fail_or_cancel_alone(store, server_photo_png, mon
     assert [j.id for j in store.next_jobs(4, timeout=0)] == [other]  # the next batch: one encoder at a time
 
 
+def test_the_next_batch_is_prepared_while_one_runs(store, server_photo_png, monkeypatch):
+    """With prefetch (a GPU's default, forced here on the CPU), the jobs next in the queue are prepared while a
+    batch steps but stay queued: one cancelled meanwhile never runs, and the others, taken with the next
+    batch, finish as they would alone, from their preparation (one whose photo went since still runs)."""
+    store.max_queued = 10
+    options = replace(QUICK, iterations=6)
+    alone = sketch(load_photo(io.BytesIO(server_photo_png)), replace(options, device="cpu"))
+    ids = [store.submit(server_photo_png, options)["id"] for _ in range(5)]
+    worker = Worker(store, batch=2, prefetch=True)
+    record_progress = store.progress
+
+    def progress_then_cancel(job, iteration, loss, strokes) -> None:
+        record_progress(job, iteration, loss, strokes)
+        if job.id == ids[0] and iteration >= 1 and store.snapshot(ids[2])[1]["state"] == "queued":
+            store.cancel(ids[2])
+
+    monkeypatch.setattr(store, "progress", progress_then_cancel)
+    worker.run_jobs(store.next_jobs(2, timeout=0))
+    worker._preparing.join()
+    assert sorted(worker._ahead) == sorted(ids[2:4])  # prepared while the first batch ran
+    view = store.snapshot(ids[3])[1]
+    assert view["state"] == "queued" and view["queue_position"] == 0 and view["loss"] is None  # nothing reported
+    (store.job_dir(ids[3]) / "photo.png").unlink()
+    taken = store.next_jobs(2, timeout=0)
+    assert [j.id for j in taken] == [ids[3], ids[4]]
+    worker.run_jobs(taken)
+    views = [store.snapshot(i)[1] for i in ids]
+    assert [v["state"] for v in views] == ["succeeded", "succeeded", "cancelled", "succeeded", "succeeded"]
+    assert views[2]["loss"] is None  # never run
+    for v in views[:2] + views[3:]:
+        assert v["encoder"] == "lite0"
+        assert v["iteration"] == alone.iterations and v["loss"] == pytest.approx(alone.loss, rel=1e-3)
+
+
 def test_cancel_queued_and_finished(store, server_photo_png):
     job_id = store.submit(server_photo_png, QUICK)["id"]
     assert store.cancel(job_id)["state"] == "cancelled"
