@@ -7,10 +7,14 @@
 - `service`: the service's job store and worker (no HTTP) finishing 32 queued 16-stroke lite0 jobs in
   batches of `--batch`, preparing the next batch while one steps (and, for comparison, a few jobs one at a
   time); `--prefetch off` prepares each batch only when it is taken (`auto`, the service's default: on off
-  the CPU);
+  the CPU). Each job's photo is the example cut one pixel apart from the others' (`--photos distinct`), so
+  that each pays for its own photo side, as different photos do; `--photos same` sends one photo, whose
+  photo side the engine computes once and keeps;
+- `breakdown`: what a batch of 16 and of 32 such sketches spends preparing (`prepare()`) and stepping;
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
 
-`--no-graphs` runs without CUDA graphs (to measure what they gain), `--renderer tiles` with the tiled
+`--no-graphs` runs without CUDA graphs (to measure what they gain), `--channels-last` runs the encoder's
+convolutions channels-last (which the CPU does; to measure it on a GPU), `--renderer tiles` with the tiled
 rasterizer off the CPU instead of the fixed one (whose steps are captured whole), `--only` some kinds of
 measurement (comma-separated), `--only profile` where a step's time goes (torch.profiler over a short sketch: the operations that take the most
 host time, and how often the host waited for the device).
@@ -41,7 +45,8 @@ from PIL import Image  # noqa: E402
 
 from clipasso.encoders import registry  # noqa: E402
 from clipasso.encoders.clip import ClipEncoder  # noqa: E402
-from clipasso.engine import graphs, sketch  # noqa: E402
+from clipasso.engine import SketchRequest, graphs, prepare, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import target as engine_target  # noqa: E402
 from clipasso.options import SketchOptions  # noqa: E402
 from clipasso.server.jobs import JobStore  # noqa: E402
 from clipasso.server.schemas import FINAL_STATES  # noqa: E402
@@ -127,15 +132,45 @@ def bench_seeds(photo: Image.Image, device: str, encoder: tuple[str, str | None]
             "peak_gpu_mb": peak}
 
 
-def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], strokes: int, iterations: int | None,
+def photos_apart(photo: Image.Image, count: int) -> list[Image.Image]:
+    """`count` photos that differ in every pixel's place: the photo cut one pixel further in each time."""
+    return [photo.crop((k % 8, k // 8, photo.width - 8 + k % 8, photo.height - 8 + k // 8)) for k in range(count)]
+
+
+def png_bytes(photo: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bench_breakdown(photos: list[Image.Image], device: str, strokes: int, iterations: int | None) -> dict:
+    """One batch of len(photos) single-seed sketches, as the service runs it: preparing, then stepping."""
+    options = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations)
+    engine_target._losses.clear()
+    peak_reset(device)
+    t = time.perf_counter()
+    ready = prepare([SketchRequest(p, options) for p in photos])
+    sync(device)
+    prepared = time.perf_counter() - t
+    t = time.perf_counter()
+    results = sketch_batch(ready, len(photos))
+    sync(device)
+    stepped = time.perf_counter() - t
+    return {"bench": "breakdown", "jobs": len(photos), "prepare_s": round(prepared, 3), "step_s": round(stepped, 3),
+            "steps": max(r.iterations for r in results), "peak_gpu_mb": peak_mb(device)}
+
+
+def bench_service(pngs: list[bytes], device: str, encoder: tuple[str, str | None], strokes: int, iterations: int | None,
                   jobs: int, batch: int, prefetch: bool | None) -> dict:
-    """Queue `jobs` jobs, then time the worker from its start until every job has finished."""
+    """Queue `jobs` jobs (photo k % len(pngs) each), then time the worker from its start until every job has
+    finished."""
     name, weights = encoder
+    engine_target._losses.clear()
     with tempfile.TemporaryDirectory() as data:
         store = JobStore(data, device=device, weights=weights, max_queued=jobs)
         store.load()
         options = SketchOptions(strokes=strokes, encoder=name, iterations=iterations)
-        ids = [store.submit(png, options)["id"] for _ in range(jobs)]
+        ids = [store.submit(pngs[k % len(pngs)], options)["id"] for k in range(jobs)]
         done = threading.Event()
         finish = store.finish
 
@@ -155,7 +190,8 @@ def bench_service(png: bytes, device: str, encoder: tuple[str, str | None], stro
         store.close()
         worker.join(30)
         states = [store.snapshot(i)[1]["state"] for i in ids]
-    return {"bench": "service", "encoder": name, "jobs": jobs, "batch": batch, "prefetch": prefetch,
+    return {"bench": "service", "encoder": name, "jobs": jobs, "photos": min(jobs, len(pngs)), "batch": batch,
+            "prefetch": prefetch,
             "strokes": strokes, "seconds": round(seconds, 2),
             "sketches_per_second": round(jobs / seconds, 2), "succeeded": states.count("succeeded"),
             "peak_gpu_mb": peak_mb(device)}
@@ -192,6 +228,9 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
     ap.add_argument("--batch", default="16", help="jobs per batch in the service measurement (several: 16,32)")
     ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
+    ap.add_argument("--photos", choices=("distinct", "same"), default="distinct",
+                    help="the service's jobs: each its own photo, or all the same one")
+    ap.add_argument("--channels-last", action="store_true", help="the encoders' convolutions channels-last")
     ap.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
                     help="whether the service prepares the next batch while one steps (auto: off the CPU)")
     ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
@@ -199,8 +238,8 @@ def main() -> None:
     ap.add_argument("--only", help="some of single, seeds, service, profile (comma-separated)")
     args = ap.parse_args()
     only = None if args.only is None else set(args.only.split(","))
-    if only is not None and not only <= {"single", "seeds", "service", "profile"}:
-        ap.error(f"--only takes single, seeds, service or profile, got {args.only}")
+    if only is not None and not only <= {"single", "seeds", "service", "breakdown", "profile"}:
+        ap.error(f"--only takes single, seeds, service, breakdown or profile, got {args.only}")
     device = args.device
     graphs.ENABLED = not args.no_graphs
     raster.ACCELERATOR_RASTER = args.renderer
@@ -209,13 +248,17 @@ def main() -> None:
     else:
         strokes, iterations, repeats, seeds, jobs, clip = 16, None, 3, 8, 32, RN101
     photo = Image.open(PHOTO).convert("RGB")
-    buf = io.BytesIO()
-    photo.save(buf, format="PNG")
-    png = buf.getvalue()
+    apart = photos_apart(photo, jobs)
+    pngs = [png_bytes(p) for p in apart] if args.photos == "distinct" else [png_bytes(photo)]
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small,
                       "renderer": raster.raster_for("torch", torch.device(device))}), flush=True)
     register_random_clip(device, *clip)
+    if args.channels_last:
+        registry.load_encoder("lite0", device)
+        for enc in registry._LOADED.values():
+            enc.memory_format = torch.channels_last
+            enc.to(memory_format=torch.channels_last)
     warm = not args.small
     # The measurements of many sketches: lite0, or on a CPU smoke test the tiny CLIP (its photo side is cheap).
     many = ("clip:RN101", RANDOM) if args.small else ("lite0", None)
@@ -228,10 +271,12 @@ def main() -> None:
         ("seeds", lambda: bench_seeds(photo, device, many, strokes, iterations, seeds, repeats, warm)),
     ]
     prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
-    rows += [("service", lambda b=int(b): bench_service(png, device, many, strokes, iterations, jobs, b, prefetch))
+    rows += [("service", lambda b=int(b): bench_service(pngs, device, many, strokes, iterations, jobs, b, prefetch))
              for b in args.batch.split(",")]
-    rows.append(("service", lambda: bench_service(png, device, many, strokes, iterations, max(2, jobs // 4), 1,
+    rows.append(("service", lambda: bench_service(pngs, device, many, strokes, iterations, max(2, jobs // 4), 1,
                                                   prefetch)))
+    rows += [("breakdown", lambda n=n: bench_breakdown(apart[:n], device, strokes, iterations))
+             for n in ((2,) if args.small else (16, 32))]
     for kind, row in rows:
         if only is None or kind in only:
             print(json.dumps(row()), flush=True)
