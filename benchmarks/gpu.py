@@ -163,13 +163,14 @@ def bench_breakdown(photos: list[Image.Image], device: str, strokes: int, iterat
 def bench_service(pngs: list[bytes], device: str, encoder: tuple[str, str | None], strokes: int, iterations: int | None,
                   jobs: int, batch: int, prefetch: bool | None) -> dict:
     """Queue `jobs` jobs (photo k % len(pngs) each), then time the worker from its start until every job has
-    finished."""
+    finished. Two sketches first, untimed: the first kernels and allocations are not the service's pace."""
     name, weights = encoder
+    options = SketchOptions(strokes=strokes, encoder=name, iterations=iterations)
+    sketch_batch([SketchRequest(Image.open(io.BytesIO(png)), replace(options, device=device)) for png in pngs[:2]])
     engine_target._losses.clear()
     with tempfile.TemporaryDirectory() as data:
         store = JobStore(data, device=device, weights=weights, max_queued=jobs)
         store.load()
-        options = SketchOptions(strokes=strokes, encoder=name, iterations=iterations)
         ids = [store.submit(pngs[k % len(pngs)], options)["id"] for k in range(jobs)]
         done = threading.Event()
         finish = store.finish
