@@ -14,7 +14,10 @@
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
 
 `--no-graphs` runs without CUDA graphs (to measure what they gain), `--channels-last` runs the encoder's
-convolutions channels-last (which the CPU does; to measure it on a GPU), `--renderer tiles` with the tiled
+convolutions channels-last (which the CPU does; to measure it on a GPU), `--cudnn-benchmark` lets cuDNN
+time its algorithms for each new shape (`torch.backends.cudnn.benchmark`), `--prepare-threads N` and
+`--switch-interval S` set the threads that prepare photos and Python's thread switch interval (how long
+the stepping thread may wait for the interpreter while others prepare), `--renderer tiles` with the tiled
 rasterizer off the CPU instead of the fixed one (whose steps are captured whole), `--only` some kinds of
 measurement (comma-separated), `--only profile` where a step's time goes (torch.profiler over a short sketch: the operations that take the most
 host time, and how often the host waited for the device).
@@ -46,6 +49,7 @@ from PIL import Image  # noqa: E402
 from clipasso.encoders import registry  # noqa: E402
 from clipasso.encoders.clip import ClipEncoder  # noqa: E402
 from clipasso.engine import SketchRequest, graphs, prepare, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import optimise  # noqa: E402
 from clipasso.engine import target as engine_target  # noqa: E402
 from clipasso.options import SketchOptions  # noqa: E402
 from clipasso.server.jobs import JobStore  # noqa: E402
@@ -101,12 +105,16 @@ def timed(photo: Image.Image, options: SketchOptions, repeats: int) -> tuple[flo
 def bench_single(photo: Image.Image, device: str, encoder: str, weights: str | None, label: str,
                  strokes: int, iterations: int | None, repeats: int, warm_up: bool) -> dict:
     options = SketchOptions(strokes=strokes, encoder=encoder, weights=weights, device=device, iterations=iterations)
+    first = None
     if warm_up:
+        t = time.perf_counter()
         sketch(photo, options)  # loading, first kernels, the CUDA graph's capture
+        sync(device)
+        first = round(time.perf_counter() - t, 3)
     peak_reset(device)
     seconds, result = timed(photo, options, repeats)
     return {"bench": "single", "encoder": label, "strokes": strokes, "graphs": graphs.ENABLED,
-            "seconds": round(seconds, 3), "iterations": result.iterations,
+            "first_s": first, "seconds": round(seconds, 3), "iterations": result.iterations,
             "ms_per_iteration": round(1000 * seconds / result.iterations, 2), "loss": round(result.loss, 5),
             "peak_gpu_mb": peak_mb(device)}
 
@@ -232,6 +240,9 @@ def main() -> None:
     ap.add_argument("--photos", choices=("distinct", "same"), default="distinct",
                     help="the service's jobs: each its own photo, or all the same one")
     ap.add_argument("--channels-last", action="store_true", help="the encoders' convolutions channels-last")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN times its algorithms for each shape")
+    ap.add_argument("--prepare-threads", type=int, help="threads that prepare photos off the CPU")
+    ap.add_argument("--switch-interval", type=float, help="Python's thread switch interval, seconds")
     ap.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
                     help="whether the service prepares the next batch while one steps (auto: off the CPU)")
     ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
@@ -243,6 +254,11 @@ def main() -> None:
         ap.error(f"--only takes single, seeds, service, breakdown or profile, got {args.only}")
     device = args.device
     graphs.ENABLED = not args.no_graphs
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.prepare_threads:
+        optimise.PREPARE_THREADS = args.prepare_threads
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     raster.ACCELERATOR_RASTER = args.renderer
     if args.small:
         strokes, iterations, repeats, seeds, jobs, clip = 4, 2, 1, 2, 2, TINY
@@ -253,7 +269,9 @@ def main() -> None:
     pngs = [png_bytes(p) for p in apart] if args.photos == "distinct" else [png_bytes(photo)]
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small,
-                      "renderer": raster.raster_for("torch", torch.device(device))}), flush=True)
+                      "renderer": raster.raster_for("torch", torch.device(device)),
+                      "cudnn_benchmark": args.cudnn_benchmark, "prepare_threads": optimise.PREPARE_THREADS,
+                      "switch_interval": sys.getswitchinterval()}), flush=True)
     register_random_clip(device, *clip)
     if args.channels_last:
         registry.load_encoder("lite0", device)

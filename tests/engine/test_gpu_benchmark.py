@@ -16,7 +16,9 @@ def test_gpu_benchmark_runs_on_a_cpu_at_small_sizes():
     out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--batch", "2"],
                          capture_output=True, text=True, timeout=600, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert rows[0] == {"device": "cpu", "torch": rows[0]["torch"], "small": True, "renderer": "tiles"}
+    assert rows[0] == {"device": "cpu", "torch": rows[0]["torch"], "small": True, "renderer": "tiles",
+                       "cudnn_benchmark": False, "prepare_threads": rows[0]["prepare_threads"],
+                       "switch_interval": 0.005}
     single = [r for r in rows if r.get("bench") == "single"]
     assert [r["encoder"] for r in single] == ["lite0", "tiny CLIP ResNet (random weights)"]
     assert all(r["iterations"] == 2 and r["seconds"] > 0 for r in single)
