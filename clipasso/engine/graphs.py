@@ -7,15 +7,19 @@ one graph per batch layout (StepGraph); where one is not (the tiles and diffvg f
 their shapes, so they wait for the host), only the encoder's pass is (LossPass). Off CUDA, or where
 capture fails (an operation that cannot be captured), the step runs as it is, said once in the log.
 
-Captures tolerate other threads' GPU work ("thread_local" capture mode): the service prepares its next
-batch in other threads, on the default stream, while the worker captures and replays its steps.
+The service prepares its next batch in other threads while the worker steps: a capture waits until no
+preparation is using the GPU, and preparations wait while a capture runs (GATE). Another thread's work
+during a capture had invalidated it on an H200 even in CUDA's "thread_local" capture mode (the batch then
+ran without graphs), so the modes are not relied on alone.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import Callable, Hashable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Hashable, Iterator
 
 import torch
 from torch import Tensor
@@ -33,10 +37,51 @@ WARMUP_STEPS = 2
 
 #: Only the capturing thread's unsafe CUDA calls break a capture (CUDA's cudaStreamCaptureModeThreadLocal).
 CAPTURE_MODE = "thread_local"
-#: Whether this PyTorch's make_graphed_callables takes a capture mode (2.13 and later): without one it
-#: captures in the global mode, which another thread's allocation breaks, so the encoder's pass alone is
-#: not captured there.
-_GRAPHED_CALLABLES_TAKE_MODE = "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+#: make_graphed_callables takes a capture mode from PyTorch 2.13 on; before, it captures in the global mode.
+_MODE = ({"capture_error_mode": CAPTURE_MODE}
+         if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters else {})
+
+
+class Gate:
+    """Captures exclusive of other threads' GPU work: many `work()` sections at once, or one `capture()`.
+    A waiting capture goes first: new work waits for it, so captures are never starved by a stream of
+    preparations (each a photo's worth, tens of milliseconds)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._working = 0
+        self._capturing = False
+        self._captures_waiting = 0
+
+    @contextmanager
+    def work(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._capturing and not self._captures_waiting)
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._working -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        with self._cond:
+            self._captures_waiting += 1
+            self._cond.wait_for(lambda: not self._working and not self._capturing)
+            self._captures_waiting -= 1
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._cond.notify_all()
+
+
+#: The one gate of the process: preparations (engine.optimise) work through it, captures here.
+GATE = Gate()
 
 _told: set[str] = set()  # the fallbacks already logged as warnings
 
@@ -80,7 +125,7 @@ class StepGraph:
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
+                with GATE.capture(), torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                     self.body()  # recorded, not run: the state is as it was
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
                 _fall_back("the whole step", exc)
@@ -104,7 +149,7 @@ class LossPass:
 
     def __init__(self, loss: SketchLoss, graphed: bool) -> None:
         self.loss = loss
-        self.graphs = graphed and _GRAPHED_CALLABLES_TAKE_MODE
+        self.graphs = graphed
         self.shape: tuple | None = None
         self.graphed = None
 
@@ -118,7 +163,8 @@ class LossPass:
             # The sample tensors become the graph's input buffers: fresh, contiguous ones.
             sample = (torch.zeros_like(renders, requires_grad=True), plain.clone(), picks.clone(), owners.clone())
             try:
-                self.graphed = torch.cuda.make_graphed_callables(self._eager, sample, capture_error_mode=CAPTURE_MODE)
+                with GATE.capture():
+                    self.graphed = torch.cuda.make_graphed_callables(self._eager, sample, **_MODE)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
                 _fall_back("this encoder", exc)
                 self.graphs = False

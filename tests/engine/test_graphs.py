@@ -91,3 +91,45 @@ def test_stop_rules_change_state_in_place_and_read_the_iteration_from_the_device
     for i, loss in enumerate(losses):
         assert torch.equal(on_host.done(i, loss), on_device.done(torch.tensor(i), loss))
     assert all(vars(on_device)[name] is value for name, value in kept.items() if isinstance(value, Tensor))
+
+
+def test_the_gate_keeps_preparations_and_captures_apart():
+    """graphs.GATE: a capture waits for the preparations using the GPU to end, and a preparation that
+    comes while a capture waits goes after it (CUDA work of another thread had invalidated a capture)."""
+    import threading
+    import time
+
+    from clipasso.engine.graphs import Gate
+
+    gate, order = Gate(), []
+    holding, release = threading.Event(), threading.Event()
+
+    def first_work() -> None:
+        with gate.work():
+            holding.set()
+            release.wait(30)
+            order.append("work 1 ends")
+
+    def capture() -> None:
+        with gate.capture():
+            order.append("capture")
+
+    def later_work() -> None:
+        with gate.work():
+            order.append("work 2")
+
+    threads = [threading.Thread(target=first_work)]
+    threads[0].start()
+    assert holding.wait(30)
+    threads.append(threading.Thread(target=capture))
+    threads[1].start()
+    deadline = time.monotonic() + 30
+    while gate._captures_waiting != 1:  # until the capture waits for the first work
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    threads.append(threading.Thread(target=later_work))
+    threads[2].start()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["work 1 ends", "capture", "work 2"]
