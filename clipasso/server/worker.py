@@ -77,6 +77,8 @@ class Worker:
                 jobs = self.store.next_jobs(self.batch, timeout=1.0)
                 if jobs:
                     self.run_jobs(jobs)
+                else:
+                    self._prepared_ahead()  # nothing queued: let go of jobs prepared and cancelled since
             except Exception:  # the worker outlives any one failure; /health tells what it cannot write
                 log.exception("worker: unexpected error, carrying on")
                 time.sleep(1.0)  # not a hot loop when the same failure repeats
