@@ -45,25 +45,32 @@ _MODE = ({"capture_error_mode": CAPTURE_MODE}
 class Gate:
     """Captures exclusive of other threads' GPU work: many `work()` sections at once, or one `capture()`.
     A waiting capture goes first: new work waits for it, so captures are never starved by a stream of
-    preparations (each a photo's worth, tens of milliseconds)."""
+    preparations (each a photo's worth, tens of milliseconds). Work inside work on the same thread passes
+    (it would otherwise wait for a capture that waits for the outer work)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._working = 0
         self._capturing = False
         self._captures_waiting = 0
+        self._depth = threading.local()
 
     @contextmanager
     def work(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._capturing and not self._captures_waiting)
-            self._working += 1
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._capturing and not self._captures_waiting)
+                self._working += 1
+        self._depth.n = depth + 1
         try:
             yield
         finally:
-            with self._cond:
-                self._working -= 1
-                self._cond.notify_all()
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._working -= 1
+                    self._cond.notify_all()
 
     @contextmanager
     def capture(self) -> Iterator[None]:

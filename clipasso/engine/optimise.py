@@ -183,8 +183,8 @@ def _prepare_group(sketches: list[Prepared]) -> None:
     t = time.perf_counter()
     try:
         first = sketches[0].opts
-        with GATE.work():
-            encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder)
+        encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder,
+                                       guard=GATE.work)
     except Exception as exc:
         for s in sketches:
             s.finish(exc)

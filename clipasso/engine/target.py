@@ -142,7 +142,9 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     lines = line_drawing(edges, stroke_width) if options.recipe.lines > 0 else None
     keep, refine, _ = options.drawn_on_photo(photo.width, photo.height)
     backend = Renderer(options.renderer).backend
-    kept = draw_kept(keep, box, mask, backend) if keep else None
+    # pydiffvg keeps one device for the whole process: drawing the kept paths' CPU tensors with it would
+    # switch it under a batch another thread steps on CUDA. Ours draws the same coverage.
+    kept = draw_kept(keep, box, mask, "tiles" if backend == "diffvg" else backend) if keep else None
     prob = init_distribution(saliency, edges, starts_on)
     if kept is not None:  # new strokes start away from what the artist drew
         away = prob * gaussian_filter(kept.numpy(), KEPT_CLEARANCE)

@@ -35,11 +35,12 @@ class Worker:
     It takes up to `batch` queued jobs that use the same encoder and runs them as one batch: each keeps its
     own options, progress, cancel and result, and a job that fails fails alone.
 
-    With `prefetch` (default: off the CPU, with the real engine) it prepares the jobs next in the queue
-    while a batch steps, leaving them queued: preparing (decoding, finding the subject, laying the starts,
-    the loss's photo side) is CPU and launch work that would otherwise leave a GPU idle between batches. A
-    job cancelled meanwhile is never run; one that is not prepared ahead is prepared when taken. On a CPU
-    the preparation would take cores from the step.
+    With `prefetch` (default: on CUDA, with the real engine) it prepares the jobs next in the queue while
+    a batch steps, leaving them queued: preparing (decoding, finding the subject, laying the starts, the
+    loss's photo side) is CPU and launch work that would otherwise leave a GPU idle between batches. A job
+    cancelled meanwhile is never run; one that is not prepared ahead, or whose preparation ahead failed
+    (out of memory beside the running batch, say), is prepared when taken. On a CPU the preparation would
+    take cores from the step; Apple's MPS is not known to take work from two threads at once.
     """
 
     def __init__(self, store: JobStore, engine: Engine = sketch_batch, preload: str | None = None,
@@ -49,7 +50,7 @@ class Worker:
         self.preload = preload
         self.batch = batch
         if prefetch is None:
-            prefetch = engine is sketch_batch and not store.device.startswith("cpu")
+            prefetch = engine is sketch_batch and store.device.startswith("cuda")
         self.prefetch = prefetch
         self._thread = threading.Thread(target=self._loop, name="clipasso-worker", daemon=True)
         self._ahead: dict[str, Prepared] = {}  # job id -> that queued job, prepared
@@ -107,7 +108,7 @@ class Worker:
                 "on_encoder": partial(store.encoder_chosen, job),
                 "on_finish": partial(self._finish, pending, job),
             }
-            ready = ahead.get(job.id)
+            ready = ahead.pop(job.id, None)
             if ready is None:
                 try:
                     ready = SketchRequest(store.photo(job), job.options)
@@ -118,6 +119,7 @@ class Worker:
                 setattr(ready.request if isinstance(ready, Prepared) else ready, name, hook)
             pending[job.id] = job
             items.append(ready)
+        ahead.clear()  # prepared for jobs cancelled since: their memory goes now
         if not items:
             return
         try:
@@ -133,12 +135,17 @@ class Worker:
                 self._finish(pending, job, exc)
 
     def _prepare_ahead(self) -> None:
-        """Start preparing the jobs that the next batch will take, in a thread of their own."""
-        jobs = self.store.peek_jobs(self.batch)
-        if jobs:
-            self._preparing = threading.Thread(target=self._prepare, args=(jobs,), name="clipasso-prepare-ahead",
-                                               daemon=True)
-            self._preparing.start()
+        """Start preparing the jobs that the next batch will take, in a thread of their own. Optional work:
+        if it cannot start, the jobs are prepared when taken."""
+        try:
+            jobs = self.store.peek_jobs(self.batch)
+            if jobs:
+                self._preparing = threading.Thread(target=self._prepare, args=(jobs,),
+                                                   name="clipasso-prepare-ahead", daemon=True)
+                self._preparing.start()
+        except Exception:
+            self._preparing = None
+            log.exception("could not start preparing the next jobs ahead")
 
     def _prepare(self, jobs: list[Job]) -> None:
         _lower_thread_priority()
@@ -149,9 +156,9 @@ class Worker:
                 ids.append(job.id)
             except InputError:
                 continue  # said when the job is taken
-        try:
-            self._ahead = dict(zip(ids, prepare(requests)))
-        except Exception:  # they are prepared again when taken
+        try:  # those that failed are prepared again when taken, beside less than a running batch
+            self._ahead = {i: p for i, p in zip(ids, prepare(requests)) if p.outcome is None}
+        except Exception:
             log.exception("preparing %d queued jobs ahead failed", len(requests))
 
     def _prepared_ahead(self) -> dict[str, Prepared]:

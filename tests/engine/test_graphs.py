@@ -133,3 +133,37 @@ def test_the_gate_keeps_preparations_and_captures_apart():
     for t in threads:
         t.join(30)
     assert order == ["work 1 ends", "capture", "work 2"]
+
+
+def test_work_inside_work_passes_a_waiting_capture():
+    """A thread's nested work (a hook inside a preparation, say) goes on while a capture waits for the outer
+    work: it would otherwise wait for the capture, which waits for it."""
+    import threading
+    import time
+
+    from clipasso.engine.graphs import Gate
+
+    gate, done = Gate(), threading.Event()
+    inside, go_on = threading.Event(), threading.Event()
+
+    def nested() -> None:
+        with gate.work():
+            inside.set()
+            go_on.wait(30)
+            with gate.work():
+                done.set()
+
+    worker = threading.Thread(target=nested)
+    worker.start()
+    assert inside.wait(30)
+    capture = threading.Thread(target=lambda: gate.capture().__enter__())
+    capture.start()
+    deadline = time.monotonic() + 30
+    while gate._captures_waiting != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    go_on.set()
+    assert done.wait(30)
+    worker.join(30)
+    capture.join(30)
+    assert not worker.is_alive() and not capture.is_alive()

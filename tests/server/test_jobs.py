@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -131,7 +132,10 @@ def test_the_next_batch_is_prepared_while_one_runs(store, server_photo_png, monk
     alone = sketch(load_photo(io.BytesIO(server_photo_png)), replace(options, device="cpu"))
     ids = [store.submit(server_photo_png, options)["id"] for _ in range(5)]
     worker = Worker(store, batch=2, prefetch=True)
-    record_progress = store.progress
+    record_progress, record_encoder = store.progress, store.encoder_chosen
+    told = []
+    monkeypatch.setattr(store, "encoder_chosen", lambda job, name, reason: told.append(job.id)
+                        or record_encoder(job, name, reason))
 
     def progress_then_cancel(job, iteration, loss, strokes) -> None:
         record_progress(job, iteration, loss, strokes)
@@ -152,8 +156,31 @@ def test_the_next_batch_is_prepared_while_one_runs(store, server_photo_png, monk
     assert [v["state"] for v in views] == ["succeeded", "succeeded", "cancelled", "succeeded", "succeeded"]
     assert views[2]["loss"] is None  # never run
     for v in views[:2] + views[3:]:
-        assert v["encoder"] == "lite0"
         assert v["iteration"] == alone.iterations and v["loss"] == pytest.approx(alone.loss, rel=1e-3)
+    assert sorted(told) == sorted(ids[:2] + ids[3:])  # the encoder, told once to each job that ran
+
+
+def test_a_job_whose_preparation_ahead_failed_is_prepared_again(store, server_photo_png, monkeypatch):
+    """Preparing ahead runs beside a batch (on a GPU: beside its memory); a job it failed for is prepared
+    again when taken, and succeeds if it can."""
+    from clipasso.engine import optimise
+
+    store.max_queued = 10
+    ids = [store.submit(server_photo_png, QUICK)["id"] for _ in range(2)]
+    real = optimise.prepare_target
+
+    def fails_ahead(*args, **kwargs):
+        if threading.current_thread().name == "clipasso-prepare-ahead":
+            raise RuntimeError("CUDA out of memory (as beside a running batch)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optimise, "prepare_target", fails_ahead)
+    worker = Worker(store, batch=1, prefetch=True)
+    worker.run_jobs(store.next_jobs(1, timeout=0))
+    worker._preparing.join()
+    assert worker._ahead == {}  # the failed preparation is not kept
+    worker.run_jobs(store.next_jobs(1, timeout=0))
+    assert [store.snapshot(i)[1]["state"] for i in ids] == ["succeeded", "succeeded"]
 
 
 def test_cancel_queued_and_finished(store, server_photo_png):
