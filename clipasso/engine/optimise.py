@@ -128,11 +128,10 @@ def sketch_batch(requests: list[SketchRequest | Prepared], batch: int | None = N
     go on; a failure of a shared step is every unfinished request's outcome. Items from `prepare()` are
     stepped as they are (their hooks, set since, hear what they missed: the encoder, or their failure).
     """
-    sketches = [item if isinstance(item, Prepared) else Prepared(i, item) for i, item in enumerate(requests)]
-    for s in sketches:
-        if s.ready:
-            s.adopted()
-    _prepare([s for s in sketches if not s.ready])
+    for item in requests:
+        if isinstance(item, Prepared):
+            item.adopted()
+    sketches = prepare(requests)
     groups: dict[int, list[Prepared]] = {}
     for s in sketches:
         if s.outcome is None:
@@ -142,13 +141,13 @@ def sketch_batch(requests: list[SketchRequest | Prepared], batch: int | None = N
     return [s.outcome for s in sketches]
 
 
-def prepare(requests: list[SketchRequest]) -> list[Prepared]:
+def prepare(requests: list[SketchRequest | Prepared]) -> list[Prepared]:
     """Everything of these sketches before their first step (the photos placed, the subject found, the
     starts laid, the loss's photo side computed), for `sketch_batch` to step later: the service prepares
-    the next batch while a GPU steps the current one. A request that fails here keeps its exception as its
-    outcome. Hooks may be set on the requests afterwards."""
-    sketches = [Prepared(i, r) for i, r in enumerate(requests)]
-    _prepare(sketches)
+    the next batch while a GPU steps the current one. Items prepared already are passed through; a request
+    that fails here keeps its exception as its outcome. Hooks may be set on the requests afterwards."""
+    sketches = [item if isinstance(item, Prepared) else Prepared(i, item) for i, item in enumerate(requests)]
+    _prepare([s for s, item in zip(sketches, requests) if s is not item])
     return sketches
 
 
@@ -156,7 +155,6 @@ def _prepare(sketches: list[Prepared]) -> None:
     """Validate each sketch's options, then prepare the sketches of each encoder together."""
     groups: dict[tuple, list[Prepared]] = {}
     for s in sketches:
-        s.ready = True
         try:
             s.opts = s.request.options.validated()
             check_backend(Renderer(s.opts.renderer).backend, resolve_device(s.opts.device))  # before the slow part
@@ -255,7 +253,6 @@ class Prepared:
 
     index: int
     request: SketchRequest
-    ready: bool = False  #: prepared (or failed trying): stepping it skips the preparation
     opts: SketchOptions | None = None
     target: Target | None = None
     encoder: str = ""

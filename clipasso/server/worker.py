@@ -124,9 +124,7 @@ class Worker:
             return
         try:
             if self.prefetch:  # this batch's own preparation first, then the next batch's beside its steps
-                fresh = [i for i in items if isinstance(i, SketchRequest)]
-                made = iter(prepare(fresh))
-                items = [next(made) if isinstance(i, SketchRequest) else i for i in items]
+                items = prepare(items)
                 self._prepare_ahead()
             self.engine(items, self.batch)
         except Exception as exc:  # the engine itself broke: whatever it did not finish fails with it
