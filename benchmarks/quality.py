@@ -9,10 +9,11 @@ Prints JSON lines:
   rank by every judge, and the ink on edges;
 - one per photo (`"kind": "photo"`): worst and median over its seeds of those figures, the share of its
   seeds recognised, its edge area (the share of the picture within 3 px of an edge: what ink laid at
-  random would score on edges), and its tracing's rank, margin and `taken_for` by the outlines judge;
+  random would score on edges), its tracing's rank, margin and `taken_for` by the outlines judge, and
+  how well the engine found its subject (`focus`, below);
 - a summary (`"kind": "summary"`): the share of sketches that pick out their own photo (and by each
   judge), the share of photos whose worst seed does, the share of photos whose tracing does (below), the
-  mean ink on edges, the median time per sketch, and the settings;
+  mean ink on edges, the mean focus IoU, the median time per sketch, and the settings;
 - with `--against RUN` (the JSON lines of an earlier run, `--json-output`), a comparison
   (`"kind": "comparison"`) over the sketches both runs made (same photo and seed): the mean paired
   difference, this run less that one, of the loss, the margin and the ink on edges, each with its
@@ -45,6 +46,11 @@ Metrics:
   cut down to its longest contours, the fewest that hold as much ink as its median sketch (`tracing`):
   a tracer with the sketch's ink and no notion of the subject. Where even the tracing is not picked out,
   a sketch with that ink that follows the photo's contours is not likely to be either.
+- Focus. The engine's subject (`--focus auto`: the places weighted above half in its loss, its subject
+  mask or else its saliency) against the subject outlined by hand (`photos.SUBJECTS`), on the photo:
+  intersection over union, precision (the share of the engine's subject that is subject) and recall (the
+  share of the subject it found), and the mask's source. `--focus-oracle` sketches with the hand-drawn
+  subject in place of the engine's estimate: what a perfect estimate would buy.
 - Ink on edges. The sketch rendered at the working size (the photo's long side at 224 px, strokes at
   the width the user sees, about 3 px) and the photo's Canny edges at the same size (grey photo,
   sigma 2 px: at 224 px that keeps the outlines of subjects and parts and drops fur, grain and JPEG
@@ -82,11 +88,13 @@ from skimage.feature import canny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipasso.engine import SketchRequest, optimise, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import SketchRequest, focus, optimise, prepare, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import target as engine_target  # noqa: E402
 from clipasso.errors import InputError, one_line  # noqa: E402
 from clipasso.files import write_atomic  # noqa: E402
+from clipasso.images import Photo  # noqa: E402
 from clipasso.options import SketchOptions, SketchResult  # noqa: E402
-from photos import PHOTOS, fit, sample_photo  # noqa: E402  (benchmarks/photos.py, beside this file)
+from photos import PHOTOS, fit, sample_photo, subject_mask  # noqa: E402  (benchmarks/photos.py, beside this file)
 
 #: Long side of the working size at which ink on edges is measured, in pixels.
 WORK = 224
@@ -233,6 +241,40 @@ def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
     return float((dark * near).sum() / total) if total > 0 else 0.0
 
 
+def focus_agreement(name: str, photo: Photo, base: SketchOptions) -> dict:
+    """How the engine's subject for `photo` (`Target.subject_map`) agrees with the hand-drawn one."""
+    prepared = prepare([SketchRequest(photo, replace(base, seeds=1))])[0]
+    if prepared.outcome is not None:
+        raise prepared.outcome
+    target = prepared.target
+    x, y, w, h = target.box.rect
+    found, hand = target.subject_map[y : y + h, x : x + w], subject_mask(name, (w, h))
+    both = float((found & hand).sum())
+    return {"source": target.subject.value, "iou": round(both / max(float((found | hand).sum()), 1.0), 4),
+            "precision": round(both / max(float(found.sum()), 1.0), 4),
+            "recall": round(both / max(float(hand.sum()), 1.0), 4)}
+
+
+@contextlib.contextmanager
+def hand_drawn_focus(names: dict[int, str]) -> Iterator[None]:
+    """While open, the engine takes each photo's subject from photos.SUBJECTS (`names`: the name of each
+    Photo object by its id) instead of estimating it: the focus a perfect estimate would give. Its saliency
+    (where strokes start first) stays the engine's."""
+    estimate = engine_target.find_subject
+
+    def hand_drawn(photo: Photo, box, placed, saliency, inside) -> focus.Subject:
+        found = estimate(photo, box, placed, saliency, inside)
+        _, _, w, h = box.rect
+        mask = focus.canvas_mask(subject_mask(names[id(photo)], (w, h)), box, inside)
+        return focus.Subject(mask, found.saliency, focus.Source.GRABCUT)
+
+    engine_target.find_subject = hand_drawn
+    try:
+        yield
+    finally:
+        engine_target.find_subject = estimate
+
+
 def coerce(key: str, value: str) -> object:
     """`value` as the SketchOptions field `key`'s type says (int, float, bool, tuple of ints or str)."""
     hints = typing.get_type_hints(SketchOptions)
@@ -261,7 +303,7 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return found
 
 
-def make_sketches(photos: dict[str, Image.Image], base: SketchOptions,
+def make_sketches(photos: dict[str, Photo], base: SketchOptions,
                   seeds: range) -> Iterator[tuple[str, int, SketchResult, float]]:
     """(photo, seed, result, seconds) for each photo and seed, as each is ready (all at once on a GPU)."""
     jobs = [(name, s) for name in photos for s in seeds]
@@ -360,6 +402,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="another SketchOptions field, e.g. focus=none (repeatable)")
+    ap.add_argument("--focus-oracle", action="store_true",
+                    help="sketch with each photo's hand-drawn subject in place of the engine's estimate")
     ap.add_argument("--judge", choices=JUDGES, default="outlines",
                     help="which of the held-out network's comparisons ranks (all are reported)")
     ap.add_argument("-o", "--output", default="out/quality-worst.png", help="the contact sheet (PNG)")
@@ -395,15 +439,20 @@ def main() -> None:
         print(json.dumps(line), flush=True)
 
     photos = {n: sample_photo(n) for n in names}
+    placed = {n: Photo.of(im) for n, im in photos.items()}  # what the engine sketches (the oracle knows them)
+    oracle = hand_drawn_focus({id(p): n for n, p in placed.items()}) if args.focus_oracle else contextlib.nullcontext()
     judge = Judge()
     photo_embeddings = judge.embed(list(photos.values()))
     outline_embeddings = judge.embed([outline(p) for p in photos.values()])
     made = []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    for name, seed, result, seconds in make_sketches(photos, base, seeds):
-        print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
-        made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
-                     preview_image(result, max_side=2 * Judge.SIZE)))
+    with oracle:
+        focused = {n: focus_agreement(n, placed[n], replace(base, seed=args.first_seed)) for n in names}
+        for name, seed, result, seconds in make_sketches(placed, base, seeds):
+            print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr,
+                  flush=True)
+            made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
+                         preview_image(result, max_side=2 * Judge.SIZE)))
     # Centring needs the whole set of sketches, so recognition waits for the last one.
     found = judge_all(judge.embed([m[5] for m in made]), photo_embeddings, outline_embeddings,
                       [names.index(m[0]) for m in made])
@@ -435,7 +484,7 @@ def main() -> None:
               "ink_on_edges": spread([row["ink_on_edges"] for row in mine]),
               "loss": spread([row["loss"] for row in mine], worst=max), "worst_seed": worst["seed"],
               "tracing": {"rank": traced_one.rank, "margin": round(traced_one.margin, 4),
-                          "taken_for": names[traced_one.first]}})
+                          "taken_for": names[traced_one.first]}, "focus": focused[name]})
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     # 128 colours keep twelve rows near 200 KB, small enough to commit; the photos barely change.
@@ -448,6 +497,7 @@ def main() -> None:
           "recognised": round(sum(row["recognised"] for row in every) / len(every), 4),
           "worst_seed_recognised": round(sum(all(r["recognised"] for r in rows[n]) for n in names) / len(names), 4),
           "ink_on_edges": round(statistics.mean(row["ink_on_edges"] for row in every), 4),
+          "focus_iou": round(statistics.mean(f["iou"] for f in focused.values()), 4),
           "median_seconds": round(statistics.median(row["seconds"] for row in every), 2),
           "recognised_by": {j: round(sum(row["ranks"][j] == 1 for row in every) / len(every), 4) for j in JUDGES},
           "tracings_recognised": round(sum(t.rank == 1 for t in traced) / len(names), 4),
@@ -455,7 +505,7 @@ def main() -> None:
           "near_px": NEAR, "sheet": args.output,
           "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,
                        "iterations": args.iterations, "race": args.race, "threads": args.threads,
-                       "device": args.device,
+                       "device": args.device, "focus_oracle": args.focus_oracle,
                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
                        "torch": torch.__version__}})
     if earlier is not None:

@@ -60,7 +60,12 @@ def test_quality_benchmark_reports_every_sketch_every_photo_and_a_summary(qualit
         assert 0 < photo["edge_area"] < 1
         assert photo["tracing"]["rank"] in (1, 2) and photo["tracing"]["taken_for"] in ("chelsea", "coffee")
         assert (photo["tracing"]["rank"] == 1) == (photo["tracing"]["margin"] > 0)
+        agree = photo["focus"]
+        assert agree["source"] in ("grabcut", "saliency") and 0 < agree["iou"] <= min(agree["precision"], agree["recall"])
+    # The cat fills the frame (no hand-drawn outline), so whatever the engine finds is subject.
+    assert rows[2]["focus"]["precision"] == 1 and rows[3]["focus"]["recall"] > 0.5
     summary = rows[4]
+    assert summary["focus_iou"] == round((rows[2]["focus"]["iou"] + rows[3]["focus"]["iou"]) / 2, 4)
     assert summary["kind"] == "summary" and (summary["photos"], summary["seeds"], summary["sketches"]) == (2, 1, 2)
     assert summary["first_seed"] == 2
     assert summary["recognised"] == sum(r["recognised"] for r in rows[:2]) / 2
@@ -141,6 +146,31 @@ def test_a_tracing_keeps_the_longest_contours_that_hold_the_ink_it_is_given(qual
     long_bar = quality.tracing(photo, quality.ink(whole) / 2)
     assert quality.ink(long_bar) >= quality.ink(whole) / 2 and not (np.asarray(long_bar)[120:] < 128).any()
     assert quality.ink(quality.tracing(Image.new("L", (480, 240), 255), 100.0)) == 0  # no contours, no ink
+
+
+def test_hand_drawn_subjects_fill_their_outline_or_the_frame(quality):
+    from photos import PHOTOS, SUBJECTS, subject_mask
+
+    assert set(SUBJECTS) == set(PHOTOS)
+    assert subject_mask("coins", (30, 20)).shape == (20, 30) and subject_mask("coins", (30, 20)).all()
+    flower = subject_mask("flower", (200, 100))  # the dahlia in the middle, the leaves around it not
+    assert flower[50, 100] and not flower[5, 5] and not flower[50, 190] and 0.2 < flower.mean() < 0.5
+
+
+def test_the_oracle_sketches_with_the_hand_drawn_subject_and_lets_go(quality):
+    from photos import sample_photo, subject_mask
+
+    from clipasso.engine import target
+    from clipasso.options import SketchOptions
+
+    photo = quality.Photo.of(sample_photo("ticotico"))
+    options = SketchOptions(encoder="lite0", iterations=1)
+    with quality.hand_drawn_focus({id(photo): "ticotico"}):
+        oracle = quality.focus_agreement("ticotico", photo, options)
+    assert oracle["iou"] > 0.98 and oracle["source"] == "grabcut"
+    assert target.find_subject.__name__ == "find_subject"  # the engine's own estimate again
+    assert quality.focus_agreement("ticotico", photo, options)["iou"] < 0.98
+    assert not subject_mask("ticotico", (photo.width, photo.height))[10, 10]
 
 
 def test_ink_on_edges_counts_ink_near_the_photos_edges(quality):

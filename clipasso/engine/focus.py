@@ -79,10 +79,17 @@ def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.
     cut = _grabcut(placed[y : y + h, x : x + w], saliency[y : y + h, x : x + w])
     if cut is None:
         return Subject(saliency.astype(np.float32) * inside, saliency, Source.SALIENCY)
-    mask = np.zeros(saliency.shape, dtype=np.float32)
+    return Subject(canvas_mask(cut, box, inside), saliency, Source.GRABCUT)
+
+
+def canvas_mask(cut: np.ndarray, box: Letterbox, inside: np.ndarray) -> np.ndarray:
+    """A boolean subject mask of the photo (h, w) placed on the canvas by `box`, softened outside its outline
+    (strokes along the outline are on the subject), nothing off the photo (`inside`)."""
+    x, y, w, h = box.rect
+    mask = np.zeros(inside.shape, dtype=np.float32)
     soft = ndimage.gaussian_filter(cut.astype(np.float32), EDGE_SOFTNESS)
     mask[y : y + h, x : x + w] = np.maximum(soft, cut)  # soft outside the outline, whole inside
-    return Subject(mask * inside, saliency, Source.GRABCUT)
+    return mask * inside
 
 
 def faces(image: Image.Image) -> np.ndarray:

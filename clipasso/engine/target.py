@@ -91,6 +91,12 @@ class Target:
                 _losses.popitem(last=False)
         return loss
 
+    @property
+    def subject_map(self) -> np.ndarray:
+        """(S, S) bool: where the subject was found, the upper half of the focus weights (the subject mask
+        where there is one, else the saliency). The quality benchmark measures it against hand-drawn subjects."""
+        return (self.focus > FOCUS_FLOOR + (1 - FOCUS_FLOOR) / 2).cpu().numpy()
+
     @cached_property
     def tangents(self) -> np.ndarray:
         """(S, S, 2) unit tangents of the photo's contours, for strokes traced along them."""
