@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "drawn, take part in the sketch, and come first in the output; --strokes new ones complete them")
     p.add_argument("--refine", metavar="SVG", help="an SVG whose paths' first segments are the strokes to start "
                    "from (a previous result, say); they are moved, and --strokes more are added")
+    p.add_argument("--subject", metavar="SVG", help="an SVG of closed paths in the photo's pixels drawn around its "
+                   "subject: strokes stay within them (instead of the subject found from transparency or segmentation)")
     p.add_argument("--levels", metavar="N,N,...", help="an abstraction ladder, e.g. 32,16,8,4: "
                    "one group per level, each coarser level a subset of the finer one, settled again")
     p.add_argument("--preview", help="also write a PNG of the strokes")
@@ -102,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.preview}: the preview and the SVG cannot be the same file")
     if Path(args.output).suffix.lower() != ".svg":
         raise InputError(f"{args.output}: the output must be an .svg file")
-    keep, refine = _read_svg("--keep", args.keep), _read_svg("--refine", args.refine)
+    keep, refine, subject = (_read_svg(name, given) for name, given in
+                             (("--keep", args.keep), ("--refine", args.refine), ("--subject", args.subject)))
     strokes = args.strokes if args.strokes is not None else (0 if refine else 16)
     options = SketchOptions(
         strokes=strokes, keep=keep, refine=refine, levels=parse_levels(args.levels) if args.levels else None,
         iterations=args.iterations, seed=args.seed, seeds=args.seeds,
         encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
-        stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus,
+        stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
     ).validated()
     photo = load_photo(args.input)
     for warning in options.drawn_on_photo(photo.width, photo.height)[2]:

@@ -19,7 +19,7 @@ from .paths import DrawnPath, read_paths
 from .svg import strokes_to_svg
 
 MAX_STROKES = 512
-#: Most paths a --keep or --refine file may hold.
+#: Most paths a --keep, --refine or --subject file may hold.
 MAX_DRAWN_PATHS = 512
 #: Most levels of an abstraction ladder (--levels).
 MAX_LEVELS = 8
@@ -178,6 +178,9 @@ class SketchOptions:
     levels: tuple[int, ...] | None = None
     #: Focus: `auto` keeps strokes on the subject, `none` lets the saliency map alone decide.
     focus: str = Focus.AUTO.value
+    #: SVG text of closed paths in the photo's pixels that outline the subject: with focus `auto`, the
+    #: subject is what they enclose, instead of the photo's transparency or the backend's segmentation.
+    subject: str | None = None
 
     def validated(self) -> "SketchOptions":
         """These options with the preset filled in; raises InputError on a value out of range."""
@@ -187,6 +190,9 @@ class SketchOptions:
         iterations = p.iterations if self.iterations is None else self.iterations
         seeds = p.seeds if self.seeds is None else self.seeds
         drawn_paths("keep", self.keep)  # a bad file is refused here, before the photo is read
+        drawn_paths("subject", self.subject)
+        if self.subject is not None and self.focus == Focus.NONE.value:
+            raise InputError("subject: an outline of the subject needs focus auto (focus none uses the whole photo)")
         refine = drawn_paths("refine", self.refine)
         levels = check_levels(self.levels)
         if levels is not None and levels[0] < len(refine):
@@ -237,7 +243,7 @@ class SketchOptions:
 
 
 def drawn_paths(name: str, text: str | None) -> tuple[DrawnPath, ...]:
-    """The paths of a --keep or --refine SVG (none when not given); InputError naming the option."""
+    """The paths of a --keep, --refine or --subject SVG (none when not given); InputError naming the option."""
     if text is None:
         return ()
     try:
@@ -329,7 +335,7 @@ class SketchResult:
             "loss": round(float(self.loss), 6) if np.isfinite(self.loss) else None,
             "cancelled": self.cancelled,
             # The artist's SVG files stay out: the document holds their paths already.
-            "options": {k: v for k, v in self.options.to_dict().items() if k not in ("keep", "refine")},
+            "options": {k: v for k, v in self.options.to_dict().items() if k not in ("keep", "refine", "subject")},
             "kept": len(self.kept),
             "levels": None if self.levels is None else list(self.levels),
         }

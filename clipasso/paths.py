@@ -1,4 +1,5 @@
-"""An artist's own SVG paths, read for `--keep` (drawn as they are) and `--refine` (strokes to start from).
+"""An artist's own SVG paths, read for `--keep` (drawn as they are), `--refine` (strokes to start from) and
+`--subject` (outlines of the subject).
 
 The file's coordinates are the photo's pixels: its viewBox is the frame of our own output SVG. svgelements
 reads the path data (lines, curves, arcs, several subpaths), the transforms on the way down and the
@@ -39,6 +40,12 @@ class DrawnPath:
     def first_stroke(self) -> np.ndarray:
         """The path's first segment as one cubic (4, 2): where a refined stroke starts."""
         return self.cubics[0]
+
+    def outline(self, samples: int = 8) -> np.ndarray:
+        """The path as a polygon (P, 2): each cubic segment sampled at `samples` points, for filling it."""
+        t = np.linspace(0.0, 1.0, samples, endpoint=False)[:, None]
+        weights = np.stack([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], axis=1)  # (S, 4, 1)
+        return np.concatenate([(weights * c[None]).sum(axis=1) for c in self.cubics] + [self.cubics[-1, 3:]])
 
     def inside(self, width: int, height: int) -> bool:
         """Whether any of the path's control points lies on the photo."""

@@ -73,6 +73,9 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], "keep: has no <path>"),
         "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
+        "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
+        "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
+        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "encloses none of the"),
         "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
         "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "between 1 and 512"),
         "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),
@@ -83,6 +86,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
 CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
          "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg",
          "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "refine off the photo",
+         "subject not svg", "subject, focus none", "subject off the photo",
          "levels repeated", "levels 0", "levels 9", "levels text"]
 
 

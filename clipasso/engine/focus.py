@@ -1,7 +1,8 @@
 """The subject of a photo: where strokes belong, and what the loss should care about.
 
-The reference masks the background with U2Net, a 170 MB download. Here the photo's own transparency is
-the subject where it has one; otherwise GrabCut (OpenCV) separates the subject from the background,
+The reference masks the background with U2Net, a 170 MB download. Here an outline the artist drew
+(`--subject`; in Inkscape, the photo's clip) is the subject where there is one, then the photo's own
+transparency; otherwise GrabCut (OpenCV) separates the subject from the background,
 seeded by the encoder's saliency: the salient core as likely subject, the rest as likely background, and
 GrabCut's colour models move the boundary onto the subject's outline. An ImageNet encoder has no class for
 people, so frontal faces (OpenCV's Haar cascades: a face with an eye in it) join the saliency first. A
@@ -14,15 +15,17 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..errors import InputError
 from ..images import Letterbox, Photo
 
 log = logging.getLogger("clipasso.engine")
@@ -53,6 +56,7 @@ EYE_FACE_SIDE = 120
 class Source(str, enum.Enum):
     """Where a photo's subject mask came from."""
 
+    OUTLINE = "outline"  #: outlines the artist drew around the subject
     ALPHA = "alpha"  #: the photo's transparency
     GRABCUT = "grabcut"  #: the saliency-seeded segmentation
     SALIENCY = "saliency"  #: the encoder's saliency map alone (focus none, or an implausible segmentation)
@@ -66,12 +70,19 @@ class Subject:
 
 
 def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.ndarray,
-                 inside: np.ndarray) -> Subject:
+                 inside: np.ndarray, outlines: Sequence[np.ndarray] = ()) -> Subject:
     """The subject of `photo`, letterboxed by `box` on the canvas, where `placed` is the photo on the canvas
-    (S, S, 3) in [0, 1], `saliency` (S, S) in [0, 1] where the encoder looks, and `inside` (S, S) 1 where
-    the photo is (0 on the letterbox's paper)."""
+    (S, S, 3) in [0, 1], `saliency` (S, S) in [0, 1] where the encoder looks, `inside` (S, S) 1 where
+    the photo is (0 on the letterbox's paper), and `outlines` polygons (P, 2) in the image's pixels that
+    the artist drew around the subject (InputError when they enclose none of the photo)."""
     x, y, w, h = box.rect
     saliency = np.maximum(saliency, face_map(faces(photo.image), box, saliency.shape[0]))
+    if len(outlines):
+        drawn = enclosed(outlines, box)
+        if not drawn.any():
+            raise InputError(f"subject: its outline encloses none of the {photo.width}x{photo.height} photo; "
+                             "its coordinates must be the photo's pixels")
+        return Subject(canvas_mask(drawn, box, inside), saliency, Source.OUTLINE)
     if photo.alpha is not None:
         alpha = box.place(photo.alpha)
         if _plausible(alpha > 0.5, w * h):
@@ -80,6 +91,17 @@ def find_subject(photo: Photo, box: Letterbox, placed: np.ndarray, saliency: np.
     if cut is None:
         return Subject(saliency.astype(np.float32) * inside, saliency, Source.SALIENCY)
     return Subject(canvas_mask(cut, box, inside), saliency, Source.GRABCUT)
+
+
+def enclosed(outlines: Sequence[np.ndarray], box: Letterbox) -> np.ndarray:
+    """What the polygons (P, 2) in the image's pixels enclose, on the photo's part of the canvas (h, w)."""
+    x, y, w, h = box.rect
+    area = Image.new("1", (w, h), 0)
+    draw = ImageDraw.Draw(area)
+    for polygon in outlines:
+        points = box.to_canvas(polygon) - (x, y)
+        draw.polygon([(float(px), float(py)) for px, py in points], fill=1)
+    return np.asarray(area, dtype=bool)
 
 
 def canvas_mask(cut: np.ndarray, box: Letterbox, inside: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..encoders import Encoder
 from ..images import Letterbox, Photo
-from ..options import CANVAS, Focus, Renderer, SketchOptions, image_stroke_width
+from ..options import CANVAS, Focus, Renderer, SketchOptions, drawn_paths, image_stroke_width
 from ..paths import DrawnPath
 from .focus import Source, find_subject
 from .init import STARTS, PaperStart, TracedStart, edge_tangents, init_distribution
@@ -140,7 +140,8 @@ def prepare_target(photo: Photo, encoder: Encoder, options: SketchOptions) -> Ta
     grids = bank_grids(options.seed, device)
     weight, starts_on, subject = saliency, mask, Source.SALIENCY
     if options.focus == Focus.AUTO.value:
-        found = find_subject(photo, box, placed, saliency, mask)
+        outlines = [p.outline() for p in drawn_paths("subject", options.subject)]
+        found = find_subject(photo, box, placed, saliency, mask, outlines)
         saliency, weight, subject = found.saliency, found.mask, found.source
         starts_on = (found.mask > 0.5).astype(np.float32)
     focus = ((FOCUS_FLOOR + (1 - FOCUS_FLOOR) * weight) * mask).astype(np.float32)

@@ -92,6 +92,9 @@ async def submit(
         "come first in the result; `strokes` new ones are added")),
     refine: str | None = Form(None, description=(
         "SVG text of strokes to start from (each path's first segment); `strokes` more are added (default 0)")),
+    subject: str | None = Form(None, description=(
+        "SVG text of closed paths in the photo's pixels around its subject: with focus auto, the subject is "
+        "what they enclose (instead of the photo's transparency or the segmentation)")),
     levels: str | None = Form(None, description=(
         f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
         "level in the result, each coarser level a subset of the finer one")),
@@ -101,6 +104,7 @@ async def submit(
         strokes = 0  # refining adds no strokes unless asked
     given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
              "encoder": encoder, "preset": preset, "renderer": renderer, "focus": focus, "keep": keep, "refine": refine,
+             "subject": subject,
              "levels": parse_levels(levels) if levels is not None else None}
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large

@@ -3,6 +3,8 @@ stay on the subject."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from scipy import ndimage
 from skimage import data
 
 from clipasso.encoders import load_encoder
+from clipasso.errors import InputError
 from clipasso.engine import sketch
 from clipasso.engine.focus import Source, faces, find_subject
 from clipasso.engine.init import contour_edges, edge_tangents
@@ -103,6 +106,41 @@ def test_strokes_start_and_stay_on_a_cut_out(lite0):
     ix = np.clip(ends[:, 0].astype(int), 0, photo.width - 1)
     iy = np.clip(ends[:, 1].astype(int), 0, photo.height - 1)
     assert near[iy, ix].all()
+
+
+def outline_svg(image: Image.Image, box: tuple[float, float, float, float]) -> str:
+    """An SVG in the image's pixels with one closed path around `box` (x0, y0, x1, y1): a subject drawn by hand."""
+    x0, y0, x1, y1 = box
+    w, h = image.size
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}">'
+            f'<path d="M {x0},{y0} L {x1},{y0} C {x1 + 20},{(y0 + y1) / 2} {x1 + 20},{(y0 + y1) / 2} {x1},{y1} '
+            f'L {x0},{y1} Z"/></svg>')
+
+
+def test_an_outline_drawn_around_the_subject_is_the_subject(lite0):
+    """The bird among leaves: the segmentation takes in the leaves under it; the artist's outline of the
+    bird's upper half keeps every start inside it, and the strokes stay there."""
+    image = Image.open(Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "ticotico.jpg")
+    photo = Photo.of(image)
+    outline = outline_svg(image, (190, 20, 320, 200))
+    options = SketchOptions(strokes=8, iterations=10, encoder="lite0", device="cpu", subject=outline)
+    target = prepare_target(photo, lite0, options.validated())
+    assert target.subject is Source.OUTLINE
+    x, y, w, h = target.box.rect
+    drawn = np.zeros((CANVAS, CANVAS), dtype=bool)
+    (cx0, cy0), (cx1, cy1) = target.box.to_canvas(np.array([[190, 20], [320 + 15, 200]]))
+    drawn[int(cy0) : int(cy1) + 1, int(cx0) : int(cx1) + 1] = True
+    assert target.prob[~drawn].sum() == 0 and target.subject_map[~ndimage.binary_dilation(drawn, iterations=3)].sum() == 0
+    assert target.subject_map[int(cy0) + 5 : int(cy1) - 5, int(cx0) + 5 : int(cx1) - 5].all()
+    ends = sketch(photo, options).strokes[:, [0, 3]].reshape(-1, 2)
+    assert ((ends[:, 0] > 190 - 25) & (ends[:, 0] < 340 + 25) & (ends[:, 1] > 20 - 25) & (ends[:, 1] < 200 + 25)).all()
+
+
+def test_an_outline_off_the_photo_is_one_clear_error(lite0):
+    image = Image.fromarray(data.coffee())
+    options = SketchOptions(encoder="lite0", device="cpu", subject=outline_svg(image, (2000, 2000, 2100, 2100)))
+    with pytest.raises(InputError, match="subject: its outline encloses none of the 600x400 photo"):
+        prepare_target(Photo.of(image), lite0, options.validated())
 
 
 def test_focus_none_is_the_saliency_alone(lite0):

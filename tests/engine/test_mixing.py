@@ -49,6 +49,16 @@ def test_path_data_becomes_cubics_in_the_photo_pixels():
     assert np.allclose(second.cubics[0][0], [150, 60]) and np.allclose(second.cubics[-1][[0, 3]], [[200, 130], [215, 130]])
 
 
+def test_an_outline_is_the_path_sampled_along_its_curves():
+    (square,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 H 8 V 8 H 0 Z"/></svg>')
+    ring = square.outline(samples=4)
+    assert ring.shape == (4 * 4 + 1, 2) and np.allclose(ring[[0, 4, 8, 12, 16]], [[0, 0], [8, 0], [8, 8], [0, 8], [0, 0]])
+    assert np.allclose(ring[1], [2, 0])  # a straight side's thirds are its cubic's controls: evenly sampled
+    (arc,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 A 5 5 0 0 1 10 0"/></svg>')
+    radii = np.linalg.norm(arc.outline() - [5, 0], axis=1)
+    assert np.allclose(radii, 5, atol=0.01)  # on the circle, not on its control polygon
+
+
 def test_kept_paths_take_part_in_every_render(cat):
     encoder, _ = load_encoder("lite0", "cpu")
     target = prepare_target(Photo.of(cat), encoder, fast(keep=MINE).validated())

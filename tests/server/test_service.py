@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -165,6 +166,21 @@ def test_keep_refine_and_ladder_fields(server_main: ServerProcess, server_photo_
     assert {p.get("stroke") for p in preview.findall(f"{SVG}g[@id='clipasso-strokes']/{SVG}path")} == {"#000000"}
 
 
+def test_a_subject_outline_keeps_the_strokes_within_it(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    """The outline is the subject: every stroke's ends lie near the square drawn around the photo's middle."""
+    square = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150">'
+              '<path d="M 80 40 L 150 40 L 150 110 L 80 110 Z"/></svg>')
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, **{**QUICK, "subject": square})
+        assert follow(client, job["id"])[-1]["state"] == "succeeded"
+        result = client.get(f"/jobs/{job['id']}/result.svg")
+    numbers = [[float(v) for v in re.findall(r"-?[0-9.]+", p.get("d"))] for p in paths(result.content)]
+    assert len(numbers) == 4
+    for n in numbers:  # M x0,y0 C x1,y1 x2,y2 x3,y3: the ends within a stroke's reach of the square
+        assert all(80 - 15 < x < 150 + 15 for x in (n[0], n[6])) and all(40 - 15 < y < 110 + 15 for y in (n[1], n[7]))
+    assert "M 80 40 L 150 40" not in result.text  # the outline is the artist's, not written into the result
+
+
 def test_a_job_with_the_diffvg_renderer(pydiffvg, server_main: ServerProcess, server_photo_png: bytes) -> None:
     with server_main.client() as client:
         job = submit(client, server_photo_png, **QUICK, renderer="diffvg")
@@ -258,14 +274,16 @@ BAD_FIELDS = [
     ({"keep": "hello"}, "keep: not an SVG file"),
     ({"refine": '<svg xmlns="http://www.w3.org/2000/svg"><rect width="3" height="3"/></svg>'}, "refine: has no <path>"),
     ({"keep": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 5000 5 L 5100 5"/></svg>'}, "none of its 1 paths"),
+    ({"subject": "hello"}, "subject: not an SVG file"),
+    ({"subject": MINE, "focus": "none"}, "subject: an outline of the subject needs focus auto"),
     ({"levels": "8,8"}, "may appear once"),
     ({"levels": "600,4"}, "between 1 and 512"),
     ({"levels": "a lot"}, "separated by commas"),
 ]
 
 
-@pytest.mark.parametrize(("fields", "words"), BAD_FIELDS, ids=[next(iter(f)) + "=" + v[:12] for f, _ in BAD_FIELDS
-                                                              for v in f.values()])
+@pytest.mark.parametrize(("fields", "words"), BAD_FIELDS, ids=["&".join(f"{k}={v[:12]}" for k, v in f.items())
+                                                              for f, _ in BAD_FIELDS])
 def test_bad_parameters_are_400(server_main: ServerProcess, server_photo_png: bytes, fields: dict, words: str) -> None:
     with server_main.client() as client:
         assert_error(client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data=fields), 400, words)
