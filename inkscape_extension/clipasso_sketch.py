@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import sys
 import warnings
 from xml.sax.saxutils import quoteattr
@@ -121,8 +122,11 @@ class Sketch(inkex.EffectExtension):
                         "--max-upload-mb) and run Line sketch again."
                     )
 
-        photos = [Photo(describe(img), pic, drawn_fields(opts.paths, on, pic)) for img, pic, on in
-                  zip(images, pictures, drawn)]
+        # A photo shown through a clip (Object > Clip > Set Clip) is outlined: the clip is its subject.
+        outlined = [[] if job_id or opts.focus != "auto" else subject_outline(img, pic, vp, self.svg)
+                    for img, pic, vp in zip(images, pictures, viewports)]
+        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", clip, pic)})
+                  for img, pic, on, clip in zip(images, pictures, drawn, outlined)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
         follow(run, opts.window)
         if run.phase in (Phase.FAILED, Phase.TIMED_OUT):
@@ -216,20 +220,52 @@ class Sketch(inkex.EffectExtension):
 def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:
     """Of the artist's paths, those that lie on the image, each as (element, path data in the image's
     pixels, stroke width in its pixels): mapped through every transform from the document to the photo."""
+    to_pixels = document_to_pixels(image, picture, viewport)
+    return [found for element in paths
+            if (found := in_pixels(element, to_pixels @ composed_transform(element), picture)) is not None]
+
+
+def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
+    """The shapes of the clip the image is shown through (its own clip-path, or the nearest clipped group's
+    above it), as drawn_paths gives them: the artist's outline of the subject; none without a clip."""
+    holder = next((e for e in (image, *image.iterancestors()) if e.get("clip-path")), None)
+    found = re.match(r"\s*url\(\s*#([^)\s]+)\s*\)", holder.get("clip-path")) if holder is not None else None
+    clip = svg.getElementById(found.group(1)) if found else None
+    if clip is None:
+        return []
+    # The clip's shapes are in the user space of the element it clips (userSpaceOnUse, Inkscape's way).
+    to_pixels = document_to_pixels(image, picture, viewport) @ composed_transform(holder)
+    outlines = []
+    for shape in clip.iterdescendants():
+        if isinstance(shape, inkex.ShapeElement) and not isinstance(shape, inkex.Group):
+            inner = inkex.Transform()
+            for element in (shape, *shape.iterancestors()):
+                if element is clip:
+                    break
+                inner = inkex.Transform(element.attrib.get("transform")) @ inner
+            found = in_pixels(shape, to_pixels @ inner, picture)
+            if found is not None:
+                outlines.append(found)
+    return outlines
+
+
+def document_to_pixels(image, picture: Picture, viewport: tuple) -> inkex.Transform:
+    """From the document's root user space to the image's pixels, through its preserveAspectRatio."""
     aspect = parse_aspect_ratio(image.get("preserveAspectRatio"))
     pixels = (0.0, 0.0, float(picture.width), float(picture.height))
-    to_pixels = -(composed_transform(image) @ inkex.Transform(viewbox_to_viewport(pixels, viewport, aspect)))
-    found = []
-    for element in paths:
-        m = to_pixels @ composed_transform(element)
-        # As cubics (arcs too), then mapped: an arc does not stay an arc under a skew.
-        data = inkex.Path(element.path.to_superpath()).transform(m)
-        box = data.bounding_box()
-        if box is None or box.right < 0 or box.bottom < 0 or box.left > picture.width or box.top > picture.height:
-            continue
-        width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
-        found.append((element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))))
-    return found
+    return -(composed_transform(image) @ inkex.Transform(viewbox_to_viewport(pixels, viewport, aspect)))
+
+
+def in_pixels(element, m: inkex.Transform, picture: Picture) -> tuple | None:
+    """(element, its path data mapped by `m` into the image's pixels, its stroke width there), or None
+    when it lies wholly off the image."""
+    # As cubics (arcs too), then mapped: an arc does not stay an arc under a skew.
+    data = inkex.Path(element.path.to_superpath()).transform(m)
+    box = data.bounding_box()
+    if box is None or box.right < 0 or box.bottom < 0 or box.left > picture.width or box.top > picture.height:
+        return None
+    width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
+    return element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))
 
 
 def drawn_fields(use: str, drawn: list, picture: Picture) -> dict:

@@ -87,6 +87,52 @@ def run_sketch(document: str, *args: str) -> tuple[int, str, bytes]:
     return status, stderr.getvalue(), output.getvalue()
 
 
+def new_strokes(document: bytes) -> list[list[float]]:
+    """The numbers of each stroke path the effect added (in the photo's pixels, as the backend wrote them)."""
+    root = etree.fromstring(document)
+    layers = root.findall(".//{http://www.w3.org/2000/svg}g[@id]")
+    sketch = next(g for g in layers if g.get("id").startswith("clipasso-sketch"))
+    return [[float(v) for v in re.findall(r"-?[0-9.]+(?:e-?[0-9]+)?", p.get("d"))]
+            for p in sketch.iter("{http://www.w3.org/2000/svg}path")]
+
+
+class TestSubjectOutline:
+    """A photo shown through a clip: the clip is the subject's outline, sent in the photo's pixels."""
+
+    def test_the_clip_is_mapped_into_the_photos_pixels(self) -> None:
+        import inkex
+
+        from clipasso_images import load_picture
+        from clipasso_sketch import image_viewport, subject_outline
+
+        svg = inkex.load_svg(str(DATA / "clipped.svg")).getroot()
+        image = svg.getElementById("cat")
+        picture = load_picture(image.get("xlink:href"), "cat", [str(DATA)])
+        (element, d, _), = subject_outline(image, picture, image_viewport(image, picture), svg)
+        box = inkex.Path(d).bounding_box()
+        # The clip's rectangle, x 130-250 and y 30-190 in the image's own (rotated) user space, is the right
+        # half of the 120 x 80 photo from its sixteenth row down: the rotation cancels out.
+        assert element.get("id") == "outline"
+        assert [round(v, 6) for v in (box.left, box.top, box.right, box.bottom)] == [60, 5, 120, 85]
+        unclipped = inkex.load_svg(str(DATA / "linked.svg")).getroot()
+        assert subject_outline(unclipped.getElementById("cat"), picture, (10, 20, 240, 160), unclipped) == []
+
+    def test_the_strokes_stay_in_the_clipped_part(self, backend) -> None:
+        # Unclipped, the segmentation takes the cat's left eye and cheek, and most strokes go there.
+        status, err, out = run_sketch("clipped.svg", "--id=cat", f"--backend_url={backend.url}",
+                                      "--encoder=lite0", "--strokes=4", "--iterations=3")
+        assert status == 0, err
+        strokes = new_strokes(out)
+        assert len(strokes) == 4
+        for n in strokes:  # M x0,y0 C x1,y1 x2,y2 x3,y3, in the photo's pixels: ends in its right half
+            assert n[0] > 60 - 6 and n[6] > 60 - 6, n
+
+    def test_with_focus_on_the_whole_photo_the_clip_is_not_sent(self, backend) -> None:
+        status, err, out = run_sketch("clipped.svg", "--id=cat", f"--backend_url={backend.url}", "--focus=none",
+                                      "--encoder=lite0", "--strokes=4", "--iterations=1")
+        assert status == 0 and len(new_strokes(out)) == 4, err
+
+
 def assert_refused(document: str, *args: str, message: str) -> str:
     """The run stops with one message matching `message`, and leaves no output."""
     status, err, out = run_sketch(document, *args)

@@ -59,9 +59,9 @@ def stop_backend(pid_file: Path) -> None:
         pass
 
 
-def run_inkscape(tmp_path: Path, document: str, ids: str, **settings: object) -> inkex.SvgDocumentElement:
-    """Install the extension, run it in Inkscape on a copy of `document` with `ids` selected, and return
-    the exported document; the backend the extension started is stopped."""
+def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", **settings: object) -> inkex.SvgDocumentElement:
+    """Install the extension, run it in Inkscape on a copy of `document` (after Inkscape's `before` actions)
+    with `ids` selected, and return the exported document; the backend the extension started is stopped."""
     if INKSCAPE is None or XVFB_RUN is None:
         missing("Inkscape or xvfb-run is not installed")
     profile, docs = tmp_path / "profile", tmp_path / "docs"
@@ -82,7 +82,7 @@ def run_inkscape(tmp_path: Path, document: str, ids: str, **settings: object) ->
         CLIPASSO_CACHE=str(tmp_path / "cache"),
         OMP_NUM_THREADS="2",
     )
-    actions = f"select-by-id:{ids};org.clipasso.sketch.noprefs;export-filename:{out};export-do"
+    actions = f"{before}select-by-id:{ids};org.clipasso.sketch.noprefs;export-filename:{out};export-do"
     pid_file = extensions / "clipasso" / "clipasso_backend.pid"
     inkscape = subprocess.Popen(
         [XVFB_RUN, "-a", INKSCAPE, "--with-gui", "--batch-process", f"--actions={actions}", str(docs / document)],
@@ -136,3 +136,16 @@ def test_inkscape_keeps_the_selected_path_and_makes_a_ladder(tmp_path: Path) -> 
     levels = [(g.get("inkscape:label"), g.get("style"), len(list(g.iter("{http://www.w3.org/2000/svg}path"))))
               for g in layer]
     assert levels == [("2 strokes", None, 2), ("1 stroke", "display:none", 1)]
+
+
+def test_inkscape_sends_the_photos_clip_as_its_subject(tmp_path: Path) -> None:
+    """Inkscape clips the photo to its right half (Object > Clip > Set Clip, with a rectangle over it):
+    every stroke ends in that half."""
+    svg = run_inkscape(tmp_path, "uncut.svg", "cat", before="select-by-id:cat,frame;object-set-clip;select-clear;",
+                       iterations=3)
+    assert svg.getElementById("cat").get("clip-path", "").startswith("url(#")  # Inkscape's own clip
+    paths = list(svg.getElementById("layer1").getnext().iter("{http://www.w3.org/2000/svg}path"))
+    assert len(paths) == STROKES
+    for path in paths:  # in the photo's pixels (the group's transform places them): M x0,y0 C ... x3,y3
+        ends = list(path.path.end_points)
+        assert ends[0].x > 60 - 6 and ends[-1].x > 60 - 6, path.get("d")
