@@ -49,8 +49,9 @@ Metrics:
 - Focus. The engine's subject (`--focus auto`: the places weighted above half in its loss, its subject
   mask or else its saliency) against the subject outlined by hand (`photos.SUBJECTS`), on the photo:
   intersection over union, precision (the share of the engine's subject that is subject) and recall (the
-  share of the subject it found), and the mask's source. `--focus-oracle` sketches with the hand-drawn
-  subject in place of the engine's estimate: what a perfect estimate would buy.
+  share of the subject it found), and the mask's source. `--focus-oracle` gives each sketch its photo's
+  hand-drawn subject as the `subject` option (as an artist who outlines it does): what a perfect estimate
+  would buy.
 - Ink on edges. The sketch rendered at the working size (the photo's long side at 224 px, strokes at
   the width the user sees, about 3 px) and the photo's Canny edges at the same size (grey photo,
   sigma 2 px: at 224 px that keeps the outlines of subjects and parts and drops fur, grain and JPEG
@@ -88,13 +89,12 @@ from skimage.feature import canny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipasso.engine import SketchRequest, focus, optimise, prepare, preview_image, sketch, sketch_batch  # noqa: E402
-from clipasso.engine import target as engine_target  # noqa: E402
+from clipasso.engine import SketchRequest, optimise, prepare, preview_image, sketch, sketch_batch  # noqa: E402
 from clipasso.errors import InputError, one_line  # noqa: E402
 from clipasso.files import write_atomic  # noqa: E402
 from clipasso.images import Photo  # noqa: E402
 from clipasso.options import SketchOptions, SketchResult  # noqa: E402
-from photos import PHOTOS, fit, sample_photo, subject_mask  # noqa: E402  (benchmarks/photos.py, beside this file)
+from photos import PHOTOS, SUBJECTS, fit, sample_photo, subject_mask  # noqa: E402  (benchmarks/photos.py, beside this file)
 
 #: Long side of the working size at which ink on edges is measured, in pixels.
 WORK = 224
@@ -255,24 +255,13 @@ def focus_agreement(name: str, photo: Photo, base: SketchOptions) -> dict:
             "recall": round(both / max(float(hand.sum()), 1.0), 4)}
 
 
-@contextlib.contextmanager
-def hand_drawn_focus(names: dict[int, str]) -> Iterator[None]:
-    """While open, the engine takes each photo's subject from photos.SUBJECTS (`names`: the name of each
-    Photo object by its id) instead of estimating it: the focus a perfect estimate would give. Its saliency
-    (where strokes start first) stays the engine's."""
-    estimate = engine_target.find_subject
-
-    def hand_drawn(photo: Photo, box, placed, saliency, inside) -> focus.Subject:
-        found = estimate(photo, box, placed, saliency, inside)
-        _, _, w, h = box.rect
-        mask = focus.canvas_mask(subject_mask(names[id(photo)], (w, h)), box, inside)
-        return focus.Subject(mask, found.saliency, focus.Source.GRABCUT)
-
-    engine_target.find_subject = hand_drawn
-    try:
-        yield
-    finally:
-        engine_target.find_subject = estimate
+def subject_svg(name: str, width: int, height: int) -> str:
+    """The photo's hand-drawn subject (photos.SUBJECTS) as the SVG the `subject` option takes: one closed
+    path in the photo's pixels (the whole frame where the subject fills it)."""
+    polygon = SUBJECTS[name] or ((0, 0), (100, 0), (100, 100), (0, 100))
+    points = " L ".join(f"{x * width / 100:.2f},{y * height / 100:.2f}" for x, y in polygon)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}"><path d="M {points} Z"/></svg>')
 
 
 def coerce(key: str, value: str) -> object:
@@ -303,13 +292,14 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return found
 
 
-def make_sketches(photos: dict[str, Photo], base: SketchOptions,
+def make_sketches(photos: dict[str, Photo], options: dict[str, SketchOptions],
                   seeds: range) -> Iterator[tuple[str, int, SketchResult, float]]:
-    """(photo, seed, result, seconds) for each photo and seed, as each is ready (all at once on a GPU)."""
+    """(photo, seed, result, seconds) for each photo (with its options) and seed, as each is ready (all at
+    once on a GPU)."""
     jobs = [(name, s) for name in photos for s in seeds]
-    if base.device.startswith("cuda"):
+    if next(iter(options.values())).device.startswith("cuda"):
         t = time.perf_counter()
-        outcomes = sketch_batch([SketchRequest(photos[n], replace(base, seed=s, seeds=1)) for n, s in jobs])
+        outcomes = sketch_batch([SketchRequest(photos[n], replace(options[n], seed=s, seeds=1)) for n, s in jobs])
         share = (time.perf_counter() - t) / len(jobs)
         for (name, s), outcome in zip(jobs, outcomes):
             if isinstance(outcome, Exception):
@@ -318,7 +308,7 @@ def make_sketches(photos: dict[str, Photo], base: SketchOptions,
         return
     for name, s in jobs:
         t = time.perf_counter()
-        result = sketch(photos[name], replace(base, seed=s, seeds=1))
+        result = sketch(photos[name], replace(options[name], seed=s, seeds=1))
         yield name, s, result, time.perf_counter() - t
 
 
@@ -403,7 +393,7 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="another SketchOptions field, e.g. focus=none (repeatable)")
     ap.add_argument("--focus-oracle", action="store_true",
-                    help="sketch with each photo's hand-drawn subject in place of the engine's estimate")
+                    help="give each photo's hand-drawn subject as the subject option, in place of the engine's estimate")
     ap.add_argument("--judge", choices=JUDGES, default="outlines",
                     help="which of the held-out network's comparisons ranks (all are reported)")
     ap.add_argument("-o", "--output", default="out/quality-worst.png", help="the contact sheet (PNG)")
@@ -439,20 +429,19 @@ def main() -> None:
         print(json.dumps(line), flush=True)
 
     photos = {n: sample_photo(n) for n in names}
-    placed = {n: Photo.of(im) for n, im in photos.items()}  # what the engine sketches (the oracle knows them)
-    oracle = hand_drawn_focus({id(p): n for n, p in placed.items()}) if args.focus_oracle else contextlib.nullcontext()
+    placed = {n: Photo.of(im) for n, im in photos.items()}
+    options = {n: replace(base, subject=subject_svg(n, im.width, im.height)) if args.focus_oracle else base
+               for n, im in photos.items()}
     judge = Judge()
     photo_embeddings = judge.embed(list(photos.values()))
     outline_embeddings = judge.embed([outline(p) for p in photos.values()])
     made = []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    with oracle:
-        focused = {n: focus_agreement(n, placed[n], replace(base, seed=args.first_seed)) for n in names}
-        for name, seed, result, seconds in make_sketches(placed, base, seeds):
-            print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr,
-                  flush=True)
-            made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
-                         preview_image(result, max_side=2 * Judge.SIZE)))
+    focused = {n: focus_agreement(n, placed[n], replace(options[n], seed=args.first_seed)) for n in names}
+    for name, seed, result, seconds in make_sketches(placed, options, seeds):
+        print(f"quality.py: {name} seed {seed}: {seconds:.1f} s, loss {result.loss:.4f}", file=sys.stderr, flush=True)
+        made.append((name, seed, result, seconds, preview_image(result, max_side=WORK),
+                     preview_image(result, max_side=2 * Judge.SIZE)))
     # Centring needs the whole set of sketches, so recognition waits for the last one.
     found = judge_all(judge.embed([m[5] for m in made]), photo_embeddings, outline_embeddings,
                       [names.index(m[0]) for m in made])

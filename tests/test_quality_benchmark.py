@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -157,20 +158,20 @@ def test_hand_drawn_subjects_fill_their_outline_or_the_frame(quality):
     assert flower[50, 100] and not flower[5, 5] and not flower[50, 190] and 0.2 < flower.mean() < 0.5
 
 
-def test_the_oracle_sketches_with_the_hand_drawn_subject_and_lets_go(quality):
-    from photos import sample_photo, subject_mask
+def test_the_oracle_gives_the_hand_drawn_subject_as_the_artists_outline(quality):
+    from photos import sample_photo
 
-    from clipasso.engine import target
     from clipasso.options import SketchOptions
 
-    photo = quality.Photo.of(sample_photo("ticotico"))
-    options = SketchOptions(encoder="lite0", iterations=1)
-    with quality.hand_drawn_focus({id(photo): "ticotico"}):
-        oracle = quality.focus_agreement("ticotico", photo, options)
-    assert oracle["iou"] > 0.98 and oracle["source"] == "grabcut"
-    assert target.find_subject.__name__ == "find_subject"  # the engine's own estimate again
-    assert quality.focus_agreement("ticotico", photo, options)["iou"] < 0.98
-    assert not subject_mask("ticotico", (photo.width, photo.height))[10, 10]
+    image = sample_photo("ticotico")
+    photo, options = quality.Photo.of(image), SketchOptions(encoder="lite0", iterations=1)
+    outlined = replace(options, subject=quality.subject_svg("ticotico", image.width, image.height))
+    oracle = quality.focus_agreement("ticotico", photo, outlined)
+    assert oracle["source"] == "outline" and oracle["iou"] > 0.98  # the outline's soft edge is a pixel or two
+    assert quality.focus_agreement("ticotico", photo, options)["source"] == "grabcut"
+    coins = quality.focus_agreement("coins", quality.Photo.of(sample_photo("coins")),
+                                    replace(options, subject=quality.subject_svg("coins", 384, 303)))
+    assert coins["iou"] == 1.0  # the whole frame
 
 
 def test_ink_on_edges_counts_ink_near_the_photos_edges(quality):
