@@ -215,11 +215,12 @@ class SketchOptions:
 
     def drawn_on_photo(self, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...], list[str]]:
         """The kept and the refined paths that lie on a photo of this size, and a warning line for each
-        file some of whose paths lie wholly off it (those are ignored); InputError when none is left."""
+        file some of whose paths lie wholly off it (those are ignored); InputError when none is left. A
+        subject outline counts as on the photo where its extent overlaps it (it may surround the photo)."""
         found, warnings = [], []
-        for name, text in (("keep", self.keep), ("refine", self.refine)):
+        for name, text in (("keep", self.keep), ("refine", self.refine), ("subject", self.subject)):
             paths = drawn_paths(name, text)
-            on = tuple(p for p in paths if p.inside(width, height))
+            on = tuple(p for p in paths if (p.overlaps if name == "subject" else p.inside)(width, height))
             if paths and not on:
                 raise InputError(f"{name}: none of its {len(paths)} paths lies on the {width}x{height} photo; "
                                  "its coordinates must be the photo's pixels")

@@ -52,6 +52,12 @@ class DrawnPath:
         p = self.cubics.reshape(-1, 2)
         return bool(np.any((p[:, 0] >= 0) & (p[:, 0] <= width) & (p[:, 1] >= 0) & (p[:, 1] <= height)))
 
+    def overlaps(self, width: int, height: int) -> bool:
+        """Whether the box around the path's control points overlaps the photo (an outline around it does)."""
+        p = self.cubics.reshape(-1, 2)
+        low, high = p.min(axis=0), p.max(axis=0)
+        return bool(low[0] <= width and low[1] <= height and high[0] >= 0 and high[1] >= 0)
+
 
 def _cubics(segment: se.PathSegment) -> list[tuple[complex, ...]]:
     """A segment as cubics, each four control points as complex x + iy; Move and empty Close give none."""

@@ -75,7 +75,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
-        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "encloses none of the"),
+        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "subject: none of its 1 paths lies on"),
         "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
         "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "between 1 and 512"),
         "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),

@@ -59,6 +59,13 @@ def test_an_outline_is_the_path_sampled_along_its_curves():
     assert np.allclose(radii, 5, atol=0.01)  # on the circle, not on its control polygon
 
 
+def test_an_outline_around_the_whole_photo_overlaps_it():
+    (around,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M -5 -5 H 105 V 105 H -5 Z"/></svg>')
+    (beside,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 120 0 H 130 V 10 Z"/></svg>')
+    assert around.overlaps(100, 100) and not around.inside(100, 100)
+    assert not beside.overlaps(100, 100) and beside.overlaps(130, 100)
+
+
 def test_kept_paths_take_part_in_every_render(cat):
     encoder, _ = load_encoder("lite0", "cpu")
     target = prepare_target(Photo.of(cat), encoder, fast(keep=MINE).validated())

@@ -276,6 +276,8 @@ BAD_FIELDS = [
     ({"keep": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 5000 5 L 5100 5"/></svg>'}, "none of its 1 paths"),
     ({"subject": "hello"}, "subject: not an SVG file"),
     ({"subject": MINE, "focus": "none"}, "subject: an outline of the subject needs focus auto"),
+    ({"subject": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 500 5 L 600 5 L 600 90 Z"/></svg>'},
+     "subject: none of its 1 paths lies on the 226x150 photo"),
     ({"levels": "8,8"}, "may appear once"),
     ({"levels": "600,4"}, "between 1 and 512"),
     ({"levels": "a lot"}, "separated by commas"),
