@@ -238,12 +238,7 @@ def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
     outlines = []
     for shape in clip.iterdescendants():
         if isinstance(shape, inkex.ShapeElement) and not isinstance(shape, inkex.Group):
-            inner = inkex.Transform()
-            for element in (shape, *shape.iterancestors()):
-                if element is clip:
-                    break
-                inner = inkex.Transform(element.attrib.get("transform")) @ inner
-            found = in_pixels(shape, to_pixels @ inner, picture)
+            found = in_pixels(shape, to_pixels @ composed_transform(shape, below=clip), picture)
             if found is not None:
                 outlines.append(found)
     return outlines
@@ -334,14 +329,15 @@ def layer_anchor(image, root):
         node = parent
 
 
-def composed_transform(element) -> inkex.Transform:
-    """The element's transform and every one above it, read from the attributes as they are.
+def composed_transform(element, below=None) -> inkex.Transform:
+    """The element's transform and every one above it (up to, not including, `below`), read from the
+    attributes as they are.
 
     (inkex's own composed_transform() rewrites each transform attribute it reads, rounded to 6 digits;
     the document must stay untouched.)
     """
     total = inkex.Transform()
-    while element is not None:
+    while element is not None and element is not below:
         total = inkex.Transform(element.attrib.get("transform")) @ total
         element = element.getparent()
     return total
