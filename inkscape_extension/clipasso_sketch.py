@@ -238,6 +238,8 @@ def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
     outlines = []
     for shape in clip.iterdescendants():
         if isinstance(shape, inkex.ShapeElement) and not isinstance(shape, inkex.Group):
+            # Up to the clipPath, not through it: Inkscape 1.2 draws a clip without the clipPath's own
+            # transform (it writes its transforms on the shapes), and the outline follows what it shows.
             found = in_pixels(shape, to_pixels @ composed_transform(shape, below=clip), picture)
             if found is not None:
                 outlines.append(found)
