@@ -89,7 +89,9 @@ from skimage.feature import canny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipasso.engine import SketchRequest, optimise, prepare, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.encoders import load_encoder  # noqa: E402
+from clipasso.engine import SketchRequest, optimise, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.engine.target import prepare_target  # noqa: E402
 from clipasso.errors import InputError, one_line  # noqa: E402
 from clipasso.files import write_atomic  # noqa: E402
 from clipasso.images import Photo  # noqa: E402
@@ -242,11 +244,11 @@ def ink_on_edges(drawing: Image.Image, near: np.ndarray) -> float:
 
 
 def focus_agreement(name: str, photo: Photo, base: SketchOptions) -> dict:
-    """How the engine's subject for `photo` (`Target.subject_map`) agrees with the hand-drawn one."""
-    prepared = prepare([SketchRequest(photo, replace(base, seeds=1))])[0]
-    if prepared.outcome is not None:
-        raise prepared.outcome
-    target = prepared.target
+    """How the engine's subject for `photo` (`Target.subject_map`) agrees with the hand-drawn one. The
+    target alone: its loss's photo side, most of a preparation, is not needed for that."""
+    options = replace(base, seeds=1).validated()
+    encoder = load_encoder(options.encoder, options.device, options.weights, preferred=options.recipe.encoder)[0]
+    target = prepare_target(photo, encoder, options)
     x, y, w, h = target.box.rect
     found, hand = target.subject_map[y : y + h, x : x + w], subject_mask(name, (w, h))
     both = float((found & hand).sum())
