@@ -122,11 +122,11 @@ class Sketch(inkex.EffectExtension):
                         "--max-upload-mb) and run Line sketch again."
                     )
 
-        # A photo shown through a clip (Object > Clip > Set Clip) is outlined: the clip is its subject.
+        # A photo shown through a clip or mask (Object > Clip or Mask > Set) is outlined: its shapes are the subject.
         outlined = [[] if job_id or opts.focus != "auto" else subject_outline(img, pic, vp, self.svg)
                     for img, pic, vp in zip(images, pictures, viewports)]
-        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", clip, pic)})
-                  for img, pic, on, clip in zip(images, pictures, drawn, outlined)]
+        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", outline, pic)})
+                  for img, pic, on, outline in zip(images, pictures, drawn, outlined)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
         follow(run, opts.window)
         if run.phase in (Phase.FAILED, Phase.TIMED_OUT):
@@ -226,21 +226,23 @@ def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:
 
 
 def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
-    """The shapes of the clip the image is shown through (its own clip-path, or the nearest clipped group's
-    above it), as drawn_paths gives them: the artist's outline of the subject; none without a clip."""
-    holder = next((e for e in (image, *image.iterancestors()) if e.get("clip-path")), None)
-    found = re.match(r"\s*url\(\s*#([^)\s]+)\s*\)", holder.get("clip-path")) if holder is not None else None
-    clip = svg.getElementById(found.group(1)) if found else None
-    if clip is None:
+    """The shapes of the clip or mask the image is shown through (its own, or the nearest clipped or masked
+    group's above it; a clip before a mask on the same element), as drawn_paths gives them: the artist's
+    outline of the subject; none without either."""
+    found = ((holder, svg.getElementById(ref.group(1)))
+             for holder in (image, *image.iterancestors()) for attribute in ("clip-path", "mask")
+             if (ref := re.match(r"\s*url\(\s*#([^)\s]+)\s*\)", holder.get(attribute) or "")))
+    holder, cover = next(((h, c) for h, c in found if c is not None), (None, None))
+    if cover is None:
         return []
-    # The clip's shapes are in the user space of the element it clips (userSpaceOnUse, Inkscape's way).
+    # The shapes are in the user space of the element they cover (userSpaceOnUse, Inkscape's way).
     to_pixels = document_to_pixels(image, picture, viewport) @ composed_transform(holder)
     outlines = []
-    for shape in clip.iterdescendants():
+    for shape in cover.iterdescendants():
         if isinstance(shape, inkex.ShapeElement) and not isinstance(shape, inkex.Group):
-            # Up to the clipPath, not through it: Inkscape 1.2 draws a clip without the clipPath's own
+            # Up to the clipPath or mask, not through it: Inkscape 1.2 draws them without their own
             # transform (it writes its transforms on the shapes), and the outline follows what it shows.
-            found = in_pixels(shape, to_pixels @ composed_transform(shape, below=clip), picture)
+            found = in_pixels(shape, to_pixels @ composed_transform(shape, below=cover), picture)
             if found is not None:
                 outlines.append(found)
     return outlines

@@ -117,6 +117,36 @@ class TestSubjectOutline:
         unclipped = inkex.load_svg(str(DATA / "linked.svg")).getroot()
         assert subject_outline(unclipped.getElementById("cat"), picture, (10, 20, 240, 160), unclipped) == []
 
+    def test_a_mask_is_read_as_a_clip_is(self) -> None:
+        """Object > Mask > Set Mask: the mask's shapes are the outline; on an element with both, the clip's."""
+        import inkex
+
+        from clipasso_images import load_picture
+        from clipasso_sketch import image_viewport, subject_outline
+
+        def box(svg) -> list:
+            image = svg.getElementById("cat")
+            picture = load_picture(image.get("xlink:href"), "cat", [str(DATA)])
+            (_, d, _), = subject_outline(image, picture, image_viewport(image, picture), svg)
+            found = inkex.Path(d).bounding_box()
+            return [round(v, 6) for v in (found.left, found.top, found.right, found.bottom)]
+
+        masked = inkex.load_svg(str(DATA / "clipped.svg")).getroot()
+        mask = masked.getElementById("right-half")
+        mask.tag, mask.attrib["maskUnits"] = inkex.addNS("mask", "svg"), "userSpaceOnUse"
+        del mask.attrib["clipPathUnits"]
+        image = masked.getElementById("cat")
+        image.set("mask", image.pop("clip-path"))
+        assert box(masked) == [60, 5, 120, 85]  # the same rectangle as the clip's
+        image.set("clip-path", "url(#no-such-clip)")  # a dangling clip is passed over for the mask
+        assert box(masked) == [60, 5, 120, 85]
+        both = inkex.load_svg(str(DATA / "clipped.svg")).getroot()
+        left = inkex.Mask(inkex.Rectangle.new(10, 20, 10, 10))
+        left.set("id", "left-corner")
+        both.defs.append(left)
+        both.getElementById("cat").set("mask", "url(#left-corner)")
+        assert box(both) == [60, 5, 120, 85]  # the clip's, not the mask's
+
     def test_the_strokes_stay_in_the_clipped_part(self, backend) -> None:
         # Unclipped, the segmentation takes the cat's left eye and cheek, and most strokes go there.
         status, err, out = run_sketch("clipped.svg", "--id=cat", f"--backend_url={backend.url}",

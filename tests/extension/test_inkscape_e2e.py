@@ -138,12 +138,13 @@ def test_inkscape_keeps_the_selected_path_and_makes_a_ladder(tmp_path: Path) -> 
     assert levels == [("2 strokes", None, 2), ("1 stroke", "display:none", 1)]
 
 
-def test_inkscape_sends_the_photos_clip_as_its_subject(tmp_path: Path) -> None:
-    """Inkscape clips the photo to its right half (Object > Clip > Set Clip, with a rectangle over it):
-    every stroke ends in that half."""
-    svg = run_inkscape(tmp_path, "uncut.svg", "cat", before="select-by-id:cat,frame;object-set-clip;select-clear;",
+@pytest.mark.parametrize("action, attribute", [("object-set-clip", "clip-path"), ("object-set-mask", "mask")])
+def test_inkscape_sends_the_photos_clip_or_mask_as_its_subject(tmp_path: Path, action: str, attribute: str) -> None:
+    """Inkscape clips or masks the photo to its right half (Object > Clip > Set Clip, or Mask > Set Mask, with
+    a rectangle over it): every stroke ends in that half."""
+    svg = run_inkscape(tmp_path, "uncut.svg", "cat", before=f"select-by-id:cat,frame;{action};select-clear;",
                        iterations=3)
-    assert svg.getElementById("cat").get("clip-path", "").startswith("url(#")  # Inkscape's own clip
+    assert svg.getElementById("cat").get(attribute, "").startswith("url(#")  # Inkscape's own clip or mask
     paths = list(svg.getElementById("layer1").getnext().iter("{http://www.w3.org/2000/svg}path"))
     assert len(paths) == STROKES
     for path in paths:  # in the photo's pixels (the group's transform places them): M x0,y0 C ... x3,y3
