@@ -21,6 +21,8 @@ from .svg import strokes_to_svg
 MAX_STROKES = 512
 #: Most paths a --keep, --refine or --subject file may hold.
 MAX_DRAWN_PATHS = 512
+#: Most text a --keep, --refine or --subject SVG may hold, in bytes (a hand-drawn outline is a few kB).
+MAX_DRAWN_SVG_BYTES = 2_000_000
 #: Most levels of an abstraction ladder (--levels).
 MAX_LEVELS = 8
 MAX_ITERATIONS = 10_000
@@ -247,6 +249,8 @@ def drawn_paths(name: str, text: str | None) -> tuple[DrawnPath, ...]:
     """The paths of a --keep, --refine or --subject SVG (none when not given); InputError naming the option."""
     if text is None:
         return ()
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DRAWN_SVG_BYTES:
+        raise InputError(f"{name}: the SVG is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; at most that is allowed")
     try:
         paths = read_paths(text)
     except InputError as exc:

@@ -53,6 +53,8 @@ def bad(tmp_path: Path, photo: Path) -> dict:
     no_paths.write_text('<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9"/></svg>')
     too_many = tmp_path / "many.svg"
     too_many.write_text('<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 9 9"/>' * 513 + "</svg>")
+    huge = tmp_path / "huge.svg"  # one path of 2.4 MB: more than any outline drawn by hand
+    huge.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 1 1' + " L 9 9" * 400_000 + '"/></svg>')
     off = tmp_path / "off.svg"
     off.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 700 500 L 900 900"/></svg>')
     return {
@@ -72,6 +74,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "keep not svg": ([str(photo), "-o", out, "--keep", str(photo)], "not an SVG file"),
         "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], "keep: has no <path>"),
         "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
+        "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], "keep: the SVG is over 2 MB"),
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
@@ -85,7 +88,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
 
 CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
          "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg",
-         "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "refine off the photo",
+         "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "keep over 2 MB", "refine off the photo",
          "subject not svg", "subject, focus none", "subject off the photo",
          "levels repeated", "levels 0", "levels 9", "levels text"]
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import InputError
 from ..images import DecoderBusy
-from ..options import DEFAULT_MAX_UPLOAD_MB
+from ..options import DEFAULT_MAX_UPLOAD_MB, MAX_DRAWN_SVG_BYTES
 from .jobs import JobStateError, JobStore, QueueFull, StorageError, UnknownJob
 from .middleware import BearerAuth, BrowserGuard, UploadLimit, error_response
 from .routes import router
@@ -34,6 +34,19 @@ log = logging.getLogger("clipasso.service")
 SHUTDOWN_WAIT_SECONDS = 30.0
 #: How often attached jobs that nobody follows any more are looked for (and cancelled).
 ABANDONED_SWEEP_SECONDS = 0.5
+#: Multipart limits of POST /jobs: one file (the photo), the form's fields, and any text field as large as
+#: the SVG of the artist's paths may be (keep, refine, subject); the whole body is bounded by UploadLimit.
+FORM_LIMITS = {"max_files": 1, "max_fields": 16, "max_part_size": MAX_DRAWN_SVG_BYTES}
+#: Starlette's messages when a form passes FORM_LIMITS, by their start, and what to do instead.
+FORM_LIMIT_MESSAGES = {
+    "Too many files": "only the photo is sent as a file (field `image`); send keep, refine and subject as text "
+                      "fields (with curl: -F 'subject=<outline.svg')",
+    "Too many fields": f"too many form fields; POST /jobs takes at most {FORM_LIMITS['max_fields']}",
+    "Part exceeded maximum size": f"a text field is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; the SVGs of keep, "
+                                  "refine and subject may hold at most that",
+    "Field exceeded maximum size": f"a text field is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; the SVGs of keep, "
+                                   "refine and subject may hold at most that",
+}
 
 
 def create_app(
@@ -61,7 +74,7 @@ def create_app(
         version=__version__,
         description="CLIPasso line sketches from photos, as SVG strokes. Errors are JSON {\"error\": \"...\"}.",
         lifespan=lifespan,
-        form_limits={"max_files": 1, "max_fields": 16, "max_part_size": 1024},
+        form_limits=FORM_LIMITS,
     )
     app.state.store = store
     app.state.worker = worker
@@ -97,6 +110,8 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
         message = f"no such path: {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 400:
+        message = next((m for start, m in FORM_LIMIT_MESSAGES.items() if message.startswith(start)), message)
     return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
 

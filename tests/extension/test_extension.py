@@ -21,6 +21,7 @@ from servers import free_port
 
 import_extension()
 
+import inkex  # noqa: E402
 from inkex.tester import ComparisonMixin, TestCase  # noqa: E402
 from inkex.tester.mock import Capture  # noqa: E402
 from inkex.utils import ABORT_STATUS  # noqa: E402
@@ -321,6 +322,16 @@ def newest_job(backend) -> dict:
     """The options of the backend's most recent job, as its job.json holds them."""
     records = [json.loads(p.read_text()) for p in (backend.data_dir / "jobs").glob("*/job.json")]
     return max(records, key=lambda r: r["created"])["options"]
+
+
+def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
+    """pencil.svg: a loop of 240 curves around the cat, as Inkscape's pencil draws one (9 kB of path data),
+    goes whole to the backend as the path to keep."""
+    status, err, out = run_sketch("pencil.svg", "--id=cat", "--id=pencil", "--paths=keep", *FAST, "--strokes=1",
+                                  f"--backend_url={backend.url}")
+    assert status == 0, err
+    sent, = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
+    assert len(sent.get("d")) > 9000 and len(inkex.Path(sent.get("d"))) >= 241  # the move and its 240 curves
 
 
 def numbers(d: str) -> list[float]:

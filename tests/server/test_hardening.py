@@ -64,6 +64,15 @@ def test_web_pages_cannot_drive_the_backend(server, server_photo_png):
         assert client.head("/").status_code == 200
 
 
+def test_a_text_field_over_the_svg_limit_is_one_line(server, server_photo_png):
+    """Starlette stops a form field at FORM_LIMITS' part size; its message becomes one that names the limit."""
+    with server.client() as client:
+        response = client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data={"keep": "x" * 2_100_000})
+    assert response.status_code == 400
+    assert response.json() == {"error": "a text field is over 2 MB; the SVGs of keep, refine and subject may "
+                                        "hold at most that"}
+
+
 def test_uploads_are_decoded_once_and_kept_small(server, server_photo_png):
     with server.client() as client:
         job = submit(client, server_photo_png, data=QUICK).json()

@@ -167,9 +167,13 @@ def test_keep_refine_and_ladder_fields(server_main: ServerProcess, server_photo_
 
 
 def test_a_subject_outline_keeps_the_strokes_within_it(server_main: ServerProcess, server_photo_png: bytes) -> None:
-    """The outline is the subject: every stroke's ends lie near the square drawn around the photo's middle."""
-    square = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150">'
-              '<path d="M 80 40 L 150 40 L 150 110 L 80 110 Z"/></svg>')
+    """The outline is the subject: every stroke's ends lie near the square drawn around the photo's middle.
+    Its path has the many points of one drawn by hand (about 3 kB of text, as a form field)."""
+    steps = [t / 2 for t in range(140)]  # half a pixel apart
+    sides = [(150, 40 + t) for t in steps] + [(150 - t, 110) for t in steps] + [(80, 110 - t) for t in steps]
+    square = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150"><path d="M 80 40 L 150 40 '
+              + " ".join(f"L {x:g} {y:g}" for x, y in sides[1:]) + ' Z"/></svg>')
+    assert len(square) > 3000
     with server_main.client() as client:
         job = submit(client, server_photo_png, **{**QUICK, "subject": square})
         assert follow(client, job["id"])[-1]["state"] == "succeeded"
@@ -289,6 +293,13 @@ BAD_FIELDS = [
 def test_bad_parameters_are_400(server_main: ServerProcess, server_photo_png: bytes, fields: dict, words: str) -> None:
     with server_main.client() as client:
         assert_error(client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data=fields), 400, words)
+
+
+def test_an_outline_sent_as_a_file_is_refused_with_what_to_do(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    """`curl -F subject=@outline.svg` uploads a file, but only the photo is one: the answer says to send text."""
+    with server_main.client() as client:
+        response = client.post("/jobs", files={"image": ("p.png", server_photo_png), "subject": ("o.svg", MINE)})
+    assert_error(response, 400, "send keep, refine and subject as text fields")
 
 
 def test_bad_uploads_are_refused_before_queueing(server_main: ServerProcess, server_photo_png: bytes) -> None:
