@@ -89,8 +89,9 @@ from skimage.feature import canny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipasso import options as contract  # noqa: E402
 from clipasso.encoders import load_encoder  # noqa: E402
-from clipasso.engine import SketchRequest, optimise, preview_image, sketch, sketch_batch  # noqa: E402
+from clipasso.engine import SketchRequest, preview_image, sketch, sketch_batch  # noqa: E402
 from clipasso.engine.target import prepare_target  # noqa: E402
 from clipasso.errors import InputError, one_line  # noqa: E402
 from clipasso.files import write_atomic  # noqa: E402
@@ -388,8 +389,8 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--encoder", default="lite0")
     ap.add_argument("--iterations", type=int)
-    ap.add_argument("--race", type=int, default=optimise.RACE_ITERATIONS,
-                    help=f"iterations the raced starts race (default {optimise.RACE_ITERATIONS})")
+    ap.add_argument("--race", type=int, default=contract.RACE_ITERATIONS,
+                    help=f"iterations the raced starts race (default {contract.RACE_ITERATIONS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -414,7 +415,7 @@ def main() -> None:
             raise InputError(f"--first-seed must be at least 0, got {args.first_seed}")
         if args.race < 1:
             raise InputError(f"--race must be at least 1, got {args.race}")
-        optimise.RACE_ITERATIONS = args.race
+        contract.RACE_ITERATIONS = args.race
         extra = parse_options(args.option)
         earlier = load_run(args.against) if args.against else None
         base = SketchOptions(strokes=args.strokes, preset=args.preset, encoder=args.encoder,

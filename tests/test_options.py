@@ -17,6 +17,7 @@ from clipasso.options import (
     MAX_SEED,
     MAX_STROKES,
     PRESETS,
+    RACE_ITERATIONS,
     RENDERERS,
     SketchOptions,
     available_renderers,
@@ -36,6 +37,16 @@ def test_validated_fills_in_the_preset():
     opts = SketchOptions(preset="paper").validated()
     assert (opts.iterations, opts.seeds) == (PRESETS["paper"].iterations, PRESETS["paper"].seeds)
     assert SketchOptions(iterations=7).validated().iterations == 7
+
+
+def test_planned_iterations_count_the_raced_starts():
+    """The default preset races 3 starts for RACE_ITERATIONS iterations, shared among the seeds; progress
+    counts every step, so a default sketch plans 130 + 2 x 15 = 160."""
+    assert RACE_ITERATIONS == 15 and PRESETS["default"].starts == 3
+    planned = {seeds: SketchOptions(seeds=seeds).validated().planned_iterations for seeds in (1, 2, 3)}
+    assert planned == {1: 160, 2: 2 * 145, 3: 3 * 130}
+    assert SketchOptions(iterations=15).validated().planned_iterations == 15  # no longer than the race: no race
+    assert SketchOptions(preset="paper").validated().planned_iterations == 3 * 2000  # one start per seed
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..encoders import Encoder, load_encoder, resolve_device
 from ..images import Photo
+from .. import options as contract
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .adam import BatchAdam
 from .graphs import GATE, LossPass, StepGraph, available
@@ -48,12 +49,6 @@ LEARNING_RATE = 1.0
 SEED_STRIDE = 1000
 #: Raced start j (j > 0) of a seed draws from seed + j * START_STRIDE: far from any seed a user picks next.
 START_STRIDE = 1_000_003
-#: How many iterations a seed's starts race before all but the best end (the preset's `starts`): enough for
-#: strokes to reach their contours, so that the loss tells good starts from bad. Over 12 photos x 4 seeds
-#: on a GPU, racing 15 iterations (and running 130) ended at the same mean loss as racing 30 (and 150):
-#: 7.531 against 7.517, the paired difference 0.014 +- 0.029, with 22 % fewer steps; racing 10 did not
-#: (7.593).
-RACE_ITERATIONS = 15
 #: Augmented views per step while starts race: none, the plain view alone. The race ranks starts by their
 #: plain-view loss and brings their strokes onto contours; it is three starts' work, and without the
 #: augmented views a default sketch took 0.91x the time on 2 cores, the loss +0.041 +- 0.028 over
@@ -197,7 +192,7 @@ def _prepare_group(sketches: list[Prepared]) -> None:
         # side, the slow part of the preparation.
         _each(each, sketches, lambda s: s.place(encoder))
         seeds = [(s, s.opts.seed + SEED_STRIDE * k, j) for s in sketches if s.outcome is None
-                 for k in range(s.opts.seeds) for j in range(s.starts)]
+                 for k in range(s.opts.seeds) for j in range(s.opts.starts)]
         made = each(lambda job: _guarded(job[0], lambda s: _Run(s, job[1], job[2])), seeds)
         for (s, _, _), run in zip(seeds, made):
             s.runs.append(run)
@@ -287,25 +282,11 @@ class Prepared:
         image = self.request.image
         self.target = prepare_target(image if isinstance(image, Photo) else Photo.of(image), encoder, self.opts)
 
-    @property
-    def starts(self) -> int:
-        """Starts raced per seed: the preset's shared among the seeds, as several seeds already are several
-        starts (3 starts: 3 for one seed, 2 each for two, none for three or more), and none when the run is
-        no longer than the race. A race triples a seed's work for its first iterations, which several seeds
-        would pay again for a choice they already make."""
-        if self.opts.iterations <= RACE_ITERATIONS:
-            return 1
-        return -(-self.opts.recipe.starts // self.opts.seeds)
-
-    @property
-    def total(self) -> int:
-        return (self.opts.iterations + (self.starts - 1) * RACE_ITERATIONS) * self.opts.seeds
-
     def report(self, done: int, loss: float, points: Tensor) -> None:
         """Tell the caller of `done` iterations, with the given strokes (canvas pixels) in the photo's pixels."""
         if self.request.on_progress is not None:
             strokes = self.target.box.to_image(points.detach().cpu().numpy())
-            self.request.on_progress(done, self.total, loss, strokes)
+            self.request.on_progress(done, self.opts.planned_iterations, loss, strokes)
 
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -352,7 +333,7 @@ class _Run:
         self.sketch, self.seed = sketch, seed
         self.generator = torch.Generator().manual_seed(seed + start * START_STRIDE)
         #: The runs of one seed's raced starts share a race; after the race only the best goes on.
-        self.race = (id(sketch), seed) if sketch.starts > 1 else None
+        self.race = (id(sketch), seed) if sketch.opts.starts > 1 else None
         start = target.start_strokes(STARTS[opts.recipe.init], opts.strokes, self.generator)  # with those to refine
         self.start = target.clamp(start.to(target.device))
         self.last = opts.iterations - 1  # the last iteration it may run
@@ -371,7 +352,7 @@ class _Run:
         only as far as the next re-laying gives the numbers a step-by-step loop would.
         """
         while len(self.picks) <= iteration:
-            racing = self.race is not None and len(self.picks) < RACE_ITERATIONS
+            racing = self.race is not None and len(self.picks) < contract.RACE_ITERATIONS
             count = RACE_AUGMENTATIONS if racing else self.sketch.opts.recipe.augmentations
             self.picks.append(torch.randint(0, AUGMENTATION_BANK, (count,), generator=self.generator))
 
@@ -489,7 +470,7 @@ class _Batch:
                 if not self.cohorts:
                     break
                 self._step(iteration)
-                if iteration == RACE_ITERATIONS - 1:
+                if iteration == contract.RACE_ITERATIONS - 1:
                     self._race()
                 check = (iteration + 1) % CHECK_EVERY.get(self.device.type, CHECK_EVERY_DEFAULT) == 0
                 due = time.perf_counter() - self.last_report >= PROGRESS_INTERVAL or iteration == 0
@@ -555,8 +536,8 @@ class _Batch:
         not one a step."""
         runs = [r for c in self.cohorts for r in c.runs]
         last = min(r.horizon(iteration) for r in runs if not r.ended)  # ended runs in the batch just follow
-        if iteration < RACE_ITERATIONS and any(r.race is not None for r in runs):
-            last = min(last, RACE_ITERATIONS - 1)  # raced runs, even ended ones, draw more views after the race
+        if iteration < contract.RACE_ITERATIONS and any(r.race is not None for r in runs):
+            last = min(last, contract.RACE_ITERATIONS - 1)  # raced runs, even ended ones, draw more views after the race
         for r in runs:
             r.draw_until(last)
         offsets = [self.photo_of[id(r.sketch)] * self.loss.bank for r in runs]

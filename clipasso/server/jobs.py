@@ -126,8 +126,8 @@ class Job:
 
     @property
     def iterations(self) -> int:
-        """Planned iterations over all seeds (the engine may stop early when the loss settles)."""
-        return int(self.options.iterations) * int(self.options.seeds)
+        """Planned iterations over all seeds and raced starts (the engine may stop early when the loss settles)."""
+        return self.options.planned_iterations
 
     @property
     def stroke_width(self) -> float:

@@ -14,6 +14,7 @@ from skimage import data
 
 from tiny_clip import save_tiny_clip
 
+from clipasso import options as contract
 from clipasso.encoders import registry
 from clipasso.encoders.clip import load_clip
 from clipasso.engine import SketchRequest, optimise, render, sketch, sketch_batch
@@ -334,7 +335,7 @@ def test_the_loop_as_it_runs_on_a_gpu_gives_the_same_sketches(cat, monkeypatch):
     have ended; here on the CPU with those settings, each sketch is what it is alone."""
     monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 4})
     monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
-    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)  # the long ones race their starts, the short one cannot
+    monkeypatch.setattr(contract, "RACE_ITERATIONS", 3)  # the long ones race their starts, the short one cannot
     short, long = fast(iterations=3, strokes=6), fast(iterations=7, strokes=6, seed=3)
     outcomes = sketch_batch([SketchRequest(cat, short), SketchRequest(cat, long), SketchRequest(cat, long)])
     for outcome, steps in zip(outcomes, [3, 3 + 3 + 7, 3 + 3 + 7]):
@@ -351,7 +352,7 @@ def test_a_cancelled_race_that_stays_in_a_gpu_batch_does_not_break_it(cat, monke
     drawing views beside unraced ones that re-lay, and its views per step change at the race's end."""
     monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 4})
     monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
-    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 6)
+    monkeypatch.setattr(contract, "RACE_ITERATIONS", 6)
     asked = []
     raced, unraced = fast(iterations=12, strokes=6), fast(iterations=12, strokes=6, seeds=3)  # re-lay at 3 and 6
     outcomes = sketch_batch([SketchRequest(cat, raced, should_stop=lambda: asked.append(1) or len(asked) > 1),
@@ -363,7 +364,7 @@ def test_a_cancelled_race_that_stays_in_a_gpu_batch_does_not_break_it(cat, monke
 def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
     """The default preset races 3 starts per seed; after the race only the one with the lowest loss goes on.
     Progress counts every start's steps, and a batch of one run at a time still holds a whole race."""
-    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)
+    monkeypatch.setattr(contract, "RACE_ITERATIONS", 3)
     options = fast(iterations=7)
     assert options.validated().recipe.starts == 3
     seen, passes = [], []
@@ -385,7 +386,7 @@ def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
 
 def test_seeds_share_the_raced_starts(cat, monkeypatch):
     """3 starts per sketch: one seed races 3, two seeds 2 each, three seeds none (each runs on its own)."""
-    monkeypatch.setattr(optimise, "RACE_ITERATIONS", 3)
+    monkeypatch.setattr(contract, "RACE_ITERATIONS", 3)
     for seeds, steps in ((1, 3 + 3 + 7), (2, 2 * (3 + 7)), (3, 3 * 7)):
         assert sketch(cat, fast(iterations=7, seeds=seeds)).iterations == steps
 

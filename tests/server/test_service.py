@@ -185,6 +185,18 @@ def test_a_subject_outline_keeps_the_strokes_within_it(server_main: ServerProces
     assert "M 80 40 L 150 40" not in result.text  # the outline is the artist's, not written into the result
 
 
+def test_a_raced_job_counts_its_starts_in_its_iterations(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    """20 iterations with the default preset's 3 starts raced for 15: 50 planned steps, and the progress the
+    events report never passes them (it did: "iteration 160 of 130" at the end of a default job)."""
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, **{**QUICK, "iterations": "20"})
+        assert job["iterations"] == 20 + 2 * 15
+        seen = list(events(client, job["id"]))
+    assert seen[-1]["state"] == "succeeded" and seen[-1]["iterations"] == 50
+    assert all(e["iteration"] <= 50 and e["progress"] <= 1 for e in seen)
+    assert max(e["iteration"] for e in seen) > 20  # the raced starts' steps count
+
+
 def test_a_job_with_the_diffvg_renderer(pydiffvg, server_main: ServerProcess, server_photo_png: bytes) -> None:
     with server_main.client() as client:
         job = submit(client, server_photo_png, **QUICK, renderer="diffvg")
