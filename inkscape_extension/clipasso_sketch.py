@@ -35,6 +35,8 @@ from clipasso_jobs import Phase, Photo, SketchRun
 from clipasso_strokes import Strokes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: What counts as the artist's own stroke in the selection: paths, and shapes drawn with Inkscape's tools.
+DRAWN = (inkex.PathElement, inkex.Circle, inkex.Ellipse, inkex.Rectangle, inkex.Line, inkex.Polyline, inkex.Polygon)
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
 CONFIG = os.path.join(HERE, "clipasso_backend.json")
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -141,10 +143,11 @@ class Sketch(inkex.EffectExtension):
             self.insert_sketch(img, pic, viewport, strokes)
 
     def selected_paths(self) -> list:
-        """The <path> elements in the selection, also those inside selected groups: the artist's strokes."""
+        """The paths and shapes in the selection (an eye drawn with the ellipse tool too), also those inside
+        selected groups: the artist's strokes, each sent as its outline."""
         found: list = []
         for element in self.svg.selection.values():
-            found += [p for p in element.iter(f"{{{SVG_NS}}}path") if p not in found]
+            found += [p for p in element.iter() if isinstance(p, DRAWN) and p not in found]
         return found
 
     def selected_images(self) -> list:

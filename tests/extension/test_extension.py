@@ -325,13 +325,26 @@ def newest_job(backend) -> dict:
 
 
 def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
-    """pencil.svg: a loop of 240 curves around the cat, as Inkscape's pencil draws one (9 kB of path data),
+    """drawn.svg: a loop of 240 curves around the cat, as Inkscape's pencil draws one (9 kB of path data),
     goes whole to the backend as the path to keep."""
-    status, err, out = run_sketch("pencil.svg", "--id=cat", "--id=pencil", "--paths=keep", *FAST, "--strokes=1",
+    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=pencil", "--paths=keep", *FAST, "--strokes=1",
                                   f"--backend_url={backend.url}")
     assert status == 0, err
     sent, = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     assert len(sent.get("d")) > 9000 and len(inkex.Path(sent.get("d"))) >= 241  # the move and its 240 curves
+
+
+def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
+    """drawn.svg: an ellipse and a rectangle (2 units per photo pixel, the photo at (10, 20)) go to the
+    backend as paths around the same boxes in the photo's pixels."""
+    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=eye", "--id=box", "--paths=keep", *FAST,
+                                  "--strokes=1", f"--backend_url={backend.url}")
+    assert status == 0, err
+    sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
+    boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
+    assert [v for b in boxes for v in (b.left, b.top, b.right, b.bottom)] == pytest.approx(
+        [20, 15, 40, 25, 60, 40, 80, 50], abs=1e-3)  # the ellipse as cubics: within a thousandth of a pixel
+    assert [float(p.get("stroke-width")) for p in sent] == pytest.approx([1, 2])
 
 
 def numbers(d: str) -> list[float]:
