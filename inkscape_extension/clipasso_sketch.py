@@ -35,8 +35,9 @@ from clipasso_jobs import Phase, Photo, SketchRun
 from clipasso_strokes import Strokes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: What counts as the artist's own stroke in the selection: paths, and shapes drawn with Inkscape's tools.
-DRAWN = (inkex.PathElement, inkex.Circle, inkex.Ellipse, inkex.Rectangle, inkex.Line, inkex.Polyline, inkex.Polygon)
+#: Shapes drawn with Inkscape's tools that count as the artist's strokes beside paths, when they have a
+#: stroke (a rectangle filled behind the photo as its backdrop or frame is no stroke).
+SHAPES = (inkex.Circle, inkex.Ellipse, inkex.Rectangle, inkex.Line, inkex.Polyline, inkex.Polygon)
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
 CONFIG = os.path.join(HERE, "clipasso_backend.json")
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -143,11 +144,11 @@ class Sketch(inkex.EffectExtension):
             self.insert_sketch(img, pic, viewport, strokes)
 
     def selected_paths(self) -> list:
-        """The paths and shapes in the selection (an eye drawn with the ellipse tool too), also those inside
-        selected groups: the artist's strokes, each sent as its outline."""
+        """The artist's strokes in the selection (`is_drawn`: an eye drawn with the ellipse tool too), also
+        those inside selected groups, each sent as its outline."""
         found: list = []
         for element in self.svg.selection.values():
-            found += [p for p in element.iter() if isinstance(p, DRAWN) and p not in found]
+            found += [p for p in element.iter() if is_drawn(p) and p not in found]
         return found
 
     def selected_images(self) -> list:
@@ -218,6 +219,13 @@ class Sketch(inkex.EffectExtension):
         clip.append(inkex.Rectangle.new(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)))
         self.svg.defs.append(clip)
         return clip.get("id")
+
+
+def is_drawn(element) -> bool:
+    """Whether a selected element is one of the artist's strokes: any path, or a shape with a stroke."""
+    if isinstance(element, inkex.PathElement):
+        return True
+    return isinstance(element, SHAPES) and element.specified_style().get("stroke", "none") not in ("none", "")
 
 
 def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:

@@ -336,9 +336,10 @@ def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
 
 def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     """drawn.svg: an ellipse and a rectangle (2 units per photo pixel, the photo at (10, 20)) go to the
-    backend as paths around the same boxes in the photo's pixels."""
-    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=eye", "--id=box", "--paths=keep", *FAST,
-                                  "--strokes=1", f"--backend_url={backend.url}")
+    backend as paths around the same boxes in the photo's pixels; the filled backdrop without a stroke
+    does not."""
+    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=eye", "--id=box", "--paths=keep",
+                                  *FAST, "--strokes=1", f"--backend_url={backend.url}")
     assert status == 0, err
     sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
