@@ -233,7 +233,7 @@ def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:
     pixels, stroke width in its pixels): mapped through every transform from the document to the photo."""
     to_pixels = document_to_pixels(image, picture, viewport)
     return [found for element in paths
-            if (found := in_pixels(element, to_pixels @ composed_transform(element), picture)) is not None]
+            if (found := in_pixels(element, to_pixels @ composed_transform(element), picture, touching=True))]
 
 
 def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
@@ -266,13 +266,16 @@ def document_to_pixels(image, picture: Picture, viewport: tuple) -> inkex.Transf
     return -(composed_transform(image) @ inkex.Transform(viewbox_to_viewport(pixels, viewport, aspect)))
 
 
-def in_pixels(element, m: inkex.Transform, picture: Picture) -> tuple | None:
+def in_pixels(element, m: inkex.Transform, picture: Picture, touching: bool = False) -> tuple | None:
     """(element, its path data mapped by `m` into the image's pixels, its stroke width there), or None
-    when it lies wholly off the image."""
+    when it lies off the image: its box wholly off it, or with `touching` (a stroke to keep or refine, as
+    the backend judges those) none of its points on it, as a frame drawn around the photo."""
     # As cubics (arcs too), then mapped: an arc does not stay an arc under a skew.
     data = inkex.Path(element.path.to_superpath()).transform(m)
     box = data.bounding_box()
     if box is None or box.right < 0 or box.bottom < 0 or box.left > picture.width or box.top > picture.height:
+        return None
+    if touching and not any(0 <= p.x <= picture.width and 0 <= p.y <= picture.height for p in data.control_points):
         return None
     width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
     return element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))

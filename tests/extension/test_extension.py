@@ -337,15 +337,19 @@ def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
 def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     """drawn.svg: an ellipse and a rectangle (2 units per photo pixel, the photo at (10, 20)) go to the
     backend as paths around the same boxes in the photo's pixels; the filled backdrop without a stroke
-    does not."""
-    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=eye", "--id=box", "--paths=keep",
-                                  *FAST, "--strokes=1", f"--backend_url={backend.url}")
-    assert status == 0, err
+    does not, nor the frame drawn around the photo (none of its points on it, as the backend judges)."""
+    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=frame", "--id=eye", "--id=box",
+                                  "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
+    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lie off the photo and are ignored\n", err
     sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
     assert [v for b in boxes for v in (b.left, b.top, b.right, b.bottom)] == pytest.approx(
         [20, 15, 40, 25, 60, 40, 80, 50], abs=1e-3)  # the ellipse as cubics: within a thousandth of a pixel
     assert [float(p.get("stroke-width")) for p in sent] == pytest.approx([1, 2])
+    # The frame alone: a sketch from nothing, not the backend refusing a path that is not on the photo.
+    status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=frame", *FAST, "--strokes=1",
+                                  f"--backend_url={backend.url}")
+    assert status == 0 and err == "CLIPasso: 1 of the 1 selected paths lie off the photo and are ignored\n", err
 
 
 def numbers(d: str) -> list[float]:
