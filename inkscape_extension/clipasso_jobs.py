@@ -186,14 +186,22 @@ class SketchRun:
             except BackendError:
                 pass  # its stream closes with this process, and the backend then cancels it
         first = pending[0]
-        ids = [p.job_id for p in pending]
-        return (
-            f"The sketch did not finish within {self.timeout:g} s: job {first.job_id} is still "
-            f"{first.state or 'queued'} ({float(first.view.get('progress') or 0):.0%} done). The backend keeps "
-            f"working, and the result can still be fetched later: select the image and run Line sketch again with "
-            f"'Fetch job' set to {ids[0]} on the Backend page (or download {self.backend.url}/jobs/{ids[0]}/result.svg)."
-            + (f" Jobs still running: {', '.join(ids)}." if len(ids) > 1 else "")
+
+        def state(photo: Photo) -> str:
+            if photo.finished:
+                return "finished"
+            return f"still {photo.state or 'queued'}, {float(photo.view.get('progress') or 0):.0%} done"
+
+        message = (
+            f"The sketch did not finish within {self.timeout:g} s: job {first.job_id} is {state(first)}. The "
+            f"backend keeps working, and the result can still be fetched later: select the image and run Line "
+            f"sketch again with 'Fetch job' set to {first.job_id} on the Backend page (or download "
+            f"{self.backend.url}/jobs/{first.job_id}/result.svg)."
         )
+        if len(self.photos) > 1:  # every image's job, finished ones too: nothing was placed
+            message += " Each image's job, to fetch the same way: " + "; ".join(
+                f"{p.name}: {p.job_id} ({state(p)})" for p in self.photos if p.job_id) + "."
+        return message
 
     def _collect(self, stopped: bool) -> None:
         """Read each job's strokes; a job that failed (or was cancelled by someone else) fails the run."""

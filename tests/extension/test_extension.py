@@ -290,6 +290,17 @@ class TestSketchErrors:
         assert httpx.get(f"{backend.url}/jobs/{job}").json()["state"] == "succeeded"
 
 
+    def test_a_timeout_over_several_images_names_each_ones_job(self, backend) -> None:
+        """Nothing is placed after a timeout, so every image's job is named with its image, to fetch each."""
+        err = assert_refused("two.svg", "--id=cat", "--id=coffee", f"--backend_url={backend.url}", "--timeout=0",
+                             *FAST, message=r"did not finish within 0 s")
+        jobs = dict(re.findall(r'image "(\w+)": (\S+) \((?:finished|still (?:queued|running), \d+% done)\)', err))
+        assert set(jobs) == {"cat", "coffee"} and len(set(jobs.values())) == 2, err
+        status, err, out = run_sketch("two.svg", "--id=coffee", f"--backend_url={backend.url}",
+                                      f"--job_id={jobs['coffee']}")
+        assert (status, err) == (0, "") and out.count(b"<path") == 4
+
+
 @pytest.fixture(scope="module")
 def coffee_job(backend) -> str:
     """A finished job for coffee.jpg, to place with --job_id."""
