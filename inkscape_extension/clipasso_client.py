@@ -147,6 +147,9 @@ class Backend:
             return self._opener.open(request, timeout=timeout)
         except HTTPError as exc:
             message = _error_message(exc)
+            if message is None:  # not our JSON: another server on that address, or a proxy in the way
+                raise BackendError(f"{self.url}{path} answered HTTP {exc.code} {exc.reason}, not as a CLIPasso "
+                                   "backend does; is `clipasso serve` the server at that address?") from None
             if exc.code == 401:
                 raise BackendError(
                     f"the backend at {self.url} refused the token ({message}); set Token on the Backend page "
@@ -188,8 +191,9 @@ def unready_encoder(health: dict, encoder: str) -> str | None:
     return None
 
 
-def _error_message(exc: HTTPError) -> str:
-    """The backend's one-line message: {"error": ...}, or FastAPI's {"detail": ...} (a string or a list)."""
+def _error_message(exc: HTTPError) -> str | None:
+    """The backend's one-line message: {"error": ...}, or FastAPI's {"detail": ...} (a string or a list);
+    None when the answer has neither (it is not the backend's)."""
     try:
         body = json.loads(exc.read().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -200,7 +204,7 @@ def _error_message(exc: HTTPError) -> str:
             detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
         if detail:
             return " ".join(str(detail).split())
-    return f"HTTP {exc.code} {exc.reason}"
+    return None
 
 
 def _multipart(fields: dict, file_field: str, filename: str, mime: str, data: bytes) -> tuple[bytes, str]:

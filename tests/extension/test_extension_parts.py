@@ -184,6 +184,7 @@ class _Answers(BaseHTTPRequestHandler):
         "/detail-text": (400, {"detail": "image too large"}),
         "/error": (400, {"error": "the uploaded image is empty"}),
         "/crash": (500, None),
+        "/other": (404, None),  # another web server on the address: python3 -m http.server, say
         "/not-json": (200, None),
     }
 
@@ -215,7 +216,9 @@ def other_server():
         ("/detail-list", "^value is not a valid integer$"),
         ("/detail-text", "^image too large$"),
         ("/error", "^the uploaded image is empty$"),
-        ("/crash", r"the backend failed \(500: HTTP 500 Internal Server Error\)"),
+        ("/crash", r"/crash/health answered HTTP 500 Internal Server Error, not as a CLIPasso backend does"),
+        ("/other", r"^http://127.0.0.1:\d+/other/health answered HTTP 404 Not Found, not as a CLIPasso backend does; "
+                   r"is `clipasso serve` the server at that address\?$"),
         ("/not-json", "did not answer with JSON; is this a CLIPasso backend"),
     ],
 )
