@@ -244,8 +244,8 @@ def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
              for holder in (image, *image.iterancestors()) for attribute in ("clip-path", "mask")
              if (ref := re.match(r"\s*url\(\s*#([^)\s]+)\s*\)", holder.get(attribute) or "")))
     holder, cover = next(((h, c) for h, c in found if c is not None), (None, None))
-    if cover is None:
-        return []
+    if cover is None or "objectBoundingBox" in (cover.get("clipPathUnits"), cover.get("maskContentUnits")):
+        return []  # none, or in units of a bounding box (other tools' way): the backend finds the subject
     # The shapes are in the user space of the element they cover (userSpaceOnUse, Inkscape's way).
     to_pixels = document_to_pixels(image, picture, viewport) @ composed_transform(holder)
     outlines = []

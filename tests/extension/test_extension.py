@@ -147,6 +147,11 @@ class TestSubjectOutline:
         both.defs.append(left)
         both.getElementById("cat").set("mask", "url(#left-corner)")
         assert box(both) == [60, 5, 120, 85]  # the clip's, not the mask's
+        fractions = inkex.load_svg(str(DATA / "clipped.svg")).getroot()
+        fractions.getElementById("right-half").set("clipPathUnits", "objectBoundingBox")
+        image = fractions.getElementById("cat")
+        picture = load_picture(image.get("xlink:href"), "cat", [str(DATA)])
+        assert subject_outline(image, picture, image_viewport(image, picture), fractions) == []  # not misread
 
     def test_the_strokes_stay_in_the_clipped_part(self, backend) -> None:
         # Unclipped, the segmentation takes the cat's left eye and cheek, and most strokes go there.
