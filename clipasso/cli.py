@@ -11,6 +11,7 @@ import io
 import json
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -93,17 +94,24 @@ def run(args: argparse.Namespace) -> int:
     from .engine import preview_image, sketch
 
     outputs = [Path(args.output)] + ([Path(args.preview)] if args.preview else [])
+    inputs = {"the input photo": args.input, "the --keep file": args.keep, "the --refine file": args.refine,
+              "the --subject file": args.subject}
     for out in outputs:
         if not out.parent.is_dir():
             raise InputError(f"{out}: the folder {out.parent} does not exist")
         if out.is_dir():
             raise InputError(f"{out}: is a folder, not a file name")
-        if _same_file(out, Path(args.input)):
-            raise InputError(f"{out}: that is the input photo; choose another output name")
+        for what, given in inputs.items():
+            if given is not None and _same_file(out, Path(given)):
+                raise InputError(f"{out}: that is {what}; choose another output name")
     if args.preview and _same_file(*outputs):
         raise InputError(f"{args.preview}: the preview and the SVG cannot be the same file")
     if Path(args.output).suffix.lower() != ".svg":
         raise InputError(f"{args.output}: the output must be an .svg file")
+    if args.preview and Path(args.preview).suffix.lower() != ".png":
+        raise InputError(f"{args.preview}: the preview must be a .png file")
+    for folder in {out.parent for out in outputs}:
+        _check_writable(folder)
     keep, refine, subject = (_read_svg(name, given) for name, given in
                              (("--keep", args.keep), ("--refine", args.refine), ("--subject", args.subject)))
     strokes = args.strokes if args.strokes is not None else (0 if refine else 16)
@@ -146,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
-    write_atomic(args.output, result.svg)
+    _write(args.output, result.svg)
     if args.preview:
         buf = io.BytesIO()
         preview_image(result).save(buf, format="PNG")
-        write_atomic(args.preview, buf.getvalue())
+        _write(args.preview, buf.getvalue(), f" (the SVG is written: {args.output})")
     if not args.quiet:
         state = "cancelled, best so far" if result.cancelled else "done"
         print(f"clipasso: {result.encoder_reason}", file=sys.stderr)
@@ -173,6 +181,23 @@ def _read_svg(option: str, name: str | None) -> str | None:
         raise InputError(f"{option} {name}: not an SVG file (not text)") from None
     except OSError as exc:
         raise InputError(f"{option} {name}: cannot be read ({exc.strerror})") from None
+
+
+def _check_writable(folder: Path) -> None:
+    """InputError unless a file can be made in `folder`: found before the sketch, not after it."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _write(path: str, data: str | bytes, already: str = "") -> None:
+    """write_atomic, with a failure (a disk that filled meanwhile) as one line."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise InputError(f"{path}: could not be written ({exc.strerror or exc}){already}") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -133,6 +133,46 @@ def test_the_input_photo_is_never_overwritten(photo, tmp_path, capsys):
     assert "that is the input photo" in capsys.readouterr().err and photo.read_bytes() == before
 
 
+def test_the_artists_own_files_are_never_overwritten(photo, tmp_path, capsys):
+    """-o or --preview naming the --keep, --refine or --subject file is refused before anything is written."""
+    mine = tmp_path / "mine.svg"
+    mine.write_text('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 10 10 L 100 100 L 10 100 Z"/></svg>')
+    before = mine.read_bytes()
+    for option in ("--keep", "--refine", "--subject"):
+        for argv in (["-o", str(mine)], ["-o", str(tmp_path / "o.svg"), "--preview", str(mine)]):
+            assert main(["sketch", str(photo), *argv, option, str(mine), "--encoder", "lite0"]) == 2
+            assert f"that is the {option} file" in capsys.readouterr().err and mine.read_bytes() == before
+    assert main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--preview", str(tmp_path / "p.jpg")]) == 2
+    assert "the preview must be a .png file" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_the_sketch(photo, tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes through permissions: a folder of the kernel's, then
+        folder = Path("/sys")
+        if not folder.is_dir():
+            pytest.skip("no /sys here")
+    else:
+        folder = tmp_path / "locked"
+        folder.mkdir(mode=0o500)
+    assert main(["sketch", str(photo), "-o", str(folder / "o.svg"), "--encoder", "lite0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clipasso: error: {folder}: cannot write there (") and "\n" not in err  # denied, read-only
+
+
+def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path, capsys, monkeypatch):
+    """The disk filling up meanwhile cannot be arranged here: the write is made to fail as it would."""
+    import clipasso.cli
+
+    def full(path, data, mode=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(clipasso.cli, "write_atomic", full)
+    out = tmp_path / "o.svg"
+    assert main(["sketch", str(photo), "-o", str(out), "--iterations", "1", "--strokes", "2", "--encoder", "lite0",
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err == f"clipasso: error: {out}: could not be written (No space left on device)\n"
+
+
 def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
     svg = tmp_path / "stopped.svg"
     run = subprocess.Popen(
