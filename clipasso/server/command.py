@@ -36,6 +36,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .. import __version__
 from ..errors import InputError
 from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name
@@ -171,6 +173,14 @@ def run(args: argparse.Namespace) -> int:
             pass
     except OSError as exc:
         raise InputError(f"cannot write to the data folder {data_dir}: {exc.strerror}") from None
+    # One server per data folder: a second would take the first one's running jobs for a crash's and run its
+    # queue again. The operating system lets go of the lock when this process ends, however it ends.
+    lock = FileLock(str(data_dir / "serve.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"another `clipasso serve` uses the data folder {data_dir}; stop it, or give this one "
+                         "its own --data-dir") from None
 
     sock = _bind(args.host, args.port)
     _setup_logging(data_dir / "serve.log")
@@ -184,5 +194,8 @@ def run(args: argparse.Namespace) -> int:
              "data in %s, token %s)", __version__, host, port, device, args.threads, batch, data_dir,
              "required" if token else "off")
     config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        lock.release()
     return 0

@@ -148,6 +148,18 @@ def test_a_read_only_data_folder_is_one_line(tmp_path):
         f"clipasso: error: cannot write to the data folder {folder}: Read-only file system"]
 
 
+def test_a_second_server_on_the_same_data_folder_is_refused(server):
+    """It would take the first one's running job for a crash's and run its queue again."""
+    done = subprocess.run([*SERVE, "--data-dir", str(server.data_dir), "--port", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"clipasso: error: another `clipasso serve` uses the data folder {server.data_dir}; stop it, or give this "
+        "one its own --data-dir"]
+    with server.client() as client:
+        assert client.get("/health").json()["status"] == "ok"
+
+
 @pytest.mark.parametrize("token", [" " * 16, "short", "sixteen chars but spaces"])
 def test_weak_tokens_are_refused(token):
     done = subprocess.run([*SERVE, "--token", token, "--port", "0"], capture_output=True, text=True, timeout=120)
