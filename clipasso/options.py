@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -157,6 +158,13 @@ def check_renderer(name: str) -> None:
                          "or use renderer auto")
 
 
+def check_weights(path: str | None) -> None:
+    """Raise InputError when a CLIP weights file or folder is named but is not there: with encoder auto, a
+    mistyped name would otherwise pass unnoticed as CLIP being unavailable."""
+    if path is not None and not os.path.exists(os.path.expanduser(path)):
+        raise InputError(f"weights: {path}: no such file or folder")
+
+
 def check_range(name: str, value: object, low: int, high: int) -> None:
     """Raise InputError unless `value` is an int in low..high."""
     if not isinstance(value, int) or not low <= value <= high:
@@ -216,6 +224,7 @@ class SketchOptions:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
         check_encoder_name(self.encoder)
+        check_weights(self.weights)
         check_renderer(self.renderer)
         if self.focus not in FOCUSES:
             raise InputError(f"unknown focus {self.focus!r}; choose one of: {', '.join(FOCUSES)}")

@@ -75,6 +75,8 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], "keep: has no <path>"),
         "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
         "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], "keep: the SVG is over 2 MB"),
+        "weights missing": ([str(photo), "-o", out, "--weights", str(tmp_path / "RN101.pt")],
+                            f"weights: {tmp_path / 'RN101.pt'}: no such file or folder"),
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
@@ -88,7 +90,8 @@ def bad(tmp_path: Path, photo: Path) -> dict:
 
 CASES = ["missing file", "not an image", "truncated", "1x1", "strokes 0", "strokes 513", "iterations 0",
          "no such folder", "not svg", "cuda absent", "output is the input", "preview is the svg",
-         "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "keep over 2 MB", "refine off the photo",
+         "keep missing", "keep not svg", "keep no paths", "keep 513 paths", "keep over 2 MB", "weights missing",
+         "refine off the photo",
          "subject not svg", "subject, focus none", "subject off the photo",
          "levels repeated", "levels 0", "levels 9", "levels text"]
 

@@ -40,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError
-from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name
+from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name, check_weights
 from .hosts import is_loopback_host
 
 log = logging.getLogger("clipasso.service")
@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-upload-mb must be above 0 and --max-queue at least 1")
     if args.preload != "none":
         check_encoder_name(args.preload)
+    check_weights(args.weights)
     if args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)

@@ -160,6 +160,14 @@ def test_a_second_server_on_the_same_data_folder_is_refused(server):
         assert client.get("/health").json()["status"] == "ok"
 
 
+def test_weights_that_are_not_there_are_refused_at_start(tmp_path):
+    """With encoder auto a mistyped --weights would pass as CLIP being unavailable, and jobs run lite0."""
+    done = subprocess.run([*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0", "--weights",
+                           str(tmp_path / "RN101.pt")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"clipasso: error: weights: {tmp_path / 'RN101.pt'}: no such file or folder"]
+
+
 @pytest.mark.parametrize("token", [" " * 16, "short", "sixteen chars but spaces"])
 def test_weak_tokens_are_refused(token):
     done = subprocess.run([*SERVE, "--token", token, "--port", "0"], capture_output=True, text=True, timeout=120)
