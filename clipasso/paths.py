@@ -1,4 +1,4 @@
-"""An artist's own SVG paths, read for `--keep` (drawn as they are), `--refine` (strokes to start from) and
+"""An artist's own SVG paths (and shapes, as their outlines), read for `--keep` (drawn as they are), `--refine` (strokes to start from) and
 `--subject` (outlines of the subject).
 
 The file's coordinates are the photo's pixels: its viewBox is the frame of our own output SVG. svgelements
@@ -20,6 +20,8 @@ from .errors import InputError
 
 #: A kept path's width when the file gives none: SVG's own default.
 DEFAULT_STROKE_WIDTH = 1.0
+#: Shapes read as the paths of their outlines, beside <path>.
+SHAPES = (se.Rect, se.Circle, se.Ellipse, se.SimpleLine, se.Polyline, se.Polygon)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +81,8 @@ def _cubics(segment: se.PathSegment) -> list[tuple[complex, ...]]:
 
 @functools.lru_cache(maxsize=8)
 def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
-    """Every `<path>` with drawable segments in an SVG document; InputError if it is not SVG or has none.
+    """Every `<path>` with drawable segments in an SVG document, and every shape's outline (`SHAPES`);
+    InputError if it is not SVG or has none.
 
     Cached: the service reads the same text when it checks a job, runs it and draws its previews.
     """
@@ -92,7 +95,12 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     to_viewbox = ~se.Matrix(svg.viewbox_transform) if svg.viewbox_transform else se.Matrix()
     paths = []
     for element in svg.elements():
-        if not isinstance(element, se.Path) or not element.values.get("d"):
+        if isinstance(element, SHAPES):  # drawn with an editor's ellipse, rectangle or line tool: its outline
+            element = se.Path(element)
+            d = element.d(transformed=False)
+        elif isinstance(element, se.Path) and element.values.get("d"):
+            d = element.values["d"]
+        else:
             continue
         m = se.Matrix(element.transform) * to_viewbox
         cubics = [c for segment in element for c in _cubics(segment)]
@@ -103,12 +111,12 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         points = points @ affine.T + np.array([m.e, m.f])
         width = element.stroke_width  # its own or inherited, from attribute or style
         paths.append(DrawnPath(
-            d=element.values["d"],
+            d=d,
             transform=None if m.is_identity() else f"matrix({m.a:.12g},{m.b:.12g},{m.c:.12g},{m.d:.12g},{m.e:.12g},{m.f:.12g})",
             stroke_width=DEFAULT_STROKE_WIDTH if width is None else float(width),
             cubics=points,
             scale=float(np.sqrt(abs(np.linalg.det(affine)))),
         ))
     if not paths:
-        raise InputError("has no <path> with path data in it")
+        raise InputError("has no <path> with path data in it, nor a shape")
     return tuple(paths)

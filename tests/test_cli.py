@@ -50,7 +50,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
     Image.new("RGB", (1, 1)).save(tiny)
     out = str(tmp_path / "o.svg")
     no_paths = tmp_path / "empty.svg"
-    no_paths.write_text('<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9"/></svg>')
+    no_paths.write_text('<svg xmlns="http://www.w3.org/2000/svg"><text>hello</text></svg>')
     too_many = tmp_path / "many.svg"
     too_many.write_text('<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 9 9"/>' * 513 + "</svg>")
     huge = tmp_path / "huge.svg"  # one path of 2.4 MB: more than any outline drawn by hand

@@ -49,6 +49,22 @@ def test_path_data_becomes_cubics_in_the_photo_pixels():
     assert np.allclose(second.cubics[0][0], [150, 60]) and np.allclose(second.cubics[-1][[0, 3]], [[200, 130], [215, 130]])
 
 
+def test_shapes_are_read_as_their_outlines():
+    """An ellipse, a rectangle, a line, a polyline and a circle, as an editor's tools draw them: each a path
+    in the photo's pixels, through the transforms above it."""
+    text = ('<svg xmlns="http://www.w3.org/2000/svg" width="400" height="200" viewBox="0 0 200 100">'
+            '<g transform="translate(10,0)"><ellipse cx="50" cy="50" rx="20" ry="10" transform="scale(2,1)"'
+            ' style="stroke-width:3"/></g><rect x="1" y="2" width="3" height="4"/><line x1="0" y1="0" x2="5" y2="5"/>'
+            '<polyline points="0,0 1,1 2,0"/><circle cx="5" cy="5" r="2"/><text x="1" y="1">not a stroke</text></svg>')
+    found = read_paths(text)
+    boxes = [np.concatenate([p.cubics.reshape(-1, 2).min(0), p.cubics.reshape(-1, 2).max(0)]) for p in found]
+    np.testing.assert_allclose(boxes, [[70, 40, 150, 60], [1, 2, 4, 6], [0, 0, 5, 5], [0, 0, 2, 1], [3, 3, 7, 7]],
+                               atol=1e-6)
+    ellipse = found[0]
+    assert ellipse.d.startswith("M 70,50 A 20,10") and ellipse.transform == "matrix(2,0,0,1,10,0)"
+    assert ellipse.drawn_width == pytest.approx(3 * 2**0.5)
+
+
 def test_an_outline_is_the_path_sampled_along_its_curves():
     (square,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 H 8 V 8 H 0 Z"/></svg>')
     ring = square.outline(samples=4)
@@ -123,7 +139,7 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
 
 @pytest.mark.parametrize("options, message", [
     (dict(keep="hello"), "keep: not an SVG file"),
-    (dict(refine='<svg xmlns="http://www.w3.org/2000/svg"><rect width="3" height="3"/></svg>'), "refine: has no <path>"),
+    (dict(refine='<svg xmlns="http://www.w3.org/2000/svg"><text>hello</text></svg>'), "refine: has no <path>"),
     (dict(keep='<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 2 2"/>' * 513 + "</svg>"),
      "at most 512"),
     (dict(levels=(8, 8)), "may appear once"),

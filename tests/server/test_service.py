@@ -288,7 +288,7 @@ BAD_FIELDS = [
     ({"preset": "best"}, "unknown preset 'best'"),
     ({"renderer": "cairo"}, "unknown renderer 'cairo'"),
     ({"keep": "hello"}, "keep: not an SVG file"),
-    ({"refine": '<svg xmlns="http://www.w3.org/2000/svg"><rect width="3" height="3"/></svg>'}, "refine: has no <path>"),
+    ({"refine": '<svg xmlns="http://www.w3.org/2000/svg"><text>hello</text></svg>'}, "refine: has no <path>"),
     ({"keep": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 5000 5 L 5100 5"/></svg>'}, "none of its 1 paths"),
     ({"subject": "hello"}, "subject: not an SVG file"),
     ({"subject": MINE, "focus": "none"}, "subject: an outline of the subject needs focus auto"),
