@@ -139,6 +139,15 @@ def test_over_the_pixel_limit_is_refused_with_the_limit():
         load_image(raw_png(12000, 9000))
 
 
+def test_a_phone_photo_over_the_pixel_limit_decodes_at_a_reduced_scale():
+    """108 megapixels (a phone camera's full-resolution mode) as JPEG: decoded at 1/8 in the DCT, well
+    within the decode budget, where a PNG that size is refused."""
+    buffer = io.BytesIO()
+    Image.new("L", (12000, 9000), 128).save(buffer, "JPEG", quality=50)
+    photo = load_photo(buffer.getvalue())
+    assert (photo.width, photo.height) == (12000, 9000) and max(photo.image.size) <= 1024
+
+
 def test_letterbox_round_trip_and_no_stretch():
     box = Letterbox(451, 300, 224)
     assert box.placed == (224, 149)
