@@ -296,12 +296,14 @@ class JobStore:
                  len(jobs), self.root, requeued, failed)
         self.prune()
 
-    def prune(self, now: float | None = None) -> list[str]:
+    def prune(self, now: float | None = None, spare: str | None = None) -> list[str]:
         """Remove finished jobs older than keep_days, then the oldest finished ones while the data folder
-        holds more than max_bytes. Queued and running jobs are never removed. The ids removed."""
+        holds more than max_bytes. Queued and running jobs are never removed, nor `spare` (the job that has
+        just finished: its client has yet to fetch the result). The ids removed."""
         now = time.time() if now is None else now
         with self._lock:
-            done = sorted((j for j in self._jobs.values() if j.state.final), key=lambda j: j.finished or j.created)
+            done = sorted((j for j in self._jobs.values() if j.state.final and j.id != spare),
+                          key=lambda j: j.finished or j.created)
         doomed = [j.id for j in done if now - (j.finished or j.created) > self.keep_seconds]
         if self.max_bytes is not None:
             kept = [j.id for j in done if j.id not in doomed]
@@ -438,7 +440,9 @@ class JobStore:
     def unwatch(self, job_id: str) -> None:
         """An event stream of the job closed; the last one starts an attached job's grace period."""
         with self._lock:
-            job = self.get(job_id)
+            job = self._jobs.get(job_id)
+            if job is None:  # removed meanwhile (pruned): nothing to keep alive
+                return
             job.watchers -= 1
             if job.watchers == 0:
                 job.unwatched_since = time.monotonic()
@@ -581,7 +585,7 @@ class JobStore:
         self._persist(job)
         log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
         if job.state.final:
-            self.prune()
+            self.prune(spare=job.id)
 
     def close(self) -> None:
         """Stop handing out jobs and ask the running one to stop (it is queued again, see finish)."""

@@ -17,7 +17,7 @@ from ..options import (
     ENCODER_NAMES, FOCUSES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
     SketchOptions, available_renderers, parse_levels,
 )
-from .jobs import ATTACH_GRACE_SECONDS, JobStore
+from .jobs import ATTACH_GRACE_SECONDS, JobStore, UnknownJob
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
 
 #: How often an event stream looks for changes, and how long it stays silent before a keep-alive.
@@ -138,7 +138,10 @@ async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterat
     store.watch(job_id)  # here, so that it is undone in `finally` however the stream ends
     try:
         while not await request.is_disconnected():  # noticed even while the job waits and nothing is sent
-            version, view = store.snapshot(job_id)
+            try:
+                version, view = store.snapshot(job_id)
+            except UnknownJob:  # removed meanwhile (the data folder's size limit): the stream ends
+                return
             if view != last:  # its own changes, and its place in the queue
                 last, quiet = view, 0.0
                 yield f"id: {version}\ndata: {json.dumps(view)}\n\n"

@@ -305,8 +305,12 @@ def test_old_and_excess_finished_jobs_are_removed_and_leftovers_cleared(tmp_path
     assert store.prune() == [ids[0]] and not (store.root / ids[0]).exists()
     size = sum(f.stat().st_size for f in (store.root / ids[1]).iterdir())
     store.max_bytes = 2 * size + size // 2  # room for two jobs and a half: the oldest finished one goes
+    store.watch(ids[1])  # an event stream of it, open while it goes
     assert store.prune() == [ids[1]]
+    store.unwatch(ids[1])  # the stream's end finds it gone: nothing to do, no error
     assert [j["id"] for j in store.list()] == [ids[3], ids[2]]  # the queued one is never removed
+    store.max_bytes = 1  # the queued job alone is over it: every finished job would go, but the one just ended
+    assert store.prune(spare=ids[2]) == [] and (store.root / ids[2] / "job.json").exists()
 
     # Leftovers of a submit killed half-way: a folder without job.json, a temporary file.
     (store.root / ("C" * 22)).mkdir()
