@@ -307,7 +307,7 @@ def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] 
     if not 1 <= len(levels) <= MAX_LEVELS:
         raise InputError(f"levels: give 1 to {MAX_LEVELS} stroke counts, got {len(levels)}")
     for n in levels:
-        check_range("each level", n, 1, MAX_STROKES)
+        check_range("levels: each level", n, 1, MAX_STROKES)
     if len(set(levels)) != len(levels):
         raise InputError(f"levels: each stroke count may appear once, got {','.join(map(str, levels))}")
     return tuple(sorted(levels, reverse=True))
