@@ -82,7 +82,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
         "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "subject: none of its 1 paths lies on"),
         "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
-        "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "between 1 and 512"),
+        "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "levels: each level must be between 1 and 512"),
         "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),
         "levels text": ([str(photo), "-o", out, "--levels", "many"], "separated by commas"),
     }
