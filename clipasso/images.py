@@ -108,17 +108,19 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2
                     "YCbCr": 4, "LAB": 4, "HSV": 4}
 
 
-def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: int = WORKING_SIDE) -> Photo:
+def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: int = WORKING_SIDE,
+               orient: bool = True) -> Photo:
     """Open a file path or bytes as an 8-bit RGB photo on white paper, decoded within the memory budget.
 
-    Takes the first frame of animated or multi-page files, applies the EXIF orientation, converts
+    Takes the first frame of animated or multi-page files, applies the EXIF orientation (unless `orient` is
+    false: the pixels as stored, as Inkscape shows a PNG or WebP), converts
     16-bit, greyscale, palette and CMYK images, and composites transparency over white. JPEGs are decoded
     at a reduced scale where that still gives `working_side` pixels; other formats are reduced right after
     decoding, before any conversion copies them (8-bit PNGs at least twice that long a band of rows at a
     time: see PngBands).
     """
     with _open(source, max_pixels) as (im, name):
-        width, height = _oriented_size(im)
+        width, height = _oriented_size(im) if orient else im.size
         try:
             im.seek(0)
             if im.format == "JPEG":
@@ -136,7 +138,7 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
                 else:
                     im.load()
                     small = _reduced(im, working_side)
-            rgb, alpha = _to_rgb_on_white(ImageOps.exif_transpose(small))
+            rgb, alpha = _to_rgb_on_white(ImageOps.exif_transpose(small) if orient else small)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError, zlib.error) as exc:
             raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
     _give_back_freed_memory()

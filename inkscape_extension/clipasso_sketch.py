@@ -128,7 +128,8 @@ class Sketch(inkex.EffectExtension):
         # A photo shown through a clip or mask (Object > Clip or Mask > Set) is outlined: its shapes are the subject.
         outlined = [[] if job_id or opts.focus != "auto" else subject_outline(img, pic, vp, self.svg)
                     for img, pic, vp in zip(images, pictures, viewports)]
-        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", outline, pic)})
+        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", outline, pic),
+                                             **shown_as_stored(pic)})
                   for img, pic, on, outline in zip(images, pictures, drawn, outlined)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
         follow(run, opts.window)
@@ -279,6 +280,12 @@ def in_pixels(element, m: inkex.Transform, picture: Picture, touching: bool = Fa
         return None
     width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
     return element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))
+
+
+def shown_as_stored(picture: Picture) -> dict:
+    """The job field that keeps a PNG's or WebP's pixels as stored: Inkscape shows those without turning
+    them as their EXIF orientation says (a JPEG it turns, as the backend does by default)."""
+    return {"orientation": "stored"} if picture.mime in ("image/png", "image/webp") else {}
 
 
 def drawn_fields(use: str, drawn: list, picture: Picture) -> dict:

@@ -4,8 +4,8 @@ Endpoints (JSON unless noted; the OpenAPI schema is at /openapi.json):
   GET    /health                  status, version, device, encoders, renderers (those usable here), queue length
   GET    /jobs                    every job, newest first
   POST   /jobs                    multipart: image (file), strokes, iterations, seed, seeds, encoder, preset,
-                                  attach, renderer, focus, levels, and keep, refine, subject (SVG text of
-                                  at most 2 MB each) -> 202 {"id", "state": "queued", ...}
+                                  attach, renderer, focus, levels, orientation (exif or stored), and keep,
+                                  refine, subject (SVG text of at most 2 MB each) -> 202 {"id", ...}
   GET    /jobs/{id}               state, progress 0..1, iteration, iterations, loss, error, encoder, created,
                                   finished, attached, queue_position
   GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished; an

@@ -328,10 +328,11 @@ class JobStore:
         """The options as the worker will run them (server device and weights); InputError if invalid."""
         return replace(options, device=self.device, weights=self.weights).validated()
 
-    def submit(self, upload: ImageSource, options: SketchOptions, attached: bool = False) -> dict:
+    def submit(self, upload: ImageSource, options: SketchOptions, attached: bool = False, orient: bool = True) -> dict:
         """Check the options and the image, write them to disk and queue the job; its public fields.
 
         `attached`: the job lives only while a client follows its event stream (see the module notes).
+        `orient`: apply the image's EXIF orientation (false: its pixels as stored; see images.load_photo).
         The upload is decoded once, here, within the decode budget; the job keeps the decoded photo at
         working size (`photo.png`), never the upload. Raises InputError for bad input, QueueFull when too
         many jobs wait, DecoderBusy when other large uploads hold the decode budget too long. Blocking:
@@ -346,7 +347,7 @@ class JobStore:
                 raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")
             self._reserved += 1  # holds a place in the queue while the image is decoded and written
         try:
-            photo = load_photo(upload)
+            photo = load_photo(upload, orient=orient)
             for warning in opts.drawn_on_photo(photo.width, photo.height)[2]:
                 log.warning("submitted job: %s", warning)
             job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time(),

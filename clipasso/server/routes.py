@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .. import __version__
 from ..encoders.weights import readiness
+from ..errors import InputError
 from ..options import (
     ENCODER_NAMES, FOCUSES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
     SketchOptions, available_renderers, parse_levels,
@@ -95,6 +96,9 @@ async def submit(
     subject: str | None = Form(None, description=(
         "SVG text of closed paths in the photo's pixels around its subject: with focus auto, the subject is "
         "what they enclose (instead of the photo's transparency or the segmentation)")),
+    orientation: str = Form("exif", json_schema_extra={"enum": ["exif", "stored"]}, description=(
+        "exif (default): the photo turned as its EXIF orientation says, as most viewers show it; stored: its "
+        "pixels as stored, as Inkscape shows a PNG or WebP (the strokes then lie over what Inkscape shows)")),
     levels: str | None = Form(None, description=(
         f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
         "level in the result, each coarser level a subset of the finer one")),
@@ -106,8 +110,11 @@ async def submit(
              "encoder": encoder, "preset": preset, "renderer": renderer, "focus": focus, "keep": keep, "refine": refine,
              "subject": subject,
              "levels": parse_levels(levels) if levels is not None else None}
+    if orientation not in ("exif", "stored"):
+        raise InputError(f"orientation must be exif or stored, got {orientation!r}")
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
-    view = await run_in_threadpool(store.submit, image.file, options, attach)  # spooled to disk when large
+    view = await run_in_threadpool(store.submit, image.file, options, attach,  # spooled to disk when large
+                                   orientation == "exif")
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
 
 

@@ -334,10 +334,35 @@ def test_everything_else_stays_untouched(document: str, coffee_job: str, backend
     assert etree.tostring(result, method="c14n") == etree.tostring(original, method="c14n")
 
 
-def newest_job(backend) -> dict:
-    """The options of the backend's most recent job, as its job.json holds them."""
+def newest_record(backend) -> dict:
+    """The backend's most recent job, as its job.json holds it."""
     records = [json.loads(p.read_text()) for p in (backend.data_dir / "jobs").glob("*/job.json")]
-    return max(records, key=lambda r: r["created"])["options"]
+    return max(records, key=lambda r: r["created"])
+
+
+def newest_job(backend) -> dict:
+    """The options of the backend's most recent job."""
+    return newest_record(backend)["options"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_png_or_webp_with_an_exif_turn_is_sketched_as_inkscape_shows_it(fmt: str, backend, tmp_path) -> None:
+    """Inkscape 1.2 shows a PNG or WebP as stored, whatever its EXIF orientation says (a JPEG it turns): the
+    backend is asked for the stored pixels, so the strokes come back in the frame the image is placed in."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn a quarter clockwise to view"
+    Image.open(DATA / "cat.jpg").save(tmp_path / f"cat.{fmt.lower()}", fmt, exif=exif.tobytes())
+    document = tmp_path / "turned.svg"
+    document.write_text((DATA / "linked.svg").read_text().replace('"cat.jpg"', f'"cat.{fmt.lower()}"'))
+    status, err, out = run_sketch(str(document), "--id=cat", f"--backend_url={backend.url}", *FAST)
+    assert status == 0, err
+    job = newest_record(backend)
+    assert (job["width"], job["height"]) == (120, 80)  # as stored; turned it would be 80 x 120
+    group = etree.fromstring(out).xpath("//*[starts-with(@id, 'clipasso-sketch')]/*[local-name()='g']")[0]
+    m = inkex.Transform(group.get("transform"))
+    assert (m.a, m.b, m.c, m.d) == pytest.approx((2, 0, 0, 2))  # 240 x 160 units over 120 x 80 pixels, unstretched
 
 
 def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:

@@ -294,6 +294,7 @@ BAD_FIELDS = [
     ({"subject": MINE, "focus": "none"}, "subject: an outline of the subject needs focus auto"),
     ({"subject": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 500 5 L 600 5 L 600 90 Z"/></svg>'},
      "subject: none of its 1 paths lies on the 226x150 photo"),
+    ({"orientation": "sideways"}, "orientation must be exif or stored"),
     ({"levels": "8,8"}, "may appear once"),
     ({"levels": "600,4"}, "between 1 and 512"),
     ({"levels": "a lot"}, "separated by commas"),
