@@ -21,7 +21,7 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import write_atomic
 from .images import load_photo
-from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, parse_levels
+from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels
 from .server import command
 
 
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.preview}: the preview must be a .png file")
     for folder in {out.parent for out in outputs}:
         _check_writable(folder)
+    check_weights(args.weights)
     keep, refine, subject = (_read_svg(name, given) for name, given in
                              (("--keep", args.keep), ("--refine", args.refine), ("--subject", args.subject)))
     strokes = args.strokes if args.strokes is not None else (0 if refine else 16)

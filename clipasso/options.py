@@ -159,8 +159,8 @@ def check_renderer(name: str) -> None:
 
 
 def check_weights(path: str | None) -> None:
-    """Raise InputError when a CLIP weights file or folder is named but is not there: with encoder auto, a
-    mistyped name would otherwise pass unnoticed as CLIP being unavailable."""
+    """Raise InputError when a CLIP weights file or folder is named (`--weights` of sketch and serve) but is
+    not there: with encoder auto, a mistyped name would otherwise pass unnoticed as CLIP being unavailable."""
     if path is not None and not os.path.exists(os.path.expanduser(path)):
         raise InputError(f"weights: {path}: no such file or folder")
 
@@ -224,7 +224,6 @@ class SketchOptions:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
         check_encoder_name(self.encoder)
-        check_weights(self.weights)
         check_renderer(self.renderer)
         if self.focus not in FOCUSES:
             raise InputError(f"unknown focus {self.focus!r}; choose one of: {', '.join(FOCUSES)}")
