@@ -1,5 +1,5 @@
-"""An artist's own SVG paths (and shapes, as their outlines), read for `--keep` (drawn as they are), `--refine` (strokes to start from) and
-`--subject` (outlines of the subject).
+"""An artist's own SVG paths (and shapes, as their outlines), read for `--keep` (drawn as they are),
+`--refine` (strokes to start from) and `--subject` (outlines of the subject).
 
 The file's coordinates are the photo's pixels: its viewBox is the frame of our own output SVG. svgelements
 reads the path data (lines, curves, arcs, several subpaths), the transforms on the way down and the

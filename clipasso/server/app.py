@@ -37,15 +37,16 @@ ABANDONED_SWEEP_SECONDS = 0.5
 #: Multipart limits of POST /jobs: one file (the photo), the form's fields, and any text field as large as
 #: the SVG of the artist's paths may be (keep, refine, subject); the whole body is bounded by UploadLimit.
 FORM_LIMITS = {"max_files": 1, "max_fields": 16, "max_part_size": MAX_DRAWN_SVG_BYTES}
-#: Starlette's messages when a form passes FORM_LIMITS, by their start, and what to do instead.
+_TOO_LONG = (f"a text field is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; the SVGs of keep, refine and subject may "
+             "hold at most that")
+#: Starlette's messages when a form passes FORM_LIMITS (multipart's and urlencoded's), by their start, and
+#: what to do instead.
 FORM_LIMIT_MESSAGES = {
     "Too many files": "only the photo is sent as a file (field `image`); send keep, refine and subject as text "
                       "fields (with curl: -F 'subject=<outline.svg')",
     "Too many fields": f"too many form fields; POST /jobs takes at most {FORM_LIMITS['max_fields']}",
-    "Part exceeded maximum size": f"a text field is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; the SVGs of keep, "
-                                  "refine and subject may hold at most that",
-    "Field exceeded maximum size": f"a text field is over {MAX_DRAWN_SVG_BYTES / 1e6:g} MB; the SVGs of keep, "
-                                   "refine and subject may hold at most that",
+    "Part exceeded maximum size": _TOO_LONG,
+    "Field exceeded maximum size": _TOO_LONG,
 }
 
 
