@@ -60,6 +60,10 @@ class QueueFull(Exception):
     """Too many jobs are waiting; the client should retry later (HTTP 429)."""
 
 
+class ShuttingDown(Exception):
+    """The server is stopping and takes no new job; a restarted one will (HTTP 503)."""
+
+
 class UnknownJob(LookupError):
     """No job has this id, or the id is not one we could have made (HTTP 404)."""
 
@@ -341,7 +345,7 @@ class JobStore:
         opts = self.check_options(options)
         with self._lock:
             if self._closed:
-                raise QueueFull("the server is shutting down")
+                raise ShuttingDown("the server is shutting down; submit the job again once it has restarted")
             waiting = len(self._queue) + self._reserved
             if waiting >= self.max_queued:
                 raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")

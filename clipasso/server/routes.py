@@ -43,7 +43,7 @@ async def index() -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/health", response_model=Health, responses=error_responses(401))
+@router.api_route("/health", methods=["GET", "HEAD"], response_model=Health, responses=error_responses(401))
 async def health(request: Request, store: JobStore = Store) -> dict:
     """Whether the service is up, and what it runs on (the Inkscape extension's discovery call).
 

@@ -15,7 +15,15 @@ from PIL import Image
 from clipasso.engine import sketch
 from clipasso.images import load_photo
 from clipasso.options import SketchOptions, SketchResult
-from clipasso.server.jobs import ATTACH_GRACE_SECONDS, Job, JobStateError, JobStore, QueueFull, UnknownJob
+from clipasso.server.jobs import (
+    ATTACH_GRACE_SECONDS,
+    Job,
+    JobStateError,
+    JobStore,
+    QueueFull,
+    ShuttingDown,
+    UnknownJob,
+)
 from clipasso.server.schemas import FINAL_STATES, JobState
 from clipasso.server.worker import Worker
 
@@ -251,6 +259,13 @@ def test_queue_limit(store, server_photo_png):
     for _ in range(3):
         store.submit(server_photo_png, QUICK)
     with pytest.raises(QueueFull, match="too many queued jobs"):
+        store.submit(server_photo_png, QUICK)
+
+
+def test_a_closing_store_takes_no_job_and_says_it_is_stopping(store, server_photo_png):
+    """Not "too many queued jobs" (429, retry soon): the server is going away (503)."""
+    store.close()
+    with pytest.raises(ShuttingDown, match="the server is shutting down"):
         store.submit(server_photo_png, QUICK)
 
 

@@ -96,6 +96,7 @@ def test_health_and_schema(server_main: ServerProcess) -> None:
     with server_main.client() as client:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["device"] == "cpu" and health["queue"] == 0
+        assert client.head("/health").status_code == 200  # monitors look with HEAD
         assert "lite0" in health["encoders"] and health["version"]
         assert health["renderers"] == available_renderers() and health["renderers"][:2] == ["auto", "torch"]
         schema = client.get("/openapi.json").json()
