@@ -7,7 +7,7 @@ Endpoints (JSON unless noted; the OpenAPI schema is at /openapi.json):
                                   attach, renderer, focus, levels, orientation (exif or stored), and keep,
                                   refine, subject (SVG text of at most 2 MB each) -> 202 {"id", ...}
   GET    /jobs/{id}               state, progress 0..1, iteration, iterations, loss, error, encoder, created,
-                                  finished, attached, queue_position
+                                  finished, attached, queue_position, warnings
   GET    /jobs/{id}/events        the same fields as server-sent events, until the job has finished; an
                                   attached job (attach=true) is cancelled once no such stream has been open
                                   for 2 s (its client was killed), other jobs run on whoever watches

@@ -122,6 +122,7 @@ class Job:
     encoder_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     attached: bool = False  # cancelled when no event stream of it stays open (see the module notes)
+    warnings: list[str] = field(default_factory=list)  # what of the submission is ignored (paths off the photo)
     version: int = field(default=0, metadata=RUNTIME)
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
@@ -168,6 +169,7 @@ class Job:
             finished=_iso(self.finished),
             attached=self.attached,
             queue_position=queue_position if self.state == JobState.QUEUED else None,
+            warnings=self.warnings,
         ).model_dump(mode="json")
 
     def to_record(self) -> dict:
@@ -189,6 +191,7 @@ class Job:
             state=JobState(record["state"]),
             iteration=int(record.get("iteration") or 0),
             timings=dict(record.get("timings") or {}),
+            warnings=[str(w) for w in record.get("warnings") or []],
         )
         return cls(**values)
 
@@ -352,10 +355,10 @@ class JobStore:
             self._reserved += 1  # holds a place in the queue while the image is decoded and written
         try:
             photo = load_photo(upload, orient=orient)
-            for warning in opts.drawn_on_photo(photo.width, photo.height)[2]:
-                log.warning("submitted job: %s", warning)
             job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time(),
-                      attached=attached)
+                      attached=attached, warnings=opts.drawn_on_photo(photo.width, photo.height)[2])
+            for warning in job.warnings:
+                log.warning("job %s: %s", job.id, warning)
             folder = self.job_dir(job.id)
             try:
                 folder.mkdir(mode=FOLDER_MODE, parents=True)

@@ -46,6 +46,7 @@ class JobView(BaseModel):
     finished: str | None
     attached: bool  # cancelled once no event stream of it is open (submitted with attach=true)
     queue_position: int | None  # while queued: how many jobs wait ahead of it
+    warnings: list[str] = []  # what of the submission is ignored: the artist's paths that lie off the photo
 
 
 class JobList(BaseModel):

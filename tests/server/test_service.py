@@ -309,6 +309,21 @@ def test_bad_parameters_are_400(server_main: ServerProcess, server_photo_png: by
         assert_error(client.post("/jobs", files={"image": ("p.png", server_photo_png)}, data=fields), 400, words)
 
 
+def test_paths_off_the_photo_are_named_in_the_jobs_warnings(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    """The job runs with the paths on the photo; the client is told which were left out, not the log alone."""
+    mixed = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150"><path d="M 10 10 L 90 60"/>'
+             '<path d="M 500 5 L 600 5"/></svg>')
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, **{**QUICK, "keep": mixed})
+        warned = ["keep: 1 of its 2 paths lie off the 226x150 photo and are ignored"]
+        assert job["warnings"] == warned
+        assert follow(client, job["id"])[-1]["warnings"] == warned  # and in every view of it
+        assert client.get(f"/jobs/{job['id']}").json()["warnings"] == warned
+        plain = submit(client, server_photo_png, **QUICK)
+        assert plain["warnings"] == []
+        follow(client, plain["id"])
+
+
 def test_an_outline_sent_as_a_file_is_refused_with_what_to_do(server_main: ServerProcess, server_photo_png: bytes) -> None:
     """`curl -F subject=@outline.svg` uploads a file, but only the photo is one: the answer says to send text."""
     with server_main.client() as client:
