@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from .errors import InputError
 
 #: A kept path's width when the file gives none: SVG's own default.
 DEFAULT_STROKE_WIDTH = 1.0
+#: The id of a stroke in a ladder's level, as svg.py writes it: only the finest level's are read.
+LADDER_STROKE = re.compile(r"level-(\d+)-stroke-\d+")
 #: Shapes read as the paths of their outlines, beside <path>.
 SHAPES = (se.Rect, se.Circle, se.Ellipse, se.SimpleLine, se.Polyline, se.Polygon)
 
@@ -93,7 +96,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     if not isinstance(svg, se.SVG):
         raise InputError("not an SVG file")
     to_viewbox = ~se.Matrix(svg.viewbox_transform) if svg.viewbox_transform else se.Matrix()
-    paths = []
+    paths, levels = [], []
     for element in svg.elements():
         if isinstance(element, SHAPES):  # drawn with an editor's ellipse, rectangle or line tool: its outline
             element = se.Path(element)
@@ -110,6 +113,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         affine = np.array([[m.a, m.c], [m.b, m.d]])
         points = points @ affine.T + np.array([m.e, m.f])
         width = element.stroke_width  # its own or inherited, from attribute or style
+        level = LADDER_STROKE.fullmatch(str(element.values.get("id") or ""))
+        levels.append(int(level.group(1)) if level else None)
         paths.append(DrawnPath(
             d=d,
             transform=None if m.is_identity() else f"matrix({m.a:.12g},{m.b:.12g},{m.c:.12g},{m.d:.12g},{m.e:.12g},{m.f:.12g})",
@@ -119,4 +124,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         ))
     if not paths:
         raise InputError("has no <path> with path data in it, nor a shape")
+    if any(n is not None for n in levels):  # our own ladder: its coarser levels repeat the finest one's strokes
+        finest = max(n for n in levels if n is not None)
+        paths = [p for p, n in zip(paths, levels) if n is None or n == finest]
     return tuple(paths)

@@ -65,6 +65,19 @@ def test_shapes_are_read_as_their_outlines():
     assert ellipse.drawn_width == pytest.approx(3 * 2**0.5)
 
 
+def test_a_ladder_is_read_as_its_finest_level():
+    """Refining (or keeping) a ladder's result starts from its finest level: the coarser levels are subsets
+    of it, and read too they would double its strokes."""
+    def level(n: int) -> str:
+        strokes = "".join(f'<path id="level-{n}-stroke-{i + 1}" d="M {i} {n} L {i + 9} {n}"/>' for i in range(n))
+        return f'<g id="level-{n}">{strokes}</g>'
+
+    text = ('<svg xmlns="http://www.w3.org/2000/svg"><g id="clipasso-kept"><path id="kept-1" d="M 0 0 L 5 5"/></g>'
+            f'{level(3)}{level(2)}</svg>')
+    found = read_paths(text)
+    assert [p.cubics[0, 0].tolist() for p in found] == [[0, 0], [0, 3], [1, 3], [2, 3]]  # the kept path, level 3
+
+
 def test_an_outline_is_the_path_sampled_along_its_curves():
     (square,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 0 0 H 8 V 8 H 0 Z"/></svg>')
     ring = square.outline(samples=4)
