@@ -278,8 +278,17 @@ def in_pixels(element, m: inkex.Transform, picture: Picture, touching: bool = Fa
         return None
     if touching and not any(0 <= p.x <= picture.width and 0 <= p.y <= picture.height for p in data.control_points):
         return None
-    width = element.to_dimensionless(element.specified_style().get("stroke-width") or "1")
-    return element, str(data), width * math.sqrt(abs(m.a * m.d - m.b * m.c))
+    return element, str(data), stroke_width(element) * math.sqrt(abs(m.a * m.d - m.b * m.c))
+
+
+def stroke_width(element) -> float:
+    """The element's stroke width in its user units; a percentage is of the document's normalised diagonal,
+    as SVG defines it (inkex reads one as 0)."""
+    given = (element.specified_style().get("stroke-width") or "1").strip()
+    if given.endswith("%"):
+        root = element.root
+        return float(given[:-1]) / 100 * math.hypot(root.viewbox_width, root.viewbox_height) / math.sqrt(2)
+    return element.to_dimensionless(given)
 
 
 def shown_as_stored(picture: Picture) -> dict:

@@ -393,6 +393,20 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     assert status == 0 and err == "CLIPasso: 1 of the 1 selected paths lie off the photo and are ignored\n", err
 
 
+def test_a_stroke_width_in_percent_is_of_the_documents_diagonal() -> None:
+    """SVG's rule: 2 % of sqrt((400^2 + 300^2) / 2) user units, here 2 units per photo pixel."""
+    from clipasso_images import load_picture
+    from clipasso_sketch import drawn_paths, image_viewport
+
+    svg = inkex.load_svg(str(DATA / "linked.svg")).getroot()
+    image = svg.getElementById("cat")
+    path = inkex.PathElement.new("M 20 30 L 100 90", style="fill:none;stroke:#000;stroke-width:2%")
+    image.getparent().append(path)
+    picture = load_picture(image.get("xlink:href"), "cat", [str(DATA)])
+    (_, _, width), = drawn_paths([path], image, picture, image_viewport(image, picture))
+    assert width == pytest.approx(0.02 * (400**2 / 2 + 300**2 / 2) ** 0.5 / 2)
+
+
 def numbers(d: str) -> list[float]:
     return [float(v) for v in re.findall(r"-?[0-9.]+(?:e-?[0-9]+)?", d)]
 
