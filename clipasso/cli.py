@@ -11,7 +11,6 @@ import io
 import json
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from . import __version__, install, models
 from .errors import InputError
-from .files import write_atomic
+from .files import check_writable, write_atomic
 from .images import load_photo
 from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels
 from .server import command
@@ -187,8 +186,7 @@ def _read_svg(option: str, name: str | None) -> str | None:
 def _check_writable(folder: Path) -> None:
     """InputError unless a file can be made in `folder`: found before the sketch, not after it."""
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        check_writable(folder)
     except OSError as exc:
         raise InputError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise OSError unless a file can be made in `folder` (permissions, a read-only file system): asked
+    before long work, so that it fails before the work rather than after it."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> None:

@@ -36,11 +36,11 @@ DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_MAX_QUEUE = 100
 #: The service removes finished jobs older than this (`clipasso serve --keep-days`).
 DEFAULT_KEEP_DAYS = 7.0
-#: How many iterations a seed's starts race before all but the best end (`Preset.starts`, engine/optimise.py):
-#: enough for strokes to reach their contours, so that the loss tells good starts from bad. Over 12 photos x 4 seeds
-#: on a GPU, racing 15 iterations (and running 130) ended at the same mean loss as racing 30 (and 150):
-#: 7.531 against 7.517, the paired difference 0.014 +- 0.029, with 22 % fewer steps; racing 10 did not
-#: (7.593).
+#: How many iterations a seed's starts race before all but the best end (`Preset.starts`,
+#: engine/optimise.py): enough for strokes to reach their contours, so that the loss tells good starts from
+#: bad. Over 12 photos x 4 seeds on a GPU, racing 15 iterations (and running 130) ended at the same mean loss
+#: as racing 30 (and 150): 7.531 against 7.517, the paired difference 0.014 +- 0.029, with 22 % fewer steps;
+#: racing 10 did not (7.593).
 RACE_ITERATIONS = 15
 #: The square canvas the strokes are optimised on (the encoders' input size).
 CANVAS = 224

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .. import options as contract
 from ..encoders import Encoder, load_encoder, resolve_device
 from ..images import Photo
-from .. import options as contract
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .adam import BatchAdam
 from .graphs import GATE, LossPass, StepGraph, available
@@ -537,7 +537,8 @@ class _Batch:
         runs = [r for c in self.cohorts for r in c.runs]
         last = min(r.horizon(iteration) for r in runs if not r.ended)  # ended runs in the batch just follow
         if iteration < contract.RACE_ITERATIONS and any(r.race is not None for r in runs):
-            last = min(last, contract.RACE_ITERATIONS - 1)  # raced runs, even ended ones, draw more views after the race
+            # Raced runs, even ended ones, draw more views after the race.
+            last = min(last, contract.RACE_ITERATIONS - 1)
         for r in runs:
             r.draw_until(last)
         offsets = [self.photo_of[id(r.sketch)] * self.loss.bank for r in runs]

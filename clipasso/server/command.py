@@ -33,13 +33,13 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError
+from ..files import check_writable
 from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name, check_weights
 from .hosts import is_loopback_host
 
@@ -170,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=data_dir):
-            pass
+        check_writable(data_dir)
     except OSError as exc:
         raise InputError(f"cannot write to the data folder {data_dir}: {exc.strerror}") from None
     # One server per data folder: a second would take the first one's running jobs for a crash's and run its

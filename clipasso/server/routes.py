@@ -21,6 +21,9 @@ from ..options import (
 from .jobs import ATTACH_GRACE_SECONDS, JobStore, UnknownJob
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
 
+#: How an uploaded photo is turned: as its EXIF orientation says (the default), or as stored (Inkscape's way
+#: with a PNG or WebP; images.load_photo).
+ORIENTATIONS = ("exif", "stored")
 #: How often an event stream looks for changes, and how long it stays silent before a keep-alive.
 EVENT_POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
@@ -96,7 +99,7 @@ async def submit(
     subject: str | None = Form(None, description=(
         "SVG text of closed paths in the photo's pixels around its subject: with focus auto, the subject is "
         "what they enclose (instead of the photo's transparency or the segmentation)")),
-    orientation: str = Form("exif", json_schema_extra={"enum": ["exif", "stored"]}, description=(
+    orientation: str = Form(ORIENTATIONS[0], json_schema_extra={"enum": list(ORIENTATIONS)}, description=(
         "exif (default): the photo turned as its EXIF orientation says, as most viewers show it; stored: its "
         "pixels as stored, as Inkscape shows a PNG or WebP (the strokes then lie over what Inkscape shows)")),
     levels: str | None = Form(None, description=(
@@ -110,11 +113,11 @@ async def submit(
              "encoder": encoder, "preset": preset, "renderer": renderer, "focus": focus, "keep": keep, "refine": refine,
              "subject": subject,
              "levels": parse_levels(levels) if levels is not None else None}
-    if orientation not in ("exif", "stored"):
-        raise InputError(f"orientation must be exif or stored, got {orientation!r}")
+    if orientation not in ORIENTATIONS:
+        raise InputError(f"orientation must be {' or '.join(ORIENTATIONS)}, got {orientation!r}")
     options = SketchOptions(**{k: v for k, v in given.items() if v is not None})
     view = await run_in_threadpool(store.submit, image.file, options, attach,  # spooled to disk when large
-                                   orientation == "exif")
+                                   orientation == ORIENTATIONS[0])
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
 
 
