@@ -32,18 +32,42 @@ def relay_iterations(enabled: bool, iterations: int, strokes: int) -> frozenset[
     return frozenset(int(iterations * f) for f in REPLACE_AT)
 
 
+def drawn_alone(points: Tensor, widths: float | Tensor, backend: str) -> Tensor:
+    """(R, N, S, S): each stroke of R sketches (R, N, 4, 2) drawn alone on the canvas (no kept paths).
+    widths: a float or (R, N)."""
+    runs, n = points.shape[:2]
+    if isinstance(widths, Tensor):
+        widths = widths.reshape(runs * n, 1)
+    alone = render_batch(points.reshape(runs * n, 1, 4, 2), CANVAS, CANVAS, widths, backend=backend)
+    return alone.view(runs, n, CANVAS, CANVAS)
+
+
+def without_each(alone: Tensor) -> Tensor:
+    """(R, N, S, S) strokes drawn alone -> each sketch drawn without each of its strokes, (R, N, S, S).
+
+    Strokes are composited "over" the paper, a product of transmissions (render.py), so a sketch without
+    stroke i is the product of the strokes before i and of those after it: N renders of one stroke and two
+    running products, where drawing the N sketches of N - 1 strokes cost N^2 strokes' work and memory
+    (a 256-stroke sketch: 36 s and 8 GB here)."""
+    ones = torch.ones_like(alone[:, :1])
+    before = torch.cat([ones, alone[:, :-1]], 1).cumprod(1)
+    after = torch.cat([alone[:, 1:], ones], 1).flip(1).cumprod(1).flip(1)
+    return before.mul_(after)
+
+
 @torch.no_grad()
-def stroke_worths(points: Tensor, full: Tensor, draw: Callable[[Tensor], Tensor], views: Tensor, loss: SketchLoss,
-                  chunk: int) -> Tensor:
+def stroke_worths(alone: Tensor, kept: Tensor | None, views: Tensor, loss: SketchLoss, chunk: int) -> Tensor:
     """How much each of R sketches' plain-view loss rises without each of its strokes: (R, N) on the CPU.
 
-    points: (R, N, 4, 2); full: (R, S, S) their renders; draw: renders (R * N, N - 1, 4, 2) sketches, run r's
-    N first; views: (R,) each sketch's plain view in `loss`.
+    alone: (R, N, S, S) each stroke drawn alone (`drawn_alone`); kept: None or (R, S, S) the artist's kept
+    paths each sketch is drawn over; views: (R,) each sketch's plain view in `loss`.
     """
-    runs, n = points.shape[:2]
-    others = torch.tensor([[j for j in range(n) if j != i] for i in range(n)], device=points.device)
-    without = points[:, others].flatten(0, 1)  # each sketch without each stroke
-    drops = loss.stroke_drop_losses(draw(without), views.repeat_interleave(n), chunk).view(runs, n)
+    runs, n = alone.shape[:2]
+    without = without_each(alone)
+    full = without[:, 0] * alone[:, 0]
+    if kept is not None:
+        without, full = without * kept[:, None], full * kept
+    drops = loss.stroke_drop_losses(without.flatten(0, 1), views.repeat_interleave(n), chunk).view(runs, n)
     base = loss.stroke_drop_losses(full, views, chunk)
     return (drops - base[:, None]).cpu()
 
@@ -51,7 +75,8 @@ def stroke_worths(points: Tensor, full: Tensor, draw: Callable[[Tensor], Tensor]
 def stroke_worth(points: Tensor, target: Target) -> Tensor:
     """(N,) what one sketch's plain-view loss loses without each of its strokes (N, 4, 2), on its own target."""
     view = torch.zeros(1, dtype=torch.long, device=points.device)
-    return stroke_worths(points[None], target.render(points)[None], target.render_batch, view, target.loss, 16)[0]
+    alone = drawn_alone(points[None], target.stroke_width, target.backend)
+    return stroke_worths(alone, None if target.kept is None else target.kept[None], view, target.loss, 16)[0]
 
 
 @torch.no_grad()
@@ -80,13 +105,9 @@ def replace_weak_strokes(
         return [0] * runs
     backend = targets[0].backend
 
-    def draw(strokes: Tensor, rows: Tensor) -> Tensor:
-        ink = render_batch(strokes, CANVAS, CANVAS, widths[rows, : strokes.shape[1]], backend=backend)
-        return ink if kept is None else ink * kept[rows]
-
-    every = torch.arange(runs, device=points.device)
-    full = draw(points, every)
-    worth = stroke_worths(points, full, lambda without: draw(without, every.repeat_interleave(n)), views, loss, chunk)
+    full = render_batch(points, CANVAS, CANVAS, widths, backend=backend)
+    full = full if kept is None else full * kept
+    worth = stroke_worths(drawn_alone(points, widths, backend), kept, views, loss, chunk)
     errors = loss.error_maps(full, views).cpu().numpy()
 
     def fresh_strokes(r: int) -> tuple[list[int], Tensor | None]:

@@ -12,6 +12,8 @@ from skimage import data
 from clipasso.encoders import load_encoder
 from clipasso.engine import sketch
 from clipasso.engine import ladder
+from clipasso.engine.relay import drawn_alone, without_each
+from clipasso.engine.render import render_batch
 from clipasso.engine.target import prepare_target
 from clipasso.errors import InputError
 from clipasso.images import Photo
@@ -148,6 +150,19 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
         fine, coarse = result.levels[finer], result.levels[coarser]
         for stroke in coarse:
             assert np.abs(fine - stroke).max(axis=(1, 2)).min() <= radius
+
+
+@pytest.mark.parametrize("backend", ["tiles", "fixed"])
+def test_a_sketch_without_each_stroke_is_what_drawing_the_others_gives(backend):
+    """Weighing strokes (the ladder, re-laying) draws each stroke once and composes the rest: the same
+    images as drawing each sketch of N - 1 strokes, for the sketch's own compositing."""
+    points = torch.rand(2, 9, 4, 2, generator=torch.Generator().manual_seed(0)) * 180 + 20
+    widths = torch.tensor([[3.0] * 9, [5.0] * 9])
+    others = torch.tensor([[j for j in range(9) if j != i] for i in range(9)])
+    direct = render_batch(points[:, others].flatten(0, 1), 224, 224, widths[:, :8].repeat_interleave(9, 0),
+                          backend=backend)
+    composed = without_each(drawn_alone(points, widths, backend)).flatten(0, 1)
+    assert (direct < 1).any() and torch.allclose(composed, direct, atol=1e-6)
 
 
 @pytest.mark.parametrize("options, message", [
