@@ -209,14 +209,18 @@ def _oriented_size(im: Image.Image) -> tuple[int, int]:
     """The size as displayed: EXIF orientations 5 to 8 turn the picture a quarter.
 
     For a PNG, only the EXIF found before the pixels is read: Pillow's getexif() would decode the whole
-    image to look behind them, outside the decode budget."""
+    image to look behind them, outside the decode budget. A TIFF's size is read from its tags: Pillow 11
+    and later turn a TIFF as they open it (its size is then the turned one), earlier versions do not."""
+    w, h = im.size
     if im.format == "PNG":
         exif = Image.Exif()
         if im.info.get("exif"):
             exif.load(im.info["exif"])
+    elif im.format == "TIFF":
+        exif = im.getexif()
+        w, h = im.tag_v2.get(256, w), im.tag_v2.get(257, h)
     else:
         exif = im.getexif()
-    w, h = im.size
     return (h, w) if exif.get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (w, h)
 
 

@@ -227,11 +227,15 @@ def test_decodes_wait_for_the_budget_and_give_up_clearly():
     assert budget.used == 0
 
 
-def test_exif_orientation_gives_the_displayed_size():
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF", "WEBP"])
+def test_exif_orientation_gives_the_displayed_size(fmt: str):
+    """Size and pixels turned alike (Pillow turns a TIFF itself as it opens it; our size must agree)."""
     im = Image.new("RGB", (40, 20), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 40, 5))  # a white band along the top, stored
     exif = im.getexif()
     exif[0x0112] = 6  # rotated a quarter
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", exif=exif)
+    im.save(buf, format=fmt, exif=exif)
     photo = load_photo(buf.getvalue())
     assert (photo.width, photo.height) == (20, 40) and photo.image.size == (20, 40)
+    assert photo.image.getpixel((17, 20))[0] > 200  # the band is now down the right side
