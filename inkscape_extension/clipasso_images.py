@@ -13,10 +13,10 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.parse import unquote, unquote_to_bytes
 from urllib.request import url2pathname
 
-FORMATS = "PNG, JPEG, GIF, BMP or WebP"
+FORMATS = "PNG, JPEG, GIF, BMP, TIFF or WebP"
 #: How much of a linked file is read to identify it (its header); the rest only when it is sent.
 HEADER_BYTES = 1 << 20
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
@@ -68,8 +68,8 @@ def load_picture(href: str | None, label: str, base_dirs: list[str], absref: str
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
-            if size > HEADER_BYTES and _sniff_mime(head) == "image/jpeg" and _jpeg_size_or_none(head) is None:
-                head += f.read()  # the frame header lies behind large metadata: read on
+            if size > HEADER_BYTES and _size_or_none(head) is None:
+                head += f.read()  # a JPEG's frame header behind large metadata, a TIFF's tags after its pixels
     except OSError as exc:
         raise ImageError(f"{label}: cannot read the linked file {path} ({exc.strerror or exc})") from None
     mime, width, height = _identify(head, label)
@@ -83,6 +83,7 @@ def decode_data_uri(uri: str, label: str) -> bytes:
         raise ImageError(f"{label}: its embedded data: URI is corrupt (no comma before the data)")
     if header.lower().endswith(";base64"):
         compact = re.sub(r"\s+", "", unquote_to_bytes(payload).decode("latin-1"))
+        compact += "=" * (-len(compact) % 4)  # the padding may be left out (Inkscape shows such images)
         try:
             data = base64.b64decode(compact, validate=True)
         except (binascii.Error, ValueError):
@@ -97,7 +98,10 @@ def decode_data_uri(uri: str, label: str) -> bytes:
 def _linked_path(href: str, label: str, base_dirs: list[str], absref: str | None) -> str:
     """The existing file a link points to, or an ImageError that names the missing one."""
     if href[:5].lower() == "file:":
-        path = url2pathname(urlparse(href).path)
+        rest = href[5:]
+        if rest.startswith("//"):  # file://host/path: the host is empty or localhost
+            rest = "/" + rest[2:].partition("/")[2]
+        path = url2pathname(rest)  # not urlparse: a '?' in a file name is no query
     elif _SCHEME.match(href) and not re.match(r"^[a-zA-Z]:[\\/]", href):
         raise ImageError(
             f"{label} is linked from {href.split(':', 1)[0]}: (not a local file); "
@@ -120,7 +124,8 @@ def _linked_path(href: str, label: str, base_dirs: list[str], absref: str | None
     raise ImageError(f"{label}: the linked file {candidates[0]} is missing")
 
 
-_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/bmp": ".bmp", "image/webp": ".webp"}
+_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/bmp": ".bmp", "image/webp": ".webp",
+        "image/tiff": ".tif"}
 
 
 def _sniff_mime(data: bytes) -> str | None:
@@ -134,6 +139,8 @@ def _sniff_mime(data: bytes) -> str | None:
         return "image/bmp"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return "image/tiff"
     return None
 
 
@@ -160,10 +167,11 @@ def _identify(data: bytes, label: str) -> tuple[str, int, int]:
     return mime, width, height
 
 
-def _jpeg_size_or_none(data: bytes) -> tuple[int, int] | None:
+def _size_or_none(data: bytes) -> tuple[int, int] | None:
+    """The size, or None where the header is not all in `data` (or the format is not ours)."""
     try:
-        return _jpeg_size(data)
-    except (struct.error, IndexError, ValueError):
+        return _SIZE_READERS[_sniff_mime(data)](data)
+    except (KeyError, struct.error, IndexError, ValueError):
         return None
 
 
@@ -232,17 +240,34 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 def _exif_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 when absent or unreadable."""
     try:
-        order = {b"II": "<", b"MM": ">"}[tiff[:2]]
-        (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
-        for n in range(count):
-            entry = ifd + 2 + 12 * n
-            tag, _type, _count, value = struct.unpack(order + "HHIH", tiff[entry : entry + 10])
-            if tag == 0x0112:
-                return value
+        return _ifd0(tiff).get(0x0112, 1)
     except (KeyError, struct.error):
-        pass
-    return 1
+        return 1
+
+
+def _ifd0(tiff: bytes) -> dict[int, int]:
+    """The first directory's numeric tags (SHORT or LONG values) of TIFF-structured bytes."""
+    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    tags = {}
+    for n in range(count):
+        entry = ifd + 2 + 12 * n
+        tag, kind = struct.unpack(order + "HH", tiff[entry : entry + 4])
+        if kind in (3, 4):  # SHORT, LONG: the value sits in the entry's first bytes
+            width = 2 if kind == 3 else 4
+            (tags[tag],) = struct.unpack(order + ("H" if kind == 3 else "I"), tiff[entry + 8 : entry + 8 + width])
+    return tags
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the first directory; Inkscape shows a TIFF turned by its orientation tag."""
+    try:
+        tags = _ifd0(data)
+        width, height = tags[256], tags[257]
+    except KeyError:
+        raise ValueError("not a TIFF, or no size in its first directory") from None
+    return (height, width) if tags.get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
 
 
 _SIZE_READERS = {
@@ -251,4 +276,5 @@ _SIZE_READERS = {
     "image/gif": _gif_size,
     "image/bmp": _bmp_size,
     "image/webp": _webp_size,
+    "image/tiff": _tiff_size,
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +56,10 @@ FORMATS = {
     "gif": (encode("GIF"), "image/gif", (7, 5)),
     "bmp": (encode("BMP"), "image/bmp", (7, 5)),
     "top-down bmp": (top_down_bmp(), "image/bmp", (7, 5)),
+    "tiff": (encode("TIFF"), "image/tiff", (7, 5)),
+    "big-endian tiff, deflated": (encode("TIFF", compression="tiff_adobe_deflate", big_endian=True), "image/tiff", (7, 5)),
+    # Inkscape shows a TIFF turned by its orientation tag (and Pillow, so the backend, opens it turned)
+    "tiff rotated by its orientation": (encode("TIFF", exif=exif_orientation(8)), "image/tiff", (5, 7)),
 }
 if features.check("webp"):
     FORMATS.update({
@@ -69,7 +74,7 @@ def test_embedded_formats_and_their_displayed_size(name: str) -> None:
     data, mime, size = FORMATS[name]
     picture = load_picture(data_uri(data, mime), "image", [])
     assert (picture.mime, (picture.width, picture.height), picture.data) == (mime, size, data)
-    assert picture.filename == "embedded" + {"image/jpeg": ".jpg"}.get(mime, "." + mime.split("/")[1])
+    assert picture.filename == "embedded" + {"image/jpeg": ".jpg", "image/tiff": ".tif"}.get(mime, "." + mime.split("/")[1])
 
 
 def test_data_uris_with_line_breaks_or_percent_escapes() -> None:
@@ -77,6 +82,8 @@ def test_data_uris_with_line_breaks_or_percent_escapes() -> None:
     wrapped = base64.encodebytes(png).decode()  # Inkscape may wrap base64 every 76 characters
     assert load_picture(f"data:image/png;base64,{wrapped}", "image", []).data == png
     assert decode_data_uri("data:image/png," + quote(png), "image") == png
+    unpadded = base64.b64encode(png).decode().rstrip("=")
+    assert len(unpadded) % 4 and load_picture(f"data:image/png;base64,{unpadded}", "image", []).data == png
 
 
 @pytest.mark.parametrize(
@@ -90,7 +97,8 @@ def test_data_uris_with_line_breaks_or_percent_escapes() -> None:
         (data_uri(b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "image/svg+xml"),
          r"is an SVG \(vector\) image"),
         (data_uri(b"\x1f\x8b\x08\x00compressed svg", "image/svg+xml"), r"is an SVG \(vector\) image"),
-        (data_uri(encode("TIFF"), "image/tiff"), "is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP or WebP"),
+        (data_uri(encode("PPM"), "image/x-portable-pixmap"),
+         "is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP, TIFF or WebP"),
         ("", "has no pixels: its href is empty"),
         ("https://example.com/cat.jpg", r"is linked from https: \(not a local file\)"),
     ],
@@ -108,8 +116,30 @@ def test_linked_files(tmp_path: Path) -> None:
     for href in ("my photo.png", "my%20photo.png", (tmp_path / "my photo.png").as_uri(), str(tmp_path / "my photo.png")):
         picture = load_picture(href, "image", [str(elsewhere), str(tmp_path)])
         assert (picture.data, picture.filename) == (png, "my photo.png")
+    odd = tmp_path / "what? #1.png"
+    odd.write_bytes(png)
+    assert load_picture("file://" + str(odd), "image", []).data == png  # '?' is part of a file's name
     # Inkscape's sodipodi:absref is the fallback for a link that moved
     assert load_picture("gone/my photo.png", "image", [str(elsewhere)], absref=str(tmp_path / "my photo.png")).data == png
+
+
+def test_a_linked_tiff_with_its_tags_after_the_pixels(tmp_path: Path) -> None:
+    """A TIFF's directory may follow megabytes of pixels: the file is read on to find its size."""
+    width, height = 800, 600
+    pixels = bytes(range(256)) * (width * height * 3 // 256)  # 1.4 MB, uncompressed RGB
+    directory = 8 + len(pixels)
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, directory + 2 + 10 * 12 + 4), (259, 3, 1, 1),
+               (262, 3, 1, 2), (273, 4, 1, 8), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)),
+               (284, 3, 1, 1)]
+    data = b"II*\0" + directory.to_bytes(4, "little") + pixels + len(entries).to_bytes(2, "little")
+    for tag, kind, count, value in entries:
+        data += struct.pack("<HHI", tag, kind, count) + struct.pack("<HH" if kind == 3 and count == 1 else "<I",
+                                                                    *((value, 0) if kind == 3 and count == 1 else (value,)))
+    data += b"\0\0\0\0" + struct.pack("<HHH", 8, 8, 8)
+    assert Image.open(io.BytesIO(data)).size == (width, height)  # a TIFF Pillow reads
+    (tmp_path / "scan.tif").write_bytes(data)
+    picture = load_picture("scan.tif", "image", [str(tmp_path)])
+    assert (picture.mime, picture.width, picture.height) == ("image/tiff", 800, 600)
 
 
 def test_a_linked_file_is_identified_from_its_header_and_read_only_when_sent(tmp_path: Path) -> None:
