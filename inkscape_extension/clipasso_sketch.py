@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import warnings
+from urllib.parse import unquote
 from xml.sax.saxutils import quoteattr
 
 import inkex
@@ -160,6 +161,13 @@ class Sketch(inkex.EffectExtension):
         for element in self.svg.selection.values():
             found += [image for image in element.iter(f"{{{SVG_NS}}}image") if image not in found]
         if not found:
+            cloned = [use.href for element in self.svg.selection.values() for use in element.iter()
+                      if isinstance(use, inkex.Use)]
+            if any(ref is not None and next(ref.iter(f"{{{SVG_NS}}}image"), None) is not None for ref in cloned):
+                raise ImageError(
+                    "The selection holds a clone of a photo, not the photo: select the original, or turn the "
+                    "clone into a copy (Edit > Clone > Unlink Clone), and run Line sketch again"
+                )
             raise ImageError(
                 "The selection has no image in it: select a photo (a bitmap image, imported with File > Import) "
                 "and run Line sketch again"
@@ -194,9 +202,10 @@ class Sketch(inkex.EffectExtension):
                 group.append(path)
             return group
 
+        of = photo_name(image)
         if strokes.levels:
             counts = "/".join(str(n) for n, _ in strokes.levels)
-            layer = inkex.Layer.new(f"CLIPasso sketch - {counts} strokes")
+            layer = inkex.Layer.new(f"CLIPasso sketch - {counts} strokes - {of}")
             for i, (n, paths) in enumerate(strokes.levels):
                 level = inkex.Layer.new(f"{n} stroke" if n == 1 else f"{n} strokes")
                 level.set("id", self.svg.get_unique_id(f"clipasso-level-{n}-"))
@@ -205,7 +214,7 @@ class Sketch(inkex.EffectExtension):
                 level.append(placed(paths))
                 layer.append(level)
         else:
-            layer = inkex.Layer.new(f"CLIPasso sketch - {len(strokes.paths)} strokes")
+            layer = inkex.Layer.new(f"CLIPasso sketch - {len(strokes.paths)} strokes - {of}")
             layer.append(placed(strokes.paths))
         layer.set("id", layer_id)
         anchor.addnext(layer)
@@ -350,31 +359,63 @@ def describe(image) -> str:
     return f'image "{image.label or image.get("id") or "without id"}"'
 
 
+def photo_name(image) -> str:
+    """How a sketch's layer names its photo: the image's label, else its linked file's name, else its id."""
+    href = image.get("xlink:href") or image.get("href") or ""
+    linked = "" if href.strip()[:5].lower() == "data:" else os.path.basename(unquote(href.strip().rstrip("/\\")))
+    return image.label or linked or image.get("id") or "photo"
+
+
 def layer_anchor(image, root):
     """The element the new layer goes right after: the layer holding the image, or (with no layer) the
-    image's top-level ancestor."""
+    image's top-level ancestor; past the sketch layers placed there before, so the newest is on top."""
     node = image
     while True:
         parent = node.getparent()
-        if parent is None or parent is root:
-            return node
-        if parent.get("inkscape:groupmode") == "layer":
-            return parent
+        if parent is None or parent is root or parent.get("inkscape:groupmode") == "layer":
+            break
         node = parent
+    anchor = node if parent is None or parent is root else parent
+    while (after := anchor.getnext()) is not None and (after.get("id") or "").startswith("clipasso-sketch") \
+            and after.get("inkscape:groupmode") == "layer":
+        anchor = after
+    return anchor
 
 
 def composed_transform(element, below=None) -> inkex.Transform:
     """The element's transform and every one above it (up to, not including, `below`), read from the
-    attributes as they are.
+    attributes as they are, with the viewport of each nested <svg> on the way (its x, y and viewBox).
 
-    (inkex's own composed_transform() rewrites each transform attribute it reads, rounded to 6 digits;
-    the document must stay untouched.)
+    (inkex's own composed_transform() rewrites each transform attribute it reads, rounded to 6 digits,
+    and passes over nested viewports; the document must stay untouched.)
     """
     total = inkex.Transform()
     while element is not None and element is not below:
+        parent = element.getparent()
+        if parent is not None and element.tag == f"{{{SVG_NS}}}svg":
+            total = inkex.Transform(nested_viewport(element)) @ total
         total = inkex.Transform(element.attrib.get("transform")) @ total
-        element = element.getparent()
+        element = parent
     return total
+
+
+def nested_viewport(svg) -> tuple:
+    """A nested <svg>'s content to its parent's user space: its viewBox drawn into x, y, width, height
+    (percentages of the enclosing viewport; width and height 100 % where missing)."""
+    outer = next((a for a in svg.iterancestors() if a.tag == f"{{{SVG_NS}}}svg"), None)
+    box = [float(v) for v in re.split(r"[\s,]+", (outer.get("viewBox") or "").strip()) if v] if outer is not None else []
+    around = (box[2], box[3]) if len(box) == 4 else (outer.viewport_width, outer.viewport_height)
+
+    def length(name: str, of: float, missing: str) -> float:
+        value = (svg.get(name) or missing).strip()
+        return float(value[:-1]) / 100 * of if value.endswith("%") else svg.to_dimensionless(value)
+
+    viewport = (length("x", around[0], "0"), length("y", around[1], "0"),
+                length("width", around[0], "100%"), length("height", around[1], "100%"))
+    box = [float(v) for v in re.split(r"[\s,]+", (svg.get("viewBox") or "").strip()) if v]
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        return (1.0, 0.0, 0.0, 1.0, viewport[0], viewport[1])
+    return viewbox_to_viewport(tuple(box), viewport, parse_aspect_ratio(svg.get("preserveAspectRatio")))
 
 
 def image_viewport(image, picture: Picture) -> tuple:

@@ -188,10 +188,12 @@ def broken_images(tmp_path):
     tiny = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
     svg_image = "data:image/svg+xml;base64," + base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>').decode()
     tiff = "data:image/tiff;base64," + base64.b64encode(b"II*\x00\x08\x00\x00\x00" + bytes(32)).decode()
+    ppm = "data:image/x-portable-pixmap;base64," + base64.b64encode(b"P6\n1 1\n255\n\0\0\0").decode()
     images = {
         "tiny": tiny,
         "vector": svg_image,
         "tiff": tiff,
+        "ppm": ppm,
         "corrupt": "data:image/png;base64,iVBORw0KG!!*not base64*",
         "missing": "no-such-photo.png",
         "web": "https://example.com/photo.jpg",
@@ -199,6 +201,7 @@ def broken_images(tmp_path):
     body = "".join(f'<image id="{k}" x="0" y="0" width="10" height="10" xlink:href="{v}"/>' for k, v in images.items())
     body += f'<image id="flat" width="10" height="0" xlink:href="{tiny}"/>'
     body += f'<image id="percent" width="50%" height="10" xlink:href="{tiny}"/>'
+    body += '<use id="clone" xlink:href="#tiny" x="50"/>'
     path = tmp_path / "broken.svg"
     path.write_text(
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="100" '
@@ -221,7 +224,9 @@ class TestSketchErrors:
         "image, message",
         [
             ("vector", r'image "vector" is an SVG \(vector\) image; .* select a bitmap'),
-            ("tiff", r'image "tiff" is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP or WebP'),
+            ("ppm", r'image "ppm" is not a supported image; CLIPasso reads PNG, JPEG, GIF, BMP, TIFF or WebP'),
+            ("tiff", r'image "tiff": the TIF data is corrupt or truncated \(no valid size\)'),
+            ("clone", r"^The selection holds a clone of a photo, not the photo: select the original, or .*Unlink Clone"),
             ("corrupt", r'image "corrupt": its embedded data: URI is corrupt \(not valid base64\)'),
             ("missing", r'image "missing": the linked file .*no-such-photo.png is missing'),
             ("web", r'image "web" is linked from https: \(not a local file\)'),
@@ -363,6 +368,41 @@ def test_a_png_or_webp_with_an_exif_turn_is_sketched_as_inkscape_shows_it(fmt: s
     group = etree.fromstring(out).xpath("//*[starts-with(@id, 'clipasso-sketch')]/*[local-name()='g']")[0]
     m = inkex.Transform(group.get("transform"))
     assert (m.a, m.b, m.c, m.d) == pytest.approx((2, 0, 0, 2))  # 240 x 160 units over 120 x 80 pixels, unstretched
+
+
+def test_a_tiff_with_an_orientation_tag_is_sketched_turned_as_inkscape_shows_it(backend, tmp_path) -> None:
+    """Inkscape (and Pillow) show a TIFF turned by its orientation tag: the strokes come back in that frame."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(DATA / "cat.jpg").save(tmp_path / "cat.tif", "TIFF", exif=exif)
+    document = tmp_path / "turned.svg"
+    document.write_text((DATA / "linked.svg").read_text().replace('"cat.jpg"', '"cat.tif"'))
+    status, err, out = run_sketch(str(document), "--id=cat", f"--backend_url={backend.url}", *FAST)
+    assert (status, err) == (0, "")
+    job = newest_record(backend)
+    assert (job["width"], job["height"]) == (80, 120)
+    group = etree.fromstring(out).xpath("//*[starts-with(@id, 'clipasso-sketch')]/*[local-name()='g']")[0]
+    m = inkex.Transform(group.get("transform"))  # 80 x 120 pixels met into 240 x 160 units, centred
+    assert (m.a, m.d, m.e, m.f) == pytest.approx((4 / 3, 4 / 3, 10 + (240 - 80 * 4 / 3) / 2, 20))
+
+
+def test_each_run_goes_on_top_of_the_last_and_names_its_photo(backend, tmp_path) -> None:
+    """Sketching a photo again adds a layer above the earlier sketches of it (the newest on top, as drawn
+    last), each named with the photo it was made from."""
+    (tmp_path / "cat.jpg").write_bytes((DATA / "cat.jpg").read_bytes())
+    document = tmp_path / "again.svg"
+    document.write_bytes((DATA / "linked.svg").read_bytes())
+    for strokes in (4, 2):
+        status, err, out = run_sketch(str(document), "--id=cat", f"--backend_url={backend.url}", *FAST,
+                                      f"--strokes={strokes}")
+        assert (status, err) == (0, "")
+        document.write_bytes(out)
+    root = etree.fromstring(document.read_bytes())
+    labels = [g.get("{http://www.inkscape.org/namespaces/inkscape}label") for g in root
+              if g.get("{http://www.inkscape.org/namespaces/inkscape}groupmode") == "layer"]
+    assert labels == ["Layer 1", "CLIPasso sketch - 4 strokes - cat.jpg", "CLIPasso sketch - 2 strokes - cat.jpg"]
 
 
 def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:

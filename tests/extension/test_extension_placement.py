@@ -68,6 +68,19 @@ CASES = {
     "no width and height (the image's own size)": (
         400, 300, "0 0 200 150",
         '<g inkscape:groupmode="layer" id="l1"><image {image} x="30" y="40"/></g>'),
+    "in a nested <svg> with x, y and a viewBox": (
+        400, 300, "0 0 400 300",
+        '<g inkscape:groupmode="layer" id="l1"><svg x="50" y="40" width="200" height="200" viewBox="0 0 100 100">'
+        '<image {image} x="10" y="20" width="60" height="40"/></svg></g>'),
+    "in a nested <svg> without a viewBox, in a rotated group": (
+        400, 300, "0 0 400 300",
+        '<g inkscape:groupmode="layer" id="l1"><g transform="translate(20,10) rotate(10)">'
+        '<svg x="100" y="80" width="250" height="180"><image {image} x="5" y="5" width="120" height="90"/></svg>'
+        '</g></g>'),
+    "in a nested <svg> sized in percent, xMaxYMid meet": (
+        400, 300, "0 0 400 300",
+        '<g inkscape:groupmode="layer" id="l1"><svg x="10%" y="20" width="50%" height="60%" viewBox="-20 -10 80 60" '
+        'preserveAspectRatio="xMaxYMid meet"><image {image} x="-10" y="0" width="60" height="45"/></svg></g>'),
 }
 
 

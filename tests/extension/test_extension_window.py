@@ -206,7 +206,7 @@ def test_the_window_shows_strokes_forming_and_stop_and_place_places_them(backend
     run.press(window, "alt+s")
     status, document, err = run.finish()
     assert (status, err) == (0, "")
-    assert layers(document) == [("CLIPasso sketch - 8 strokes", 8)]
+    assert layers(document) == [("CLIPasso sketch - 8 strokes - cat.jpg", 8)]
     stopped, waiting = run.job(first), run.job(second)
     assert stopped["state"] == "cancelled" and stopped["drawn"] and stopped["iteration"] < stopped["iterations"]
     assert waiting["state"] == "cancelled" and waiting["error"] == "cancelled before it started"
@@ -262,7 +262,7 @@ def test_without_a_window_it_waits_and_names_the_live_page(backend, display, no_
         why = "GTK 3 cannot be loaded: No module named 'gi'"
     status, document, err = run.finish()
     (job,) = run.jobs()
-    assert status == 0 and layers(document) == [("CLIPasso sketch - 4 strokes", 4)]
+    assert status == 0 and layers(document) == [("CLIPasso sketch - 4 strokes - cat.jpg", 4)]
     assert err == f"CLIPasso: no progress window ({why}); watch the sketch live at {backend.url}/#job={job}\n"
     assert httpx.get(f"{backend.url}/").status_code == 200 and run.job(job)["state"] == "succeeded"
 

@@ -115,7 +115,7 @@ def test_inkscape_sketches_a_linked_photo_with_the_installed_extension(tmp_path:
     photo_layer = image.getparent()
     layer = photo_layer.getnext()
     assert layer is not None and layer.get("inkscape:groupmode") == "layer"
-    assert layer.get("inkscape:label") == f"CLIPasso sketch - {STROKES} strokes"
+    assert layer.get("inkscape:label") == f"CLIPasso sketch - {STROKES} strokes - cat.jpg"
     paths = list(layer.iter("{http://www.w3.org/2000/svg}path"))
     assert len(paths) == STROKES
     # Over the image: the result's pixel box (the 120x80 photo) lands on the image's box on the canvas.
@@ -132,7 +132,7 @@ def test_inkscape_keeps_the_selected_path_and_makes_a_ladder(tmp_path: Path) -> 
     assert svg.getElementById("outline").get("d") == original.getElementById("outline").get("d")
     assert svg.getElementById("layer2").get("transform") == original.getElementById("layer2").get("transform")
     layer = svg.getElementById("layer1").getnext()
-    assert layer.get("inkscape:label") == "CLIPasso sketch - 2/1 strokes"
+    assert layer.get("inkscape:label") == "CLIPasso sketch - 2/1 strokes - cat.jpg"
     levels = [(g.get("inkscape:label"), g.get("style"), len(list(g.iter("{http://www.w3.org/2000/svg}path"))))
               for g in layer]
     assert levels == [("2 strokes", None, 2), ("1 stroke", "display:none", 1)]
