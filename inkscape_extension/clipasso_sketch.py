@@ -400,22 +400,48 @@ def composed_transform(element, below=None) -> inkex.Transform:
 
 
 def nested_viewport(svg) -> tuple:
-    """A nested <svg>'s content to its parent's user space: its viewBox drawn into x, y, width, height
-    (percentages of the enclosing viewport; width and height 100 % where missing)."""
-    outer = next((a for a in svg.iterancestors() if a.tag == f"{{{SVG_NS}}}svg"), None)
-    box = [float(v) for v in re.split(r"[\s,]+", (outer.get("viewBox") or "").strip()) if v] if outer is not None else []
-    around = (box[2], box[3]) if len(box) == 4 else (outer.viewport_width, outer.viewport_height)
+    """A nested <svg>'s content to its parent's user space: its viewBox drawn into x, y, width, height."""
+    x, y, width, height = _viewport(svg)
+    box = _viewbox(svg)
+    if box is None or width <= 0 or height <= 0:  # (an <svg> of no area shows nothing: placed anywhere)
+        return (1.0, 0.0, 0.0, 1.0, x, y)
+    return viewbox_to_viewport(box, (x, y, width, height), parse_aspect_ratio(svg.get("preserveAspectRatio")))
+
+
+_LENGTH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*(px|pt|pc|mm|cm|in|q|em|ex|%)?$", re.I)
+
+
+def _viewport(svg) -> tuple:
+    """A nested <svg>'s x, y, width, height in its parent's user units: percentages of the enclosing
+    viewport; width and height 100 % where missing, 'auto' or not a length (as browsers and Inkscape)."""
+    around = _user_size(next(a for a in svg.iterancestors() if a.tag == f"{{{SVG_NS}}}svg"))
 
     def length(name: str, of: float, missing: str) -> float:
-        value = (svg.get(name) or missing).strip()
+        value = (svg.get(name) or "").strip()
+        value = value if _LENGTH.match(value) else missing
         return float(value[:-1]) / 100 * of if value.endswith("%") else svg.to_dimensionless(value)
 
-    viewport = (length("x", around[0], "0"), length("y", around[1], "0"),
-                length("width", around[0], "100%"), length("height", around[1], "100%"))
-    box = [float(v) for v in re.split(r"[\s,]+", (svg.get("viewBox") or "").strip()) if v]
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        return (1.0, 0.0, 0.0, 1.0, viewport[0], viewport[1])
-    return viewbox_to_viewport(tuple(box), viewport, parse_aspect_ratio(svg.get("preserveAspectRatio")))
+    return (length("x", around[0], "0"), length("y", around[1], "0"),
+            length("width", around[0], "100%"), length("height", around[1], "100%"))
+
+
+def _user_size(svg) -> tuple:
+    """The width and height of the user space an <svg>'s children are laid out in."""
+    box = _viewbox(svg)
+    if box is not None:
+        return box[2], box[3]
+    if svg.getparent() is None:
+        return svg.viewport_width, svg.viewport_height
+    return _viewport(svg)[2:]
+
+
+def _viewbox(svg) -> tuple | None:
+    values = re.split(r"[\s,]+", (svg.get("viewBox") or "").strip())
+    try:
+        box = tuple(float(v) for v in values)
+    except ValueError:
+        return None
+    return box if len(box) == 4 and box[2] > 0 and box[3] > 0 else None
 
 
 def image_viewport(image, picture: Picture) -> tuple:

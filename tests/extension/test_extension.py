@@ -405,6 +405,23 @@ def test_each_run_goes_on_top_of_the_last_and_names_its_photo(backend, tmp_path)
     assert labels == ["Layer 1", "CLIPasso sketch - 4 strokes - cat.jpg", "CLIPasso sketch - 2 strokes - cat.jpg"]
 
 
+def test_nested_svg_viewports_in_percent_auto_or_invalid() -> None:
+    """Nested <svg> sizes as browsers and Inkscape read them: percentages of the enclosing viewport, 'auto',
+    missing or invalid as 100 %; one of no area (it shows nothing) does not break the mapping."""
+    from clipasso_sketch import composed_transform
+
+    svg = inkex.load_svg(io.BytesIO(
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="400" height="300">'
+        b'<svg x="10" y="10" width="50%" height="200"><svg x="5%" width="auto" viewBox="0 0 10 10">'
+        b'<rect id="in-two" width="1" height="1"/></svg></svg>'
+        b'<svg width="abc" viewBox="0 0 1 1"><rect id="invalid"/></svg>'
+        b'<svg x="7" width="0" viewBox="0 0 1 1"><rect id="empty"/></svg></svg>')).getroot()
+    m = {name: composed_transform(svg.getElementById(name)).to_hexad() for name in ("in-two", "invalid", "empty")}
+    assert list(m["in-two"]) == pytest.approx([20, 0, 0, 20, 20, 10])  # 200 px wide, 10 units: x 10 + 10, y 10
+    assert list(m["invalid"]) == pytest.approx([300, 0, 0, 300, 50, 0])  # 400 x 300 met, centred
+    assert list(m["empty"]) == pytest.approx([1, 0, 0, 1, 7, 0])
+
+
 def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
     """drawn.svg: a loop of 240 curves around the cat, as Inkscape's pencil draws one (9 kB of path data),
     goes whole to the backend as the path to keep."""
