@@ -8,11 +8,18 @@ import tempfile
 from pathlib import Path
 
 
+#: The service's files hold the user's photos and name their jobs: readable by the user alone.
+FILE_MODE, FOLDER_MODE = 0o600, 0o700
+
+
 def check_writable(folder: str | os.PathLike) -> None:
-    """Raise OSError unless a file can be made in `folder` (permissions, a read-only file system): asked
-    before long work, so that it fails before the work rather than after it."""
-    with tempfile.TemporaryFile(dir=folder):
-        pass
+    """Raise OSError unless a file can be made and written in `folder` (permissions, a read-only file
+    system, a full disk: a block is written through to the disk): asked before long work, so that it
+    fails before the work rather than after it."""
+    with tempfile.TemporaryFile(dir=folder) as probe:
+        probe.write(bytes(4096))
+        probe.flush()
+        os.fsync(probe.fileno())
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> None:

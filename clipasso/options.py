@@ -149,6 +149,12 @@ def check_encoder_name(name: str) -> None:
         raise InputError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
 
 
+def check_device(name: str) -> None:
+    """A device name the engine knows: auto, cpu, cuda, cuda:N or mps (whether it is present is asked later)."""
+    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise InputError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
+
+
 def check_renderer(name: str) -> None:
     """Raise InputError for a renderer name the engine does not know, or diffvg where it is not installed."""
     if name not in RENDERERS:
@@ -221,8 +227,7 @@ class SketchOptions:
         check_range("seed", self.seed, 0, MAX_SEED)
         if self.stroke_width is not None and not 0 < self.stroke_width <= MAX_STROKE_WIDTH:
             raise InputError(f"stroke width must be above 0 and at most {MAX_STROKE_WIDTH:g} px, got {self.stroke_width}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise InputError(f"unknown device {self.device!r}; choose auto, cpu, cuda or mps")
+        check_device(self.device)
         check_encoder_name(self.encoder)
         check_renderer(self.renderer)
         if self.focus not in FOCUSES:

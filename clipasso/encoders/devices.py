@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..options import check_device
 
 
 def default_device() -> str:
@@ -17,7 +18,8 @@ def default_device() -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` or an explicit device; an explicit one that is not present is a user error."""
+    """`auto` or an explicit device; an unknown one, or one that is not present, is a user error."""
+    check_device(name)
     if name == "auto":
         return torch.device(default_device())
     if name.startswith("cuda") and not torch.cuda.is_available():

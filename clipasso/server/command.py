@@ -39,7 +39,7 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError
-from ..files import check_writable
+from ..files import FILE_MODE, check_writable
 from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name, check_weights
 from .hosts import is_loopback_host
 
@@ -119,7 +119,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _setup_logging(log_file: Path) -> None:
-    """Log lines go to the terminal and to DATA/serve.log; uvicorn's loggers share the same handlers."""
+    """Log lines go to the terminal and to DATA/serve.log (readable by the user alone: it names jobs);
+    uvicorn's loggers share the same handlers. A line that cannot be written (a full disk) is dropped
+    without the traceback per line that logging prints by default: GET /health says why."""
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+    os.chmod(log_file, FILE_MODE)
+    logging.raiseExceptions = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, encoding="utf-8")]
     root = logging.getLogger()
@@ -175,12 +180,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write to the data folder {data_dir}: {exc.strerror}") from None
     # One server per data folder: a second would take the first one's running jobs for a crash's and run its
     # queue again. The operating system lets go of the lock when this process ends, however it ends.
-    lock = FileLock(str(data_dir / "serve.lock"))
+    lock = FileLock(str(data_dir / "serve.lock"), mode=FILE_MODE)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise InputError(f"another `clipasso serve` uses the data folder {data_dir}; stop it, or give this one "
                          "its own --data-dir") from None
+    os.chmod(data_dir / "serve.lock", FILE_MODE)  # one an older version made, readable by all
 
     sock = _bind(args.host, args.port)
     _setup_logging(data_dir / "serve.log")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import one_line
-from ..files import write_atomic
+from ..files import FILE_MODE, FOLDER_MODE, check_writable, write_atomic
 from ..images import ImageSource, Photo, load_photo
 from ..options import DEFAULT_KEEP_DAYS, SketchOptions, SketchResult, image_stroke_width
 from ..svg import KEPT_PREVIEW_COLOUR, strokes_to_svg
@@ -43,8 +43,6 @@ from .schemas import JobState, JobView
 
 log = logging.getLogger("clipasso.jobs")
 
-#: Jobs' files are the user's photos: readable by the user alone.
-FILE_MODE, FOLDER_MODE = 0o600, 0o700
 #: The job's photo, decoded once at submit and kept at working size.
 PHOTO = "photo.png"
 #: The photo's transparency, where it has some (the subject's outline for focus auto).
@@ -250,6 +248,15 @@ class JobStore:
             self._unsaved.discard(job.id)
             if not self._unsaved:
                 self.write_error = None
+
+    def storage_problem(self) -> str | None:
+        """Why the data folder cannot take a job's files now (a full disk, permissions), found by writing
+        to it; None when it can."""
+        try:
+            check_writable(self.root)
+        except OSError as exc:
+            return str(storage_error(self.root, exc))
+        return None
 
     def retry_unsaved(self) -> None:
         """Write again the states that could not be written (the worker calls this between jobs)."""

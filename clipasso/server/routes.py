@@ -46,14 +46,15 @@ async def index() -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=Health, responses=error_responses(401))
+@router.head("/health", include_in_schema=False)
+@router.get("/health", response_model=Health, responses=error_responses(401))
 async def health(request: Request, store: JobStore = Store) -> dict:
     """Whether the service is up, and what it runs on (the Inkscape extension's discovery call).
 
-    `status` is "degraded", with the `problem` in one line, while the worker is not running or a job's
-    state could not be written (a full disk, say)."""
+    `status` is "degraded", with the `problem` in one line, while the worker is not running, a job's
+    state could not be written, or the data folder cannot be written now (a full disk, say)."""
     problem = None if request.app.state.worker.alive else "the worker thread has stopped; restart the server"
-    problem = problem or store.write_error
+    problem = problem or store.write_error or await run_in_threadpool(store.storage_problem)
     return {
         "status": "degraded" if problem else "ok",
         "problem": problem,

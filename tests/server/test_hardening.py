@@ -103,17 +103,21 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), 
 
 @needs_root
 def test_a_full_disk_degrades_the_server_and_it_recovers(server_factory, tmp_path, server_photo_png):
+    """... and the log lines it cannot write are dropped, not printed with a traceback each (1,100 lines a
+    minute while a job ran)."""
     with tmpfs(tmp_path / "disk", "8m") as disk:
-        server = server_factory(disk / "data")
+        (tmp_path / "data").symlink_to(disk)  # the server's own output goes beside the link, off the tmpfs
+        server = server_factory(tmp_path / "data")
         with server.client() as client:
             running = submit(client, server_photo_png, data=ENDLESS).json()
             wait_for(lambda: client.get(f"/jobs/{running['id']}").json()["iteration"] > 0, "the job to run")
+            with open(disk / "serve.log", "a") as log:  # to the end of its last page: the next line needs a new one
+                log.write(" " * (-(log.tell() + 1) % 4096) + "\n")
             filler = disk / "filler"
-            with open(filler, "wb") as f:  # fill the disk to the last byte
+            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
                 try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
+                    while f.write(b"\0" * 4096):
+                        pass
                 except OSError:
                     pass
             health = wait_for(lambda: (h := client.get("/health").json())["status"] == "degraded" and h,
@@ -129,13 +133,57 @@ def test_a_full_disk_degrades_the_server_and_it_recovers(server_factory, tmp_pat
 
             filler.unlink()  # space again: the state reaches the disk and new jobs run
             wait_for(lambda: client.get("/health").json()["status"] == "ok", "/health to be ok again")
-            record = json.loads((disk / "data" / "jobs" / running["id"] / "job.json").read_text())
+            record = json.loads((disk / "jobs" / running["id"] / "job.json").read_text())
             assert record["state"] == "failed"
             again = submit(client, server_photo_png, data=QUICK).json()
             done = wait_for(lambda: (v := client.get(f"/jobs/{again['id']}").json())["state"] in
                             ("succeeded", "failed") and v, "a new job after the disk was freed")
             assert done["state"] == "succeeded"
         server.stop()
+    assert "Logging error" not in server.output.read_text()
+
+
+@needs_root
+def test_health_finds_a_full_disk_before_any_job_does(server_factory, tmp_path):
+    """/health writes to the data folder to know it can take a job: no job's checkpoint need fail first."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        server = server_factory(disk / "data")
+        with server.client() as client:
+            assert client.get("/health").json()["status"] == "ok"
+            filler = disk / "filler"
+            with open(filler, "wb", buffering=0) as f:
+                try:
+                    while f.write(b"\0" * 4096):
+                        pass
+                except OSError:
+                    pass
+            health = client.get("/health").json()
+            assert health["status"] == "degraded" and "No space left on device" in health["problem"]
+            filler.unlink()
+            assert client.get("/health").json()["status"] == "ok"
+        server.stop()
+
+
+def test_the_log_and_the_lock_are_the_users_alone_in_a_folder_of_others(server_factory, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    (shared / "serve.log").write_text("an older server's line\n")
+    (shared / "serve.log").chmod(0o644)
+    server = server_factory(shared)
+    assert {name: (shared / name).stat().st_mode & 0o777 for name in ("serve.log", "serve.lock")} == {
+        "serve.log": 0o600, "serve.lock": 0o600}
+    assert (shared / "serve.log").read_text().startswith("an older server's line\n")
+    server.stop()
+
+
+@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x"])
+def test_an_unknown_device_is_one_line(tmp_path, device):
+    """Before, torch's own error for 'tpu' was a traceback, and 'meta' started a server whose every job failed."""
+    done = subprocess.run([*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0", "--device", device],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"clipasso: error: unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps"]
 
 
 @needs_root
