@@ -127,20 +127,31 @@ def run(args: argparse.Namespace) -> int:
 
     stop = {"asked": False}
 
-    def on_sigint(signum: int, frame: object) -> None:
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        print("\nclipasso: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
-
     bar = None
     if not args.quiet and sys.stderr.isatty():
         bar = tqdm(total=1, unit="it", file=sys.stderr, dynamic_ncols=True, leave=False)
 
+    def say(line: str) -> None:
+        """A line on stderr, above the progress bar rather than into it."""
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        say("clipasso: stopping after this step (Ctrl-C again to abort)")
+
+    def on_encoder(name: str, reason: str) -> None:
+        if not args.quiet:  # as soon as it is loaded: a CLIP run is long to wait for the news
+            say(f"clipasso: {reason}")
+
     def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
         if iteration >= 1 and not stop.get("told") and not args.quiet:  # the first report after a step
             stop["told"] = True
-            print("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far", file=sys.stderr, flush=True)
+            say("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far")
         if bar is not None:
             bar.total = total
             bar.n = iteration
@@ -149,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"])
+        result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"],
+                        on_encoder=on_encoder)
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
@@ -161,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
         _write(args.preview, buf.getvalue(), f" (the SVG is written: {args.output})")
     if not args.quiet:
         state = "cancelled, best so far" if result.cancelled else "done"
-        print(f"clipasso: {result.encoder_reason}", file=sys.stderr)
-        print(f"clipasso: {state}: {len(result.strokes)} strokes, {result.iterations} iterations, "
+        steps = result.best_iterations
+        others = "" if result.iterations == steps else f" ({result.iterations} steps with the starts and seeds it won over)"
+        print(f"clipasso: {state}: {len(result.strokes)} strokes, {steps} iteration{'' if steps == 1 else 's'}{others}, "
               f"{result.timings['total']:.1f} s -> {args.output}", file=sys.stderr)
     if args.json:
         print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))

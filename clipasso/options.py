@@ -238,9 +238,10 @@ class SketchOptions:
     def starts(self) -> int:
         """Starts raced per seed (of validated options): the preset's shared among the seeds, as several
         seeds already are several starts (3 starts: 3 for one seed, 2 each for two, none for three or more),
-        and none when the run is no longer than the race. A race triples a seed's work for its first
-        iterations, which several seeds would pay again for a choice they already make."""
-        if self.iterations <= RACE_ITERATIONS:
+        and none when the run is no longer than the race or has no new strokes to start differently (it
+        refines the artist's strokes alone). A race triples a seed's work for its first iterations, which
+        several seeds would pay again for a choice they already make."""
+        if self.iterations <= RACE_ITERATIONS or self.strokes == 0:
             return 1
         return -(-self.recipe.starts // self.seeds)
 
@@ -259,11 +260,13 @@ class SketchOptions:
             paths = drawn_paths(name, text)
             on = tuple(p for p in paths if (p.overlaps if name == "subject" else p.inside)(width, height))
             if paths and not on:
-                raise InputError(f"{name}: none of its {len(paths)} paths lies on the {width}x{height} photo; "
-                                 "its coordinates must be the photo's pixels")
+                which = "its path does not lie" if len(paths) == 1 else f"none of its {len(paths)} paths lies"
+                raise InputError(f"{name}: {which} on the {width}x{height} photo; its coordinates must be the "
+                                 "photo's pixels")
             if len(on) < len(paths):
-                warnings.append(f"{name}: {len(paths) - len(on)} of its {len(paths)} paths lie off the "
-                                f"{width}x{height} photo and are ignored")
+                off = len(paths) - len(on)
+                warnings.append(f"{name}: {off} of its {len(paths)} paths {'lies' if off == 1 else 'lie'} off the "
+                                f"{width}x{height} photo and {'is' if off == 1 else 'are'} ignored")
             found.append(on)
         return found[0], found[1], warnings
 
@@ -342,6 +345,8 @@ class SketchResult:
     timings: dict[str, float] = field(default_factory=dict)  #: seconds
     #: An abstraction ladder: each level's stroke count and its strokes (image pixels), finest first.
     levels: dict[int, np.ndarray] | None = None
+    #: Iterations of the run kept (`iterations` counts those of every seed and raced start too).
+    best_iterations: int = 0
 
     @property
     def kept(self) -> tuple[DrawnPath, ...]:

@@ -106,7 +106,9 @@ class Sketch(inkex.EffectExtension):
         drawn = [drawn_paths(paths, img, pic, vp) for img, pic, vp in zip(images, pictures, viewports)]
         off = [p for p in paths if not any(p is element for on in drawn for element, _, _ in on)]
         if off:
-            sys.stderr.write(f"CLIPasso: {len(off)} of the {len(paths)} selected paths lie off the photo and are "
+            which = "the selected path" if len(paths) == 1 else f"{len(off)} of the {len(paths)} selected paths"
+            one = len(off) == 1
+            sys.stderr.write(f"CLIPasso: {which} {'lies' if one else 'lie'} off the photo and {'is' if one else 'are'} "
                              "ignored\n")
 
         def prepare() -> None:

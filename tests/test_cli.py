@@ -77,10 +77,10 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], "keep: the SVG is over 2 MB"),
         "weights missing": ([str(photo), "-o", out, "--weights", str(tmp_path / "RN101.pt")],
                             f"weights: {tmp_path / 'RN101.pt'}: no such file or folder"),
-        "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "none of its 1 paths lies on"),
+        "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "its path does not lie on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
-        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "subject: none of its 1 paths lies on"),
+        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "subject: its path does not lie on"),
         "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
         "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "levels: each level must be between 1 and 512"),
         "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),
@@ -118,7 +118,7 @@ def test_keep_adds_new_strokes_after_the_artist_paths(photo, tmp_path, capsys):
     out = tmp_path / "out.svg"
     assert main(["sketch", str(photo), "-o", str(out), "--keep", str(mine), "--strokes", "3", "--iterations", "2",
                  "--encoder", "lite0"]) == 0
-    assert "warning: keep: 1 of its 2 paths lie off the 600x400 photo and are ignored" in capsys.readouterr().err
+    assert "warning: keep: 1 of its 2 paths lies off the 600x400 photo and is ignored" in capsys.readouterr().err
     text = out.read_text()
     assert text.count("<path") == 4 and text.index('d="M 200 100 A 100 80 0 1 1 400 100 Z"') < text.index("stroke-1")
     # Refining that result starts from its 4 paths and adds none unless asked.
@@ -182,6 +182,8 @@ def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
         [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--strokes", "4", "--iterations",
          "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True)
     try:
+        encoder = run.stderr.readline()  # as soon as the encoder is loaded, before any step
+        assert encoder == "clipasso: encoder lite0 (as asked)\n", encoder
         first = run.stderr.readline()  # printed once the first step is done
         assert first.startswith("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far"), first
         run.send_signal(signal.SIGINT)

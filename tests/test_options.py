@@ -47,6 +47,10 @@ def test_planned_iterations_count_the_raced_starts():
     assert planned == {1: 160, 2: 2 * 145, 3: 3 * 130}
     assert SketchOptions(iterations=15).validated().planned_iterations == 15  # no longer than the race: no race
     assert SketchOptions(preset="paper").validated().planned_iterations == 3 * 2000  # one start per seed
+    # Refining the artist's strokes alone: every start would be the same strokes, so there is no race.
+    refine = '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 1 1 C 5 5 9 9 20 20"/></svg>'
+    assert SketchOptions(refine=refine, strokes=0).validated().planned_iterations == 130
+    assert SketchOptions(refine=refine, strokes=2).validated().planned_iterations == 160
 
 
 @pytest.mark.parametrize("kw, message", [

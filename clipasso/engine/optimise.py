@@ -322,6 +322,7 @@ class Prepared:
             cancelled=any(run.cancelled for run in self.runs),
             timings=dict(self.timings),
             levels=levels,
+            best_iterations=best.steps,
         )
 
 

@@ -186,6 +186,6 @@ def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():
             '<path d="M 900 900 L 990 990"/></svg>')
     keep, refine, warnings = fast(keep=half).validated().drawn_on_photo(451, 300)
     assert len(keep) == 1 and refine == () and warnings == [
-        "keep: 1 of its 2 paths lie off the 451x300 photo and are ignored"]
-    with pytest.raises(InputError, match="none of its 1 paths lies on the 40x40 photo"):
+        "keep: 1 of its 2 paths lies off the 451x300 photo and is ignored"]
+    with pytest.raises(InputError, match="its path does not lie on the 40x40 photo"):
         fast(refine=half.replace('<path d="M 10 10 L 50 50"/>', "")).validated().drawn_on_photo(40, 40)

@@ -438,7 +438,7 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     does not, nor the frame drawn around the photo (none of its points on it, as the backend judges)."""
     status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=frame", "--id=eye", "--id=box",
                                   "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lie off the photo and are ignored\n", err
+    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lies off the photo and is ignored\n", err
     sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
     assert [v for b in boxes for v in (b.left, b.top, b.right, b.bottom)] == pytest.approx(
@@ -447,7 +447,7 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     # The frame alone: a sketch from nothing, not the backend refusing a path that is not on the photo.
     status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=frame", *FAST, "--strokes=1",
                                   f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: 1 of the 1 selected paths lie off the photo and are ignored\n", err
+    assert status == 0 and err == "CLIPasso: the selected path lies off the photo and is ignored\n", err
 
 
 def test_a_stroke_width_in_percent_is_of_the_documents_diagonal() -> None:
@@ -474,7 +474,7 @@ def test_selected_paths_reach_the_backend_in_the_photo_pixels(use: str, backend)
     (10, 20) and one path is scaled by 2 in a group; a third path lies off the photo."""
     status, err, out = run_sketch("mixed.svg", "--id=cat", "--id=layer2", f"--paths={use}", *FAST, "--strokes=1",
                                   f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lie off the photo and are ignored\n"
+    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lies off the photo and is ignored\n"
     options = newest_job(backend)
     sent = etree.fromstring(options[use].encode())
     assert sent.get("viewBox") == "0 0 120 80" and options["keep" if use == "refine" else "refine"] is None
