@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(ENCODER_NAMES)} (default auto: CLIP when its weights can be had, "
                    "else the built-in lite0)")
     p.add_argument("--weights", help="a CLIP checkpoint file to use instead of the cache or a download")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="default (fast) or paper")
     p.add_argument("--stroke-width", type=float, help="stroke width in the photo's pixels "
                    "(default: 3 px per 224 px of the photo's longest side)")
@@ -122,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
         stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
     ).validated()
     photo = load_photo(args.input)
-    for warning in options.drawn_on_photo(photo.width, photo.height)[2]:
+    _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
+    if args.levels and args.strokes is not None and options.levels[0] != args.strokes + len(refined):
+        warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "
+                        f"({options.levels[0]})")
+    if args.weights and args.encoder == "lite0":
+        warnings.append("--weights is ignored: it is for the CLIP encoders, and lite0 has its weights built in")
+    for warning in warnings:
         print(f"clipasso: warning: {warning}", file=sys.stderr)
 
     stop = {"asked": False}

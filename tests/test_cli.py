@@ -194,6 +194,15 @@ def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
     assert "cancelled, best so far: 4 strokes" in rest and svg.read_text().count("<path") == 4
 
 
+def test_options_that_do_not_apply_are_named(photo, tmp_path, capsys):
+    """Strokes beside a ladder (its finest level is the count), weights for the built-in encoder."""
+    assert main(["sketch", str(photo), "-o", str(tmp_path / "o.svg"), "--levels", "3,1", "--strokes", "5",
+                 "--iterations", "1", "--encoder", "lite0", "--weights", str(photo)]) == 0
+    err = capsys.readouterr().err
+    assert "clipasso: warning: --strokes 5 is ignored: the finest level of --levels sets the strokes (3)\n" in err
+    assert "clipasso: warning: --weights is ignored: it is for the CLIP encoders" in err
+
+
 def test_diffvg_without_pydiffvg_is_refused_before_the_photo_is_read(without_pydiffvg, tmp_path, capsys):
     assert main(["sketch", str(tmp_path / "none.jpg"), "-o", str(tmp_path / "o.svg"), "--renderer", "diffvg"]) == 2
     err = capsys.readouterr().err.strip()

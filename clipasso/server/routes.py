@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from importlib import resources
 from typing import AsyncIterator
@@ -15,8 +16,8 @@ from .. import __version__
 from ..encoders.weights import readiness
 from ..errors import InputError
 from ..options import (
-    ENCODER_NAMES, FOCUSES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKES, PRESETS, RENDERERS,
-    SketchOptions, available_renderers, parse_levels,
+    ENCODER_NAMES, FOCUSES, MAX_ITERATIONS, MAX_LEVELS, MAX_SEED, MAX_SEEDS, MAX_STROKE_WIDTH, MAX_STROKES, PRESETS,
+    RENDERERS, SketchOptions, available_renderers, parse_levels,
 )
 from .jobs import ATTACH_GRACE_SECONDS, JobStore, UnknownJob
 from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
@@ -76,12 +77,15 @@ async def list_jobs(store: JobStore = Store) -> dict:
 
 @router.post("/jobs", status_code=202, response_model=JobView, responses=error_responses(400, 401, 413, 429))
 async def submit(
+    request: Request,
     store: JobStore = Store,
     image: UploadFile = File(..., description="the photo: PNG, JPEG, WebP, TIFF, GIF or BMP"),
     strokes: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_STROKES}),
     iterations: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_ITERATIONS}),
     seed: int | None = Form(None, json_schema_extra={"minimum": 0, "maximum": MAX_SEED}),
     seeds: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_SEEDS}),
+    stroke_width: float | None = Form(None, json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_STROKE_WIDTH},
+                                      description="in the photo's pixels (default: 3 px per 224 px of its longest side)"),
     encoder: str | None = Form(None, json_schema_extra={"enum": list(ENCODER_NAMES)}),
     preset: str | None = Form(None, json_schema_extra={"enum": list(PRESETS)}),
     attach: bool = Form(False, description=(
@@ -107,10 +111,15 @@ async def submit(
         f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
         "level in the result, each coarser level a subset of the finer one")),
 ) -> JSONResponse:
-    """Queue a sketch of the uploaded photo. Values left out take the preset's defaults."""
+    """Queue a sketch of the uploaded photo. Values left out take the preset's defaults; a field this server
+    does not know is refused (a misspelt one, or one of a newer version), not ignored."""
+    unknown = sorted(set((await request.form()).keys()) - set(SUBMIT_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"POST /jobs takes {', '.join(SUBMIT_FIELDS)}")
     if strokes is None and refine is not None:
         strokes = 0  # refining adds no strokes unless asked
-    given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds,
+    given = {"strokes": strokes, "iterations": iterations, "seed": seed, "seeds": seeds, "stroke_width": stroke_width,
              "encoder": encoder, "preset": preset, "renderer": renderer, "focus": focus, "keep": keep, "refine": refine,
              "subject": subject,
              "levels": parse_levels(levels) if levels is not None else None}
@@ -120,6 +129,10 @@ async def submit(
     view = await run_in_threadpool(store.submit, image.file, options, attach,  # spooled to disk when large
                                    orientation == ORIENTATIONS[0])
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['id']}"})
+
+
+#: The fields of POST /jobs, from its signature.
+SUBMIT_FIELDS = tuple(name for name in inspect.signature(submit).parameters if name not in ("request", "store"))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses=error_responses(401, 404))

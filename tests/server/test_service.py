@@ -149,6 +149,14 @@ MINE = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 226 150">'
         '<path d="M 60 40 L 60 120 M 90 70 l 10 0" stroke-width="2"/></svg>')
 
 
+def test_a_stroke_width_in_the_photos_pixels(server_main: ServerProcess, server_photo_png: bytes) -> None:
+    with server_main.client() as client:
+        job = submit(client, server_photo_png, encoder="lite0", iterations="1", strokes="2", stroke_width="2.5")
+        assert follow(client, job["id"])[-1]["state"] == "succeeded"
+        root = etree.fromstring(client.get(f"/jobs/{job['id']}/result.svg").content)
+    assert {p.get("stroke-width") for p in root.iter(f"{SVG}path")} == {"2.5"}
+
+
 def test_keep_refine_and_ladder_fields(server_main: ServerProcess, server_photo_png: bytes) -> None:
     """One job with all three: the artist's paths kept, the same paths refined, and a two-level ladder."""
     with server_main.client() as client:
@@ -299,6 +307,9 @@ BAD_FIELDS = [
     ({"levels": "8,8"}, "may appear once"),
     ({"levels": "600,4"}, "between 1 and 512"),
     ({"levels": "a lot"}, "separated by commas"),
+    ({"stroke_width": "0"}, "stroke width must be above 0"),
+    ({"stroke": "8"}, "unknown field 'stroke'; POST /jobs takes image, strokes, iterations,"),
+    ({"bogus": "1", "colour": "red"}, "unknown fields 'bogus', 'colour'; POST /jobs takes"),
 ]
 
 
