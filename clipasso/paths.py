@@ -36,6 +36,8 @@ class DrawnPath:
     stroke_width: float  #: as written (in the path's own units)
     cubics: np.ndarray  #: (K, 4, 2) the path as cubic segments, in the viewBox's units (the photo's pixels)
     scale: float  #: how much the transform enlarges lengths (the stroke width drawn is stroke_width * scale)
+    colour: str | None = None  #: its stroke colour as #rrggbb, None for black (or none given)
+    opacity: float = 1.0  #: its stroke's opacity
 
     @property
     def drawn_width(self) -> float:
@@ -121,6 +123,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             stroke_width=DEFAULT_STROKE_WIDTH if width is None else float(width),
             cubics=points,
             scale=float(np.sqrt(abs(np.linalg.det(affine)))),
+            colour=None if element.stroke is None or element.stroke.value is None else element.stroke.hexrgb,
+            opacity=1.0 if element.stroke is None or element.stroke.value is None else round(element.stroke.opacity, 4),
         ))
     if not paths:
         raise InputError("has no <path> with path data in it, nor a shape")

@@ -29,13 +29,13 @@ def strokes_to_svg(
     stroke_width: float,
     metadata: dict | None = None,
     kept: Sequence[DrawnPath] = (),
-    kept_colour: str = "#000000",
+    kept_colour: str | None = None,
     levels: dict[int, np.ndarray] | None = None,
 ) -> str:
     """A standalone SVG document: size and viewBox equal to the image's pixel size.
 
-    The artist's `kept` paths come first (group `clipasso-kept`, their path data and transforms as they
-    were), then the strokes (group `clipasso-strokes`), or with `levels` one group `level-N` per level.
+    The artist's `kept` paths come first (group `clipasso-kept`, their path data, transforms, widths and
+    colours as they were, or all in `kept_colour`: the previews' grey), then the strokes (group `clipasso-strokes`), or with `levels` one group `level-N` per level.
     """
     strokes = np.asarray(strokes, dtype=np.float64).reshape(-1, 4, 2)
     root = etree.Element(
@@ -54,7 +54,9 @@ def strokes_to_svg(
         group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-kept")
         for i, path in enumerate(kept):
             element = etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"kept-{i + 1}", d=path.d,
-                                       attrib=_style(path.stroke_width, kept_colour))
+                                       attrib=_style(path.stroke_width, kept_colour or path.colour or "#000000"))
+            if kept_colour is None and path.opacity < 1:
+                element.set("stroke-opacity", f"{path.opacity:.4g}")
             if path.transform:
                 element.set("transform", path.transform)
     style = _style(stroke_width, "#000000")

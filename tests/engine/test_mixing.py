@@ -25,7 +25,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 MINE = """<svg xmlns="http://www.w3.org/2000/svg" width="451" height="300" viewBox="0 0 451 300">
   <path d="M 150 60 Q 200 20 260 60 A 80 90 0 0 1 300 200 L 280 280" fill="none" stroke="#000" stroke-width="6"/>
   <g transform="translate(10 0)"><path d="M 140 60 C 110 120 100 200 150 280 m 40 -150 l 15 0"
-     style="fill:none;stroke:#000;stroke-width:2" transform="scale(1 1)"/></g>
+     style="fill:none;stroke:rgba(200,30,30,0.5);stroke-width:2" transform="scale(1 1)"/></g>
 </svg>"""
 
 
@@ -120,6 +120,8 @@ def test_keep_writes_the_artist_paths_first_then_the_new_strokes(cat):
     kept = root.findall(f"{SVG}g[@id='clipasso-kept']/{SVG}path")
     assert [p.get("d") for p in kept] == [p.d for p in read_paths(MINE)]
     assert kept[1].get("transform") == "matrix(1,0,0,1,10,0)" and kept[0].get("stroke-width") == "6"
+    # in their own colours (the engine's loss sees them black, as pencil on paper)
+    assert [(p.get("stroke"), p.get("stroke-opacity")) for p in kept] == [("#000000", None), ("#c81e1e", "0.502")]
     new = root.findall(f"{SVG}g[@id='clipasso-strokes']/{SVG}path")
     assert len(new) == 4 and result.strokes.shape == (4, 4, 2)
     assert [g.get("id") for g in root.findall(f"{SVG}g")] == ["clipasso-kept", "clipasso-strokes"]
