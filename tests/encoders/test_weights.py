@@ -252,6 +252,17 @@ def test_readiness_asks_no_network(env, hub):
     assert states["clip:RN101"].state == "downloadable" and hub.requests == []
 
 
+def test_a_named_weights_file_that_is_not_there(env, tmp_path, monkeypatch, capsys):
+    """$CLIPASSO_CLIP_WEIGHTS is checked as --weights is: listed unavailable, refused at the start in one line."""
+    from clipasso.cli import main
+
+    monkeypatch.setenv("CLIPASSO_CLIP_WEIGHTS", str(tmp_path / "RN101.pt"))
+    states = {s.name: s for s in readiness()}
+    assert states["clip:RN101"].state == "unavailable" and "RN101.pt: no such file" in states["clip:RN101"].detail
+    assert main(["sketch", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.svg")]) == 2
+    assert capsys.readouterr().err == f"clipasso: error: CLIPASSO_CLIP_WEIGHTS: {tmp_path / 'RN101.pt'}: no such file or folder\n"
+
+
 def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, server_factory, server_photo_png,
                                                           tmp_path):
     hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, advertise="cd" * 32)
