@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
+import torch
+
+from ..errors import InputError, one_line
 from ..options import check_encoder_name
 from .base import Encoder
 from .clip import load_clip
@@ -25,21 +29,28 @@ def load_encoder(
     """The encoder for `name` on `device`, and one line saying which was used and why.
 
     Loaded encoders are kept, so a long-running service pays for loading once. `auto` takes the
-    `preferred` CLIP model when its weights are on disk or can be downloaded, else the built-in lite0.
+    `preferred` CLIP model when its weights are on disk or can be downloaded, else the built-in lite0;
+    also when that download fails or the cached file is corrupt (a file the user named is their error).
     Building the model and moving it to the device run inside `guard()` (the engine's gate against CUDA
     graph captures); finding and downloading weights do not.
     """
     check_encoder_name(name)
     dev = resolve_device(device)
-    if name == "auto":
-        arch = preferred.split(":", 1)[1]
-        ok, why = clip_weights_status(arch, weights)
-        if ok:
-            name, reason = preferred, f"encoder {preferred} ({why})"
-        else:
-            name, reason = "lite0", f"encoder lite0, the built-in offline encoder ({why})"
-    else:
-        reason = f"encoder {name} (as asked)"
+    if name != "auto":
+        return _loaded(name, dev, weights, guard), f"encoder {name} (as asked)"
+    ok, why = clip_weights_status(preferred.split(":", 1)[1], weights)
+    if ok:
+        try:
+            return _loaded(preferred, dev, weights, guard), f"encoder {preferred} ({why})"
+        except InputError as exc:
+            if weights or os.environ.get("CLIPASSO_CLIP_WEIGHTS"):
+                raise
+            why = one_line(exc)
+    return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"
+
+
+def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager]) -> Encoder:
+    """Encoder `name` on `dev`, loaded once per process."""
     key = (name, str(dev), weights if name != "lite0" else None)
     if key not in _LOADED:
         arch = name.split(":", 1)[1] if name != "lite0" else None
@@ -47,4 +58,4 @@ def load_encoder(
         with guard():
             enc: Encoder = Lite0Encoder() if arch is None else load_clip(arch, dev, path)
             _LOADED[key] = enc.place(dev)
-    return _LOADED[key], reason
+    return _LOADED[key]

@@ -18,6 +18,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +51,11 @@ OPENAI_URLS = {
 REVISION = "main"
 #: How long `auto` waits for the hub before choosing the built-in encoder.
 PROBE_SECONDS = 2.0
+#: After a failed download `auto` runs the built-in encoder without trying again for this long (seconds):
+#: each try may fetch hundreds of MB, and a service would otherwise try again for every job.
+RETRY_DOWNLOAD_AFTER = 600.0
+#: Downloads that failed in this process: arch -> (time.monotonic() then, why).
+_FAILED_DOWNLOADS: dict[str, tuple[float, str]] = {}
 CHUNK = 1 << 20
 
 
@@ -140,6 +146,15 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     if offline() or not allow_download:
         why = "downloading is turned off" if not allow_download else _offline_reason()
         raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
+    try:
+        return _download(arch, hub)
+    except WeightsUnavailable as exc:
+        _FAILED_DOWNLOADS[arch] = (time.monotonic(), one_line(exc))
+        raise
+
+
+def _download(arch: str, hub: HubWeights) -> Path:
+    """The verified file from the hub, else from OpenAI's URL."""
     # A quick look first: where the hub cannot be reached, huggingface_hub retries for half a minute.
     hub_reason = probe_hub(hub)
     if hub_reason is None:
@@ -247,6 +262,11 @@ def clip_weights_status(arch: str, weights: str | os.PathLike | None = None,
     where = f"CLIP {arch} weights are not in the cache"
     if offline():
         return False, f"{where} and {_offline_reason()}"
+    failed = _FAILED_DOWNLOADS.get(arch)
+    if failed is not None and time.monotonic() - failed[0] < RETRY_DOWNLOAD_AFTER:
+        return False, (f"{where} and their download failed {(time.monotonic() - failed[0]) / 60:.0f} min ago "
+                       f"({failed[1]}); auto tries again {RETRY_DOWNLOAD_AFTER / 60:.0f} min after, "
+                       f"--encoder clip:{arch} at once")
     answer = probe_hub(hub, timeout)
     if answer is None:
         return True, f"{where}; they will be downloaded from {_hub_name(hub)} (about {hub.approx_mb} MB)"

@@ -81,6 +81,7 @@ def env(tmp_path: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> dict
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(weights, "_FAILED_DOWNLOADS", {})  # no failure remembered from another test
     return {k: v for k, v in os.environ.items() if k not in ("CLIPASSO_OFFLINE", "HF_HUB_OFFLINE")} | values
 
 
@@ -148,6 +149,23 @@ def test_auto_falls_back_to_lite0_when_the_hub_is_unreachable(env, tmp_path, ser
     assert json.loads(ran.stdout)["encoder"] == "lite0"
     assert "encoder lite0, the built-in offline encoder (CLIP RN101 weights are not in the cache and" in ran.stderr
     assert "cannot be reached (connection refused)" in ran.stderr
+
+
+def test_auto_runs_lite0_when_the_download_fails_and_waits_before_trying_again(env, hub, small_file):
+    """A failed download under auto is the built-in encoder with the reason, not an error; and a service's
+    next jobs do not each fetch hundreds of MB to fail again. Asked for by name, it is tried again."""
+    from clipasso.encoders import load_encoder
+
+    hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, advertise="ab" * 32)
+    encoder, reason = load_encoder("auto", "cpu", preferred="clip:RN50")
+    assert encoder.name == "lite0" and reason.startswith("encoder lite0, the built-in offline encoder (CLIP RN50")
+    assert "are corrupt" in reason
+    asked = len(hub.requests)
+    encoder, reason = load_encoder("auto", "cpu", preferred="clip:RN50")
+    assert encoder.name == "lite0" and "their download failed 0 min ago" in reason and len(hub.requests) == asked
+    with pytest.raises(WeightsUnavailable, match="are corrupt"):
+        load_encoder("clip:RN50", "cpu")
+    assert len(hub.requests) > asked
 
 
 def test_offline_without_weights_is_one_line(env, tmp_path, server_photo_png):
