@@ -163,7 +163,10 @@ def _download(arch: str, hub: HubWeights) -> Path:
         except (HfHubHTTPError, EntryNotFoundError, httpx2.HTTPError, OSError) as exc:
             hub_reason = f"{_hub_name(hub)}: {_reason(exc)}"
         else:
-            return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}")
+            # Where the cache holds no symlinks (Windows without developer mode), the file is not named
+            # after its SHA-256: ask the hub for it, while it can still be asked.
+            expected = None if _is_sha256(path.resolve().name) else _advertised_sha256(hub)
+            return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}", expected)
     try:
         return download_from_openai(arch)
     except WeightsUnavailable as exc:
@@ -182,17 +185,23 @@ def cached_weights(arch: str, verified: bool = True) -> Path | None:
     return fallback if fallback.is_file() else None
 
 
-def verify(path: Path, label: str) -> Path:
-    """`path` once its SHA-256 matches the hub's; otherwise the file leaves the cache and this raises.
+def verify(path: Path, label: str, expected: str | None = None) -> Path:
+    """`path` once its SHA-256 matches the hub's (`expected`, else the one its name or our record gives);
+    otherwise the file leaves the cache and this raises.
 
     The hub's cache names each blob after its ETag, which for these (LFS) files is the SHA-256 the hub
-    advertised. A verified blob is recorded in our cache (with its size), so it is hashed once.
+    advertised; without symlinks the file sits under its own name, and our record of the path holds the
+    SHA-256 the hub advertised when it came. A verified file is recorded in our cache (with its size), so
+    it is hashed once.
     """
     blob = path.resolve()
-    expected = blob.name
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise WeightsUnavailable(f"{label}: the hub advertised no SHA-256 for {_show(path)}, so it cannot be "
-                                 "verified; pass a file you trust with --weights")
+    by_path = cache_dir() / "verified" / f"path-{hashlib.sha256(str(blob).encode()).hexdigest()[:32]}"
+    if expected is None:
+        expected = blob.name if _is_sha256(blob.name) else (by_path.read_text().strip() if by_path.is_file() else None)
+    if expected is None:
+        raise WeightsUnavailable(f"{label}: no SHA-256 is known for {_show(path)} (the hub advertised none, or "
+                                 "clipasso did not download it), so it cannot be verified; pass it with --weights "
+                                 "if you trust it")
     record = cache_dir() / "verified" / expected
     size = blob.stat().st_size
     if record.is_file() and record.read_text().strip() == str(size):
@@ -205,7 +214,23 @@ def verify(path: Path, label: str) -> Path:
                                  f"{expected[:12]}...) and were removed from the cache; try again")
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, f"{size}\n")
+    if blob.name != expected:
+        write_atomic(by_path, f"{expected}\n")
     return path
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _advertised_sha256(hub: HubWeights) -> str | None:
+    """The SHA-256 the hub advertises for the file (its LFS ETag), or None where it says none."""
+    url = hf_hub_url(hub.repo_id, hub.filename, revision=REVISION, endpoint=hub_endpoint())
+    try:
+        etag = (get_hf_file_metadata(url, timeout=PROBE_SECONDS * 5).etag or "").strip('"')
+    except (HfHubHTTPError, httpx2.HTTPError, OSError):
+        return None
+    return etag if _is_sha256(etag) else None
 
 
 def download_from_openai(arch: str) -> Path:

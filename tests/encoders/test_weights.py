@@ -132,6 +132,23 @@ def test_a_corrupt_download_is_refused_and_leaves_the_cache(env, hub, small_file
     assert not any(p.is_file() for p in snapshots.rglob("*"))
 
 
+def test_a_cache_without_symlinks_is_verified_and_used_offline(env, hub, small_file):
+    """Where huggingface_hub cannot make symlinks (Windows without developer mode) the file is not named
+    after its SHA-256: the one the hub advertised is asked for and recorded, so the file is verified once
+    and then used offline (before, it was refused as unverifiable, forever)."""
+    flat = {"HF_HUB_DISABLE_SYMLINKS": "1", "HF_HUB_DISABLE_SYMLINKS_WARNING": "1"}
+    done = clipasso("models", "download", "clip:RN50", env=env, **flat)
+    assert done.returncode == 0, done.stderr
+    snapshot = next((Path(env["HF_HOME"]) / "hub" / "models--timm--resnet50_clip.openai" / "snapshots").rglob(
+        RN50.filename))
+    assert not snapshot.is_symlink() and sha256_of(snapshot) == sha256_of(small_file)
+    hub.close()
+    offline = clipasso("models", "download", "clip:RN50", env=env, HF_HUB_OFFLINE="1", **flat)
+    assert offline.returncode == 0, offline.stderr
+    listed = {m["name"]: m for m in json.loads(clipasso("models", "--json", env=env, HF_HUB_OFFLINE="1").stdout)}
+    assert listed["clip:RN50"]["state"] == "cached"
+
+
 def test_two_processes_fetching_at_once_end_with_one_good_copy(env, small_file):
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: clipasso("models", "download", "clip:RN50", env=env), range(2)))
