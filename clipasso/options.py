@@ -165,13 +165,14 @@ def check_renderer(name: str) -> None:
 
 
 def check_weights(path: str | None) -> None:
-    """Raise InputError when a CLIP weights file or folder is named (`--weights` of sketch and serve, else
-    $CLIPASSO_CLIP_WEIGHTS) but is not there: with encoder auto, a mistyped name would otherwise pass
-    unnoticed as CLIP being unavailable."""
+    """Raise InputError when a CLIP weights file is named (`--weights` of sketch and serve, else
+    $CLIPASSO_CLIP_WEIGHTS) but is not there, or is a folder: with encoder auto, a mistyped name would
+    otherwise pass unnoticed as CLIP being unavailable."""
     named, source = (path, "weights") if path is not None else (os.environ.get("CLIPASSO_CLIP_WEIGHTS"),
                                                                  "CLIPASSO_CLIP_WEIGHTS")
-    if named and not os.path.exists(os.path.expanduser(named)):
-        raise InputError(f"{source}: {named}: no such file or folder")
+    if named and not os.path.isfile(os.path.expanduser(named)):
+        what = "a folder; name the weights file in it" if os.path.isdir(os.path.expanduser(named)) else "no such file"
+        raise InputError(f"{source}: {named}: {what}")
 
 
 def check_range(name: str, value: object, low: int, high: int) -> None:

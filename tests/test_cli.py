@@ -76,7 +76,7 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
         "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], "keep: the SVG is over 2 MB"),
         "weights missing": ([str(photo), "-o", out, "--weights", str(tmp_path / "RN101.pt")],
-                            f"weights: {tmp_path / 'RN101.pt'}: no such file or folder"),
+                            f"weights: {tmp_path / 'RN101.pt'}: no such file"),
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "its path does not lie on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),

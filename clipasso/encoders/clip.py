@@ -9,6 +9,7 @@ intermediate maps (and, for saliency, the attention weights).
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -186,8 +187,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
                     warnings.simplefilter("ignore", FutureWarning)
                     state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
             else:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+                with warnings.catch_warnings():  # e.g. about a foreign pickle's protocol: the error says enough
+                    warnings.simplefilter("ignore")
+                    state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch's readers raise many unrelated types on a corrupt or foreign file
+            if isinstance(exc, pickle.UnpicklingError):  # its text advises loading unsafely: no use here
+                raise InputError(f"{path}: not a CLIP checkpoint (a pickle of more than tensors, or not a "
+                                 "PyTorch file at all)") from None
             raise InputError(f"{path}: not a CLIP checkpoint PyTorch can read ({one_line(exc)})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise InputError(f"{path}: not a CLIP checkpoint (no state dict of tensors in it)")

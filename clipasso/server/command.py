@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=os.environ.get("CLIPASSO_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' on every request (default: $CLIPASSO_TOKEN)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--weights", default=None, help="CLIP weights file or folder, as for `clipasso sketch`")
+    parser.add_argument("--weights", default=None, help="a CLIP weights file, as for `clipasso sketch`")
     parser.add_argument("--preload", default="auto", metavar="ENCODER",
                         help="encoder to load at start so the first job is quick, or 'none' (default auto)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -203,12 +204,17 @@ def test_offline_without_weights_is_one_line(env, tmp_path, server_photo_png):
 
 @pytest.mark.parametrize("content, says", [
     (b"these are not weights", "not a CLIP checkpoint PyTorch can read"),
+    # a .pt that is no checkpoint: not torch's advice to load it unsafely, nor its warning about the pickle
+    (("photo.pt", b"\xff\xd8\xff\xe0 a JPEG"), "not a CLIP checkpoint (a pickle of more than tensors, or not a PyTorch"),
+    (("list.pt", pickle.dumps({"a": [1, 2]}, protocol=4)), "not a CLIP checkpoint (a pickle of more than tensors"),
     ("truncated", "not a complete safetensors file"),
     ("other-arch", "holds a CLIP ResNet with blocks 1-1-1-1, width 8, 224 px, not CLIP RN101"),
 ])
 def test_a_bad_weights_file_is_one_line(env, tmp_path, server_photo_png, content, says):
-    bad = tmp_path / "bad.safetensors"
-    if content == "truncated":
+    bad = tmp_path / (content[0] if isinstance(content, tuple) else "bad.safetensors")
+    if isinstance(content, tuple):
+        bad.write_bytes(content[1])
+    elif content == "truncated":
         whole = tmp_path / "tiny.safetensors"
         save_tiny_clip(whole, "RN", safetensors=True)
         bad.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
@@ -295,7 +301,7 @@ def test_a_named_weights_file_that_is_not_there(env, tmp_path, monkeypatch, caps
     states = {s.name: s for s in readiness()}
     assert states["clip:RN101"].state == "unavailable" and "RN101.pt: no such file" in states["clip:RN101"].detail
     assert main(["sketch", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.svg")]) == 2
-    assert capsys.readouterr().err == f"clipasso: error: CLIPASSO_CLIP_WEIGHTS: {tmp_path / 'RN101.pt'}: no such file or folder\n"
+    assert capsys.readouterr().err == f"clipasso: error: CLIPASSO_CLIP_WEIGHTS: {tmp_path / 'RN101.pt'}: no such file\n"
 
 
 def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, server_factory, server_photo_png,
