@@ -15,6 +15,7 @@ included), CLIPASSO_CACHE (our own small cache: verification records and fallbac
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -51,6 +52,7 @@ OPENAI_URLS = {
 REVISION = "main"
 #: How long `auto` waits for the hub before choosing the built-in encoder.
 PROBE_SECONDS = 2.0
+log = logging.getLogger("clipasso.weights")
 #: After a failed download `auto` runs the built-in encoder without trying again for this long (seconds):
 #: each try may fetch hundreds of MB, and a service would otherwise try again for every job.
 RETRY_DOWNLOAD_AFTER = 600.0
@@ -146,11 +148,15 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     if offline() or not allow_download:
         why = "downloading is turned off" if not allow_download else _offline_reason()
         raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
+    log.info("downloading CLIP %s weights from %s (about %d MB)", arch, _hub_name(hub), hub.approx_mb)
     try:
-        return _download(arch, hub)
+        path = _download(arch, hub)
     except WeightsUnavailable as exc:
         _FAILED_DOWNLOADS[arch] = (time.monotonic(), one_line(exc))
+        log.info("%s", exc)
         raise
+    log.info("CLIP %s weights downloaded and verified: %s", arch, _show(path))
+    return path
 
 
 def _download(arch: str, hub: HubWeights) -> Path:
