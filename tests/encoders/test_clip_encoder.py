@@ -163,8 +163,9 @@ def test_bad_files_give_one_line_errors(tmp_path, checkpoints):
 
     assert "no such file" in _one_line_input_error(lambda: load_clip("RN101", "cpu", tmp_path / "missing.pt"))
     assert "not a file" in _one_line_input_error(lambda: load_clip("RN101", "cpu", tmp_path))
-    for path in (text, truncated):
-        assert "not a CLIP checkpoint PyTorch can read" in _one_line_input_error(lambda: load_clip("RN101", "cpu", path))
+    assert "not a CLIP checkpoint (a pickle of more than tensors, or not a PyTorch file at all)" in _one_line_input_error(
+        lambda: load_clip("RN101", "cpu", text))
+    assert "not a CLIP checkpoint PyTorch can read" in _one_line_input_error(lambda: load_clip("RN101", "cpu", truncated))
     assert "has no 'visual.layer1.0.conv1.weight' entry" in _one_line_input_error(
         lambda: load_clip("RN101", "cpu", foreign)
     )
