@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.preview}: the preview must be a .png file")
     for folder in {out.parent for out in outputs}:
         _check_writable(folder)
-    check_weights(args.weights)
+    check_weights(args.weights, args.encoder)
     keep, refine, subject = (_read_svg(name, given) for name, given in
                              (("--keep", args.keep), ("--refine", args.refine), ("--subject", args.subject)))
     strokes = args.strokes if args.strokes is not None else (0 if refine else 16)

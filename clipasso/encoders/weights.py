@@ -186,14 +186,14 @@ def cached_weights(arch: str, verified: bool = True) -> Path | None:
     hub = hub_weights(arch)
     found = try_to_load_from_cache(hub.repo_id, hub.filename, revision=REVISION)
     if isinstance(found, str):
-        return verify(Path(found), f"CLIP {arch} weights in the cache") if verified else Path(found)
+        return verify(Path(found), f"CLIP {arch} weights in the cache", hub=hub) if verified else Path(found)
     fallback = cache_dir() / _openai_filename(arch)
     return fallback if fallback.is_file() else None
 
 
-def verify(path: Path, label: str, expected: str | None = None) -> Path:
-    """`path` once its SHA-256 matches the hub's (`expected`, else the one its name or our record gives);
-    otherwise the file leaves the cache and this raises.
+def verify(path: Path, label: str, expected: str | None = None, hub: HubWeights | None = None) -> Path:
+    """`path` once its SHA-256 matches the hub's (`expected`, else the one its name or our record gives,
+    else what `hub` advertises, asked once); otherwise the file leaves the cache and this raises.
 
     The hub's cache names each blob after its ETag, which for these (LFS) files is the SHA-256 the hub
     advertised; without symlinks the file sits under its own name, and our record of the path holds the
@@ -204,13 +204,17 @@ def verify(path: Path, label: str, expected: str | None = None) -> Path:
     by_path = cache_dir() / "verified" / f"path-{hashlib.sha256(str(blob).encode()).hexdigest()[:32]}"
     if expected is None:
         expected = blob.name if _is_sha256(blob.name) else (by_path.read_text().strip() if by_path.is_file() else None)
+    if expected is None and hub is not None and not offline():  # a cache without symlinks, copied or older
+        expected = _advertised_sha256(hub)
     if expected is None:
-        raise WeightsUnavailable(f"{label}: no SHA-256 is known for {_show(path)} (the hub advertised none, or "
-                                 "clipasso did not download it), so it cannot be verified; pass it with --weights "
-                                 "if you trust it")
+        how = (f"connect once without {_offline_reason()} so that it can be checked against the hub, or"
+               if offline() else "the hub advertised none;")
+        raise WeightsUnavailable(f"{label}: no SHA-256 is known for {_show(path)}, so it cannot be verified; "
+                                 f"{how} pass the file with --weights if you trust it")
     record = cache_dir() / "verified" / expected
     size = blob.stat().st_size
     if record.is_file() and record.read_text().strip() == str(size):
+        _remember(by_path, blob, expected)
         return path
     got = file_sha256(blob)
     if got != expected:
@@ -220,9 +224,15 @@ def verify(path: Path, label: str, expected: str | None = None) -> Path:
                                  f"{expected[:12]}...) and were removed from the cache; try again")
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, f"{size}\n")
-    if blob.name != expected:
-        write_atomic(by_path, f"{expected}\n")
+    _remember(by_path, blob, expected)
     return path
+
+
+def _remember(by_path: Path, blob: Path, sha256: str) -> None:
+    """Record the SHA-256 of a file not named after it (a cache without symlinks), for offline checks."""
+    if blob.name != sha256 and not by_path.is_file():
+        by_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(by_path, f"{sha256}\n")
 
 
 def _is_sha256(name: str) -> bool:

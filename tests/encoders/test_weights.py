@@ -143,11 +143,19 @@ def test_a_cache_without_symlinks_is_verified_and_used_offline(env, hub, small_f
     snapshot = next((Path(env["HF_HOME"]) / "hub" / "models--timm--resnet50_clip.openai" / "snapshots").rglob(
         RN50.filename))
     assert not snapshot.is_symlink() and sha256_of(snapshot) == sha256_of(small_file)
+    records = Path(env["CLIPASSO_CACHE"]) / "verified"
+    for record in records.glob("path-*"):  # as a cache made before, or copied from another machine
+        record.unlink()
+    again = clipasso("models", "download", "clip:RN50", env=env, **flat)  # online: the hub is asked
+    assert again.returncode == 0, again.stderr
     hub.close()
     offline = clipasso("models", "download", "clip:RN50", env=env, HF_HUB_OFFLINE="1", **flat)
     assert offline.returncode == 0, offline.stderr
-    listed = {m["name"]: m for m in json.loads(clipasso("models", "--json", env=env, HF_HUB_OFFLINE="1").stdout)}
-    assert listed["clip:RN50"]["state"] == "cached"
+    for record in records.glob("path-*"):
+        record.unlink()
+    unknown = clipasso("models", "download", "clip:RN50", env=env, HF_HUB_OFFLINE="1", **flat)
+    assert unknown.returncode == 2 and "connect once without HF_HUB_OFFLINE=1" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and snapshot.is_file()  # kept, to be checked later
 
 
 def test_two_processes_fetching_at_once_end_with_one_good_copy(env, small_file):
@@ -302,6 +310,9 @@ def test_a_named_weights_file_that_is_not_there(env, tmp_path, monkeypatch, caps
     assert states["clip:RN101"].state == "unavailable" and "RN101.pt: no such file" in states["clip:RN101"].detail
     assert main(["sketch", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.svg")]) == 2
     assert capsys.readouterr().err == f"clipasso: error: CLIPASSO_CLIP_WEIGHTS: {tmp_path / 'RN101.pt'}: no such file\n"
+    # the built-in encoder needs none: the photo's own problem is what is said
+    assert main(["sketch", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.svg"), "--encoder", "lite0"]) == 2
+    assert "CLIPASSO_CLIP_WEIGHTS" not in capsys.readouterr().err
 
 
 def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, server_factory, server_photo_png,
