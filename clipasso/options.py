@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -151,7 +152,7 @@ def check_encoder_name(name: str) -> None:
 
 def check_device(name: str) -> None:
     """A device name the engine knows: auto, cpu, cuda, cuda:N or mps (whether it is present is asked later)."""
-    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
+    if name not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", name):
         raise InputError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
 
 

@@ -24,6 +24,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(default_device())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPUs here, numbered from 0")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps was asked for, but Apple MPS is not available here; use --device cpu")
     return torch.device(name)

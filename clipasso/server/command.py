@@ -29,9 +29,11 @@ with each of its own requests.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -118,15 +120,39 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _LogFile(logging.FileHandler):
+    """serve.log, whose lines are dropped while they cannot be written (a full disk) instead of each
+    printing a traceback; any other logging error is reported as usual."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
+def _private(path: Path) -> None:
+    """Make `path` (created if missing) readable by the user alone, when it is a plain file of theirs: not
+    through a symlink (serve.log -> /dev/null), and not one another user owns."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: left as it is
+            return
+        raise InputError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if hasattr(os, "fchmod") and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():  # POSIX
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _setup_logging(log_file: Path) -> None:
     """Log lines go to the terminal and to DATA/serve.log (readable by the user alone: it names jobs);
     uvicorn's loggers share the same handlers. A line that cannot be written (a full disk) is dropped
     without the traceback per line that logging prints by default: GET /health says why."""
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
-    os.chmod(log_file, FILE_MODE)
-    logging.raiseExceptions = False
+    _private(log_file)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, encoding="utf-8")]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), _LogFile(log_file, encoding="utf-8")]
     root = logging.getLogger()
     for h in handlers:
         h.setFormatter(fmt)
@@ -186,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     except Timeout:
         raise InputError(f"another `clipasso serve` uses the data folder {data_dir}; stop it, or give this one "
                          "its own --data-dir") from None
-    os.chmod(data_dir / "serve.lock", FILE_MODE)  # one an older version made, readable by all
+    _private(data_dir / "serve.lock")  # one an older version made, readable by all
 
     sock = _bind(args.host, args.port)
     _setup_logging(data_dir / "serve.log")

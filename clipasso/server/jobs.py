@@ -74,6 +74,10 @@ class StorageError(Exception):
         self.full = full
 
 
+#: How long GET /health trusts its last look at whether the data folder can be written.
+STORAGE_CHECK_SECONDS = 2.0
+
+
 def storage_error(folder: Path, exc: OSError) -> StorageError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return StorageError(f"cannot write to the data folder {folder}: {exc.strerror or exc}", full)
@@ -217,6 +221,7 @@ class JobStore:
         self._closed = False
         self._last_checkpoint: dict[str, float] = {}
         self._preview_cache: dict[str, tuple[int, str]] = {}
+        self._storage_checked: tuple[float, str | None] = (-STORAGE_CHECK_SECONDS, None)
 
     # ----- files -----------------------------------------------------------------------------------
 
@@ -251,12 +256,16 @@ class JobStore:
 
     def storage_problem(self) -> str | None:
         """Why the data folder cannot take a job's files now (a full disk, permissions), found by writing
-        to it; None when it can."""
-        try:
-            check_writable(self.root)
-        except OSError as exc:
-            return str(storage_error(self.root, exc))
-        return None
+        to it at most every STORAGE_CHECK_SECONDS (a write waits for the disk); None when it can."""
+        checked, problem = self._storage_checked
+        if time.monotonic() - checked >= STORAGE_CHECK_SECONDS:
+            try:
+                check_writable(self.root)
+                problem = None
+            except OSError as exc:
+                problem = str(storage_error(self.root, exc))
+            self._storage_checked = (time.monotonic(), problem)
+        return problem
 
     def retry_unsaved(self) -> None:
         """Write again the states that could not be written (the worker calls this between jobs)."""

@@ -157,10 +157,11 @@ def test_health_finds_a_full_disk_before_any_job_does(server_factory, tmp_path):
                         pass
                 except OSError:
                     pass
-            health = client.get("/health").json()
-            assert health["status"] == "degraded" and "No space left on device" in health["problem"]
+            health = wait_for(lambda: (h := client.get("/health").json())["status"] == "degraded" and h,
+                              "/health to find the disk full (it looks every 2 s at most)")
+            assert "No space left on device" in health["problem"]
             filler.unlink()
-            assert client.get("/health").json()["status"] == "ok"
+            wait_for(lambda: client.get("/health").json()["status"] == "ok", "/health to be ok again")
         server.stop()
 
 
@@ -168,11 +169,26 @@ def test_the_log_and_the_lock_are_the_users_alone_in_a_folder_of_others(server_f
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
     (shared / "serve.log").write_text("an older server's line\n")
-    (shared / "serve.log").chmod(0o644)
+    (shared / "serve.lock").write_text("")
+    for name in ("serve.log", "serve.lock"):
+        (shared / name).chmod(0o644)
     server = server_factory(shared)
     assert {name: (shared / name).stat().st_mode & 0o777 for name in ("serve.log", "serve.lock")} == {
         "serve.log": 0o600, "serve.lock": 0o600}
     assert (shared / "serve.log").read_text().startswith("an older server's line\n")
+    server.stop()
+
+
+def test_a_log_linked_elsewhere_is_left_as_it_is(server_factory, tmp_path):
+    """serve.log -> /dev/null (a container's way to drop it): the link's target keeps its mode."""
+    elsewhere = tmp_path / "elsewhere.log"
+    elsewhere.write_text("")
+    elsewhere.chmod(0o644)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "serve.log").symlink_to(elsewhere)
+    server = server_factory(data)
+    assert elsewhere.stat().st_mode & 0o777 == 0o644 and (data / "serve.log").is_symlink()
     server.stop()
 
 
