@@ -68,7 +68,7 @@ def load_picture(href: str | None, label: str, base_dirs: list[str], absref: str
         size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
-            if size > HEADER_BYTES and _size_or_none(head) is None:
+            if size > HEADER_BYTES and _sniff_mime(head) in ("image/jpeg", "image/tiff") and _size_or_none(head) is None:
                 head += f.read()  # a JPEG's frame header behind large metadata, a TIFF's tags after its pixels
     except OSError as exc:
         raise ImageError(f"{label}: cannot read the linked file {path} ({exc.strerror or exc})") from None

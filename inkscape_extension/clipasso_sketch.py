@@ -163,8 +163,8 @@ class Sketch(inkex.EffectExtension):
         for element in self.svg.selection.values():
             found += [image for image in element.iter(f"{{{SVG_NS}}}image") if image not in found]
         if not found:
-            cloned = [use.href for element in self.svg.selection.values() for use in element.iter()
-                      if isinstance(use, inkex.Use)]
+            cloned = [use.href if use.href is not None else self.svg.getElementById((use.get("href") or "").lstrip("#"))
+                      for element in self.svg.selection.values() for use in element.iter() if isinstance(use, inkex.Use)]
             if any(ref is not None and next(ref.iter(f"{{{SVG_NS}}}image"), None) is not None for ref in cloned):
                 raise ImageError(
                     "The selection holds a clone of a photo, not the photo: select the original, or turn the "
@@ -395,8 +395,10 @@ def composed_transform(element, below=None) -> inkex.Transform:
     while element is not None and element is not below:
         parent = element.getparent()
         if parent is not None and element.tag == f"{{{SVG_NS}}}svg":
+            # (a transform on a nested <svg> is SVG 2, which Inkscape 1.2 does not draw: nor is it read here)
             total = inkex.Transform(nested_viewport(element)) @ total
-        total = inkex.Transform(element.attrib.get("transform")) @ total
+        else:
+            total = inkex.Transform(element.attrib.get("transform")) @ total
         element = parent
     return total
 
@@ -410,7 +412,8 @@ def nested_viewport(svg) -> tuple:
     return viewbox_to_viewport(box, (x, y, width, height), parse_aspect_ratio(svg.get("preserveAspectRatio")))
 
 
-_LENGTH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*(px|pt|pc|mm|cm|in|q|em|ex|%)?$", re.I)
+#: A length inkex converts (Inkscape takes anything else, em and ex too, for 100 %).
+_LENGTH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*(px|pt|pc|mm|cm|in|%)?$")
 
 
 def _viewport(svg) -> tuple:

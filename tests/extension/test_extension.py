@@ -415,11 +415,15 @@ def test_nested_svg_viewports_in_percent_auto_or_invalid() -> None:
         b'<svg x="10" y="10" width="50%" height="200"><svg x="5%" width="auto" viewBox="0 0 10 10">'
         b'<rect id="in-two" width="1" height="1"/></svg></svg>'
         b'<svg width="abc" viewBox="0 0 1 1"><rect id="invalid"/></svg>'
-        b'<svg x="7" width="0" viewBox="0 0 1 1"><rect id="empty"/></svg></svg>')).getroot()
-    m = {name: composed_transform(svg.getElementById(name)).to_hexad() for name in ("in-two", "invalid", "empty")}
+        b'<svg x="7" width="0" viewBox="0 0 1 1"><rect id="empty"/></svg>'
+        b'<svg x="20" y="30" width="2em" transform="translate(100,0)"><rect id="em-moved"/></svg></svg>')).getroot()
+    m = {name: composed_transform(svg.getElementById(name)).to_hexad()
+         for name in ("in-two", "invalid", "empty", "em-moved")}
     assert list(m["in-two"]) == pytest.approx([20, 0, 0, 20, 20, 10])  # 200 px wide, 10 units: x 10 + 10, y 10
     assert list(m["invalid"]) == pytest.approx([300, 0, 0, 300, 50, 0])  # 400 x 300 met, centred
     assert list(m["empty"]) == pytest.approx([1, 0, 0, 1, 7, 0])
+    # em (which inkex cannot convert) as 100 %, and the <svg>'s own transform (SVG 2) unread, as Inkscape 1.2
+    assert list(m["em-moved"]) == pytest.approx([1, 0, 0, 1, 20, 30])
 
 
 def test_a_path_drawn_with_the_pencil_reaches_the_backend(backend) -> None:
