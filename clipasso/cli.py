@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     ).validated()
     photo = load_photo(args.input)
     _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
-    if args.levels and args.strokes is not None and options.levels[0] != args.strokes + len(refined):
+    if args.levels and args.strokes is not None and options.new_strokes(len(refined)) != args.strokes:
         warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "
                         f"({options.levels[0]})")
     if args.weights and args.encoder == "lite0":

@@ -251,6 +251,11 @@ class SketchOptions:
             return 1
         return -(-self.recipe.starts // self.seeds)
 
+    def new_strokes(self, refining: int) -> int:
+        """New strokes a sketch of these (validated) options lays beside `refining` strokes to refine (those
+        that lie on the photo): a ladder's finest level counts both."""
+        return self.strokes if not self.levels else self.levels[0] - refining
+
     @property
     def planned_iterations(self) -> int:
         """The steps a sketch of these (validated) options plans over all its seeds, the raced starts'

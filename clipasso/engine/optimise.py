@@ -335,7 +335,8 @@ class _Run:
         self.generator = torch.Generator().manual_seed(seed + start * START_STRIDE)
         #: The runs of one seed's raced starts share a race; after the race only the best goes on.
         self.race = (id(sketch), seed) if sketch.opts.starts > 1 else None
-        start = target.start_strokes(STARTS[opts.recipe.init], opts.strokes, self.generator)  # with those to refine
+        fresh = opts.new_strokes(0 if target.refine is None else len(target.refine))
+        start = target.start_strokes(STARTS[opts.recipe.init], fresh, self.generator)  # with those to refine
         self.start = target.clamp(start.to(target.device))
         self.last = opts.iterations - 1  # the last iteration it may run
         self.relay_at = relay_iterations(opts.recipe.relay, opts.iterations, len(self.start))

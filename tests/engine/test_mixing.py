@@ -191,3 +191,12 @@ def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():
         "keep: 1 of its 2 paths lies off the 451x300 photo and is ignored"]
     with pytest.raises(InputError, match="its path does not lie on the 40x40 photo"):
         fast(refine=half.replace('<path d="M 10 10 L 50 50"/>', "")).validated().drawn_on_photo(40, 40)
+
+
+def test_a_ladder_refining_paths_partly_off_the_photo_has_its_finest_count(cat, monkeypatch):
+    """The finest level counts the strokes to refine that lie on the photo: one off it is made up by a new
+    stroke (the level held one stroke too few)."""
+    monkeypatch.setattr(ladder, "SETTLE_ITERATIONS", 1)
+    refine = MINE.replace("</svg>", '<path d="M 5000 5 L 5100 5"/></svg>')
+    result = sketch(cat, fast(refine=refine, levels=(4, 2), iterations=1))
+    assert [len(result.levels[n]) for n in (4, 2)] == [4, 2]
