@@ -106,7 +106,8 @@ async def submit(
         "what they enclose (instead of the photo's transparency or the segmentation)")),
     orientation: str = Form(ORIENTATIONS[0], json_schema_extra={"enum": list(ORIENTATIONS)}, description=(
         "exif (default): the photo turned as its EXIF orientation says, as most viewers show it; stored: its "
-        "pixels as stored, as Inkscape shows a PNG or WebP (the strokes then lie over what Inkscape shows)")),
+        "pixels as stored, as Inkscape shows a PNG or WebP (the strokes then lie over what Inkscape shows); a TIFF is "
+        "always turned (Pillow turns it as it opens it, and Inkscape shows it so)")),
     levels: str | None = Form(None, description=(
         f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
         "level in the result, each coarser level a subset of the finer one")),
