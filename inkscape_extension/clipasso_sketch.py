@@ -364,7 +364,7 @@ def describe(image) -> str:
 def photo_name(image) -> str:
     """How a sketch's layer names its photo: the image's label, else its linked file's name, else its id."""
     href = image.get("xlink:href") or image.get("href") or ""
-    linked = "" if href.strip()[:5].lower() == "data:" else os.path.basename(unquote(href.strip().rstrip("/\\")))
+    linked = "" if href.strip()[:5].lower() == "data:" else re.split(r"[/\\]", unquote(href.strip().rstrip("/\\")))[-1]
     return image.label or linked or image.get("id") or "photo"
 
 
