@@ -25,6 +25,7 @@ def load_encoder(
     weights: str | None = None,
     preferred: str = "clip:RN101",
     guard: Callable[[], AbstractContextManager] = nullcontext,
+    on_download: Callable[[str], None] | None = None,
 ) -> tuple[Encoder, str]:
     """The encoder for `name` on `device`, and one line saying which was used and why.
 
@@ -32,16 +33,16 @@ def load_encoder(
     `preferred` CLIP model when its weights are on disk or can be downloaded, else the built-in lite0;
     also when that download fails or the cached file is corrupt (a file the user named is their error).
     Building the model and moving it to the device run inside `guard()` (the engine's gate against CUDA
-    graph captures); finding and downloading weights do not.
+    graph captures); finding and downloading weights do not (a download is told to `on_download` first).
     """
     check_encoder_name(name)
     dev = resolve_device(device)
     if name != "auto":
-        return _loaded(name, dev, weights, guard), f"encoder {name} (as asked)"
+        return _loaded(name, dev, weights, guard, on_download), f"encoder {name} (as asked)"
     ok, why = clip_weights_status(preferred.split(":", 1)[1], weights)
     if ok:
         try:
-            return _loaded(preferred, dev, weights, guard), f"encoder {preferred} ({why})"
+            return _loaded(preferred, dev, weights, guard, on_download), f"encoder {preferred} ({why})"
         except InputError as exc:
             if weights or os.environ.get("CLIPASSO_CLIP_WEIGHTS"):
                 raise
@@ -49,12 +50,13 @@ def load_encoder(
     return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"
 
 
-def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager]) -> Encoder:
+def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager],
+            on_download: Callable[[str], None] | None = None) -> Encoder:
     """Encoder `name` on `dev`, loaded once per process."""
     key = (name, str(dev), weights if name != "lite0" else None)
     if key not in _LOADED:
         arch = name.split(":", 1)[1] if name != "lite0" else None
-        path = resolve_clip_weights(arch, weights) if arch else None
+        path = resolve_clip_weights(arch, weights, on_download=on_download) if arch else None
         with guard():
             enc: Encoder = Lite0Encoder() if arch is None else load_clip(arch, dev, path)
             _LOADED[key] = enc.place(dev)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -130,9 +131,11 @@ def hub_weights(arch: str) -> HubWeights:
     return HUB_WEIGHTS[arch]
 
 
-def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, allow_download: bool = True,
+                         on_download: Callable[[str], None] | None = None) -> Path:
     """The verified weights file for CLIP `arch`: the named file (argument, then CLIPASSO_CLIP_WEIGHTS), else
-    the cached one, else a download from the hub (OpenAI's URL if the hub cannot be reached).
+    the cached one, else a download from the hub (OpenAI's URL if the hub cannot be reached), announced to
+    `on_download` in a few words first (a client waits minutes for it).
 
     Raises WeightsUnavailable saying what to do.
     """
@@ -148,7 +151,10 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     if offline() or not allow_download:
         why = "downloading is turned off" if not allow_download else _offline_reason()
         raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
-    log.info("downloading CLIP %s weights from %s (about %d MB)", arch, _hub_name(hub), hub.approx_mb)
+    news = f"downloading the CLIP {arch} weights from {_hub_host()} (about {hub.approx_mb} MB)"
+    log.info("%s", news)
+    if on_download is not None:
+        on_download(news)
     try:
         path = _download(arch, hub)
     except WeightsUnavailable as exc:

@@ -91,6 +91,8 @@ class SketchRequest:
     on_encoder: Callable[[str, str], None] | None = None
     #: on_finish(outcome): the request's result or exception, as soon as its runs have ended.
     on_finish: Callable[[Outcome], None] | None = None
+    #: on_activity(text): what keeps the sketch from its first step for long (a weights download), as it starts.
+    on_activity: Callable[[str], None] | None = None
 
 
 def sketch(
@@ -177,7 +179,7 @@ def _prepare_group(sketches: list[Prepared]) -> None:
     try:
         first = sketches[0].opts
         encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder,
-                                       guard=GATE.work)
+                                       guard=GATE.work, on_download=lambda text: [s.busy(text) for s in sketches])
     except Exception as exc:
         for s in sketches:
             s.finish(exc)
@@ -265,6 +267,14 @@ class Prepared:
         if self.request.on_encoder is not None:
             self.told.add("encoder")
             self.request.on_encoder(encoder.name, reason)
+
+    def busy(self, text: str) -> None:
+        """Tell the caller what keeps the sketch from its first step (see SketchRequest.on_activity)."""
+        if self.request.on_activity is not None:
+            try:
+                self.request.on_activity(text)
+            except Exception:  # the caller's hook; the work goes on
+                log.exception("on_activity of sketch %d failed", self.index)
 
     def adopted(self) -> None:
         """Stepped after `prepare()`, whose caller may have set the hooks since: tell them what they have not

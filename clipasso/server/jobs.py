@@ -127,6 +127,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)  # what of the submission is ignored (paths off the photo)
     version: int = field(default=0, metadata=RUNTIME)
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
+    activity: str | None = field(default=None, metadata=RUNTIME)  # what keeps it from its first step, if long
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
     watchers: int = field(default=0, metadata=RUNTIME)  # event streams open now
     unwatched_since: float = field(default_factory=time.monotonic, metadata=RUNTIME)
@@ -172,6 +173,7 @@ class Job:
             attached=self.attached,
             queue_position=queue_position if self.state == JobState.QUEUED else None,
             warnings=self.warnings,
+            activity=self.activity if self.state == JobState.RUNNING else None,
         ).model_dump(mode="json")
 
     def to_record(self) -> dict:
@@ -566,7 +568,13 @@ class JobStore:
     def encoder_chosen(self, job: Job, name: str, reason: str) -> None:
         """The encoder the running job uses (clients see what `auto` chose before the job ends)."""
         with self._lock:
-            job.encoder, job.encoder_reason = name, reason
+            job.encoder, job.encoder_reason, job.activity = name, reason, None
+            job.version += 1
+
+    def activity(self, job: Job, text: str) -> None:
+        """What keeps the running job from its first step (a weights download), until its encoder is loaded."""
+        with self._lock:
+            job.activity = text
             job.version += 1
 
     def progress(self, job: Job, iteration: int, loss: float, strokes: np.ndarray) -> None:

@@ -106,6 +106,7 @@ class Worker:
                 "on_progress": lambda i, n, loss, strokes, job=job: store.progress(job, i, loss, strokes),
                 "should_stop": partial(store.should_stop, job),
                 "on_encoder": partial(store.encoder_chosen, job),
+                "on_activity": partial(store.activity, job),
                 "on_finish": partial(self._finish, pending, job),
             }
             ready = ahead.pop(job.id, None)

@@ -315,6 +315,28 @@ def test_a_named_weights_file_that_is_not_there(env, tmp_path, monkeypatch, caps
     assert "CLIPASSO_CLIP_WEIGHTS" not in capsys.readouterr().err
 
 
+def test_a_download_is_told_to_the_sketch_before_it_starts(env, hub, monkeypatch, server_photo_png):
+    """The service shows it as the job's `activity`: a running job at iteration 0 for minutes said nothing."""
+    import io
+
+    from PIL import Image
+
+    from clipasso.encoders import registry
+    from clipasso.engine.optimise import SketchRequest, sketch_batch
+    from clipasso.options import SketchOptions
+
+    monkeypatch.setattr(registry, "_LOADED", {})
+    photo = Image.open(io.BytesIO(server_photo_png)).convert("RGB")
+    options = SketchOptions(encoder="clip:RN101", strokes=2, iterations=1, device="cpu")
+    heard: list[str] = []
+    outcome = sketch_batch([SketchRequest(photo, options, on_activity=heard.append)])[0]
+    assert not isinstance(outcome, Exception), outcome
+    assert heard == [f"downloading the CLIP RN101 weights from {hub.url.split('//')[1]} (about 479 MB)"]
+    heard.clear()
+    sketch_batch([SketchRequest(photo, options, on_activity=heard.append)])  # loaded now: nothing to wait for
+    assert heard == []
+
+
 def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, server_factory, server_photo_png,
                                                           tmp_path):
     hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, advertise="cd" * 32)

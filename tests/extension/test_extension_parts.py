@@ -296,8 +296,12 @@ def test_what_the_window_says_as_a_run_goes_on() -> None:
     first.view = {**first.view, "queue_position": 0}
     assert run.report(100.0).details == "Waiting: next in the backend's queue"
 
-    first.view = {"state": "running", "iteration": 1, "iterations": 500, "progress": 0.002, "encoder": "lite0"}
     first.running_since = 100.0
+    first.view = {"state": "running", "iteration": 0, "iterations": 500, "progress": 0.0, "encoder": "clip:RN101",
+                  "activity": "downloading the CLIP RN101 weights from huggingface.co (about 479 MB)"}
+    assert run.report(190.0)[1:4] == (0.0, "Preparing", "1:30 elapsed - the backend is downloading the CLIP RN101 "
+                                                        "weights from huggingface.co (about 479 MB)")
+    first.view = {"state": "running", "iteration": 1, "iterations": 500, "progress": 0.002, "encoder": "lite0"}
     assert run.report(103.0)[1:4] == (0.002, "Iteration 1 of 500", "0:03 elapsed, estimating the time left - encoder lite0")
     first.view = {**first.view, "iteration": 100, "progress": 0.2}
     report = run.report(120.0)
