@@ -165,13 +165,18 @@ def check_renderer(name: str) -> None:
                          "or use renderer auto")
 
 
+def named_weights(path: str | os.PathLike | None) -> str | None:
+    """The CLIP weights file the user named: `path` (`--weights`), else $CLIPASSO_CLIP_WEIGHTS; None."""
+    return os.fspath(path) if path else os.environ.get("CLIPASSO_CLIP_WEIGHTS") or None
+
+
 def check_weights(path: str | None, encoder: str = "auto") -> None:
     """Raise InputError when a CLIP weights file is named (`--weights` of sketch and serve, else
     $CLIPASSO_CLIP_WEIGHTS) but is not there, or is a folder: with encoder auto, a mistyped name would
     otherwise pass unnoticed as CLIP being unavailable. The environment's is not asked of the built-in
     encoder, which needs no weights."""
-    named, source = (path, "weights") if path is not None else (
-        os.environ.get("CLIPASSO_CLIP_WEIGHTS") if encoder != "lite0" else None, "CLIPASSO_CLIP_WEIGHTS")
+    named = named_weights(path) if path is not None or encoder != "lite0" else None
+    source = "weights" if path is not None else "CLIPASSO_CLIP_WEIGHTS"
     if named and not os.path.isfile(os.path.expanduser(named)):
         what = "a folder; name the weights file in it" if os.path.isdir(os.path.expanduser(named)) else "no such file"
         raise InputError(f"{source}: {named}: {what}")

@@ -115,6 +115,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         affine = np.array([[m.a, m.c], [m.b, m.d]])
         points = points @ affine.T + np.array([m.e, m.f])
         width = element.stroke_width  # its own or inherited, from attribute or style
+        stroke = element.stroke if element.stroke is not None and element.stroke.value is not None else None
         level = LADDER_STROKE.fullmatch(str(element.values.get("id") or ""))
         levels.append(int(level.group(1)) if level else None)
         paths.append(DrawnPath(
@@ -123,8 +124,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             stroke_width=DEFAULT_STROKE_WIDTH if width is None else float(width),
             cubics=points,
             scale=float(np.sqrt(abs(np.linalg.det(affine)))),
-            colour=None if element.stroke is None or element.stroke.value is None else element.stroke.hexrgb,
-            opacity=1.0 if element.stroke is None or element.stroke.value is None else round(element.stroke.opacity, 4),
+            colour=None if stroke is None else stroke.hexrgb,
+            opacity=1.0 if stroke is None else round(stroke.opacity, 4),
         ))
     if not paths:
         raise InputError("has no <path> with path data in it, nor a shape")

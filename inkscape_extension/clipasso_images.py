@@ -254,9 +254,9 @@ def _ifd0(tiff: bytes) -> dict[int, int]:
     for n in range(count):
         entry = ifd + 2 + 12 * n
         tag, kind = struct.unpack(order + "HH", tiff[entry : entry + 4])
-        if kind in (3, 4):  # SHORT, LONG: the value sits in the entry's first bytes
-            width = 2 if kind == 3 else 4
-            (tags[tag],) = struct.unpack(order + ("H" if kind == 3 else "I"), tiff[entry + 8 : entry + 8 + width])
+        value = {3: "H", 4: "I"}.get(kind)  # SHORT, LONG: the value sits in the entry's first bytes
+        if value is not None:
+            (tags[tag],) = struct.unpack(order + value, tiff[entry + 8 : entry + 8 + struct.calcsize(value)])
     return tags
 
 

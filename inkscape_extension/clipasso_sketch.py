@@ -91,7 +91,7 @@ class Sketch(inkex.EffectExtension):
         base_dirs = list(dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in inputs if isinstance(p, str) and p))
         # Identify every image before any backend work, so that a bad one is reported at once.
         pictures = [
-            load_picture(img.get("xlink:href") or img.get("href"), describe(img), base_dirs, img.get("sodipodi:absref"))
+            load_picture(href(img), describe(img), base_dirs, img.get("sodipodi:absref"))
             for img in images
         ]
         viewports = [image_viewport(img, pic) for img, pic in zip(images, pictures)]
@@ -361,10 +361,15 @@ def describe(image) -> str:
     return f'image "{image.label or image.get("id") or "without id"}"'
 
 
+def href(image) -> str | None:
+    """What an <image> shows: its xlink:href (SVG 1.1, Inkscape's) or href (SVG 2)."""
+    return image.get("xlink:href") or image.get("href")
+
+
 def photo_name(image) -> str:
     """How a sketch's layer names its photo: the image's label, else its linked file's name, else its id."""
-    href = image.get("xlink:href") or image.get("href") or ""
-    linked = "" if href.strip()[:5].lower() == "data:" else re.split(r"[/\\]", unquote(href.strip().rstrip("/\\")))[-1]
+    link = (href(image) or "").strip()
+    linked = "" if link[:5].lower() == "data:" else re.split(r"[/\\]", unquote(link.rstrip("/\\")))[-1]
     return image.label or linked or image.get("id") or "photo"
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
 
 from ..errors import InputError, one_line
-from ..options import check_encoder_name
+from ..options import check_encoder_name, named_weights
 from .base import Encoder
 from .clip import load_clip
 from .devices import resolve_device
@@ -44,7 +43,7 @@ def load_encoder(
         try:
             return _loaded(preferred, dev, weights, guard, on_download), f"encoder {preferred} ({why})"
         except InputError as exc:
-            if weights or os.environ.get("CLIPASSO_CLIP_WEIGHTS"):
+            if named_weights(weights):  # the user's own file: their error to see
                 raise
             why = one_line(exc)
     return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"

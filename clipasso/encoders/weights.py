@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import httpx2  # the HTTP client whose transport errors huggingface_hub 2.x lets through
@@ -35,7 +35,7 @@ from huggingface_hub.utils import get_session
 
 from ..errors import InputError, one_line
 from ..files import write_atomic
-from ..options import CLIP_ARCHS
+from ..options import CLIP_ARCHS, named_weights
 
 #: OpenAI's release of each supported architecture, as the `clip` package lists them (its `_MODELS`; a test
 #: keeps the two equal): its SHA-256 is part of the URL. Not imported from there: importing `clip` imports
@@ -143,7 +143,7 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     named = _named_file(weights)
     if named is not None:
         if not named.is_file():
-            raise WeightsUnavailable(f"CLIP {arch} weights {_show(named)}: {'not a file' if named.exists() else 'no such file'}")
+            raise WeightsUnavailable(f"CLIP {arch} weights {_show(named)}: {_not_a_file(named)}")
         return named
     cached = cached_weights(arch)
     if cached is not None:
@@ -175,10 +175,7 @@ def _download(arch: str, hub: HubWeights) -> Path:
         except (HfHubHTTPError, EntryNotFoundError, httpx2.HTTPError, OSError) as exc:
             hub_reason = f"{_hub_name(hub)}: {_reason(exc)}"
         else:
-            # Where the cache holds no symlinks (Windows without developer mode), the file is not named
-            # after its SHA-256: ask the hub for it, while it can still be asked.
-            expected = None if _is_sha256(path.resolve().name) else _advertised_sha256(hub)
-            return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}", expected)
+            return verify(path, f"CLIP {arch} weights from {_hub_name(hub)}", hub=hub)
     try:
         return download_from_openai(arch)
     except WeightsUnavailable as exc:
@@ -210,7 +207,7 @@ def verify(path: Path, label: str, expected: str | None = None, hub: HubWeights 
     by_path = cache_dir() / "verified" / f"path-{hashlib.sha256(str(blob).encode()).hexdigest()[:32]}"
     if expected is None:
         expected = blob.name if _is_sha256(blob.name) else (by_path.read_text().strip() if by_path.is_file() else None)
-    if expected is None and hub is not None and not offline():  # a cache without symlinks, copied or older
+    if expected is None and hub is not None and not offline():  # no symlinks: just downloaded, copied or older
         expected = _advertised_sha256(hub)
     if expected is None:
         how = (f"connect once without {_offline_reason()} so that it can be checked against the hub, or"
@@ -298,7 +295,7 @@ def clip_weights_status(arch: str, weights: str | os.PathLike | None = None,
     named = _named_file(weights)
     if named is not None:
         return (True, f"CLIP {arch} weights: {_show(named)}") if named.is_file() else (
-            False, f"CLIP {arch} weights {_show(named)}: no such file")
+            False, f"CLIP {arch} weights {_show(named)}: {_not_a_file(named)}")
     try:
         cached = cached_weights(arch)
     except WeightsUnavailable as exc:
@@ -350,8 +347,7 @@ def readiness(weights: str | os.PathLike | None = None) -> list[Readiness]:
         path = named or cached_weights(arch, verified=False)
         hub = HUB_WEIGHTS[arch]
         if named is not None and not named.is_file():
-            states.append(Readiness(name, "unavailable", f"the weights named, {_show(named)}: "
-                                                         f"{'not a file' if named.exists() else 'no such file'}"))
+            states.append(Readiness(name, "unavailable", f"the weights named, {_show(named)}: {_not_a_file(named)}"))
         elif path is not None and path.is_file():
             states.append(Readiness(name, "cached", _show(path), str(path), path.stat().st_size))
         elif offline():
@@ -375,8 +371,13 @@ def _openai_filename(arch: str) -> str:
 
 
 def _named_file(weights: str | os.PathLike | None) -> Path | None:
-    named = weights or os.environ.get("CLIPASSO_CLIP_WEIGHTS")
+    named = named_weights(weights)
     return Path(named).expanduser() if named else None
+
+
+def _not_a_file(named: Path) -> str:
+    """Why a named weights path that is not a file cannot be used, in a few words."""
+    return "not a file" if named.exists() else "no such file"
 
 
 def _offline_reason() -> str:

@@ -98,6 +98,18 @@ def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def fill(disk: Path) -> Path:
+    """Fill `disk` to its last byte (unbuffered: no write is left to fail on close); the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    return filler
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
 
 
@@ -113,13 +125,7 @@ def test_a_full_disk_degrades_the_server_and_it_recovers(server_factory, tmp_pat
             wait_for(lambda: client.get(f"/jobs/{running['id']}").json()["iteration"] > 0, "the job to run")
             with open(disk / "serve.log", "a") as log:  # to the end of its last page: the next line needs a new one
                 log.write(" " * (-(log.tell() + 1) % 4096) + "\n")
-            filler = disk / "filler"
-            with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
-                try:
-                    while f.write(b"\0" * 4096):
-                        pass
-                except OSError:
-                    pass
+            filler = fill(disk)
             health = wait_for(lambda: (h := client.get("/health").json())["status"] == "degraded" and h,
                               "the failed checkpoint to show in /health")
             assert "No space left on device" in health["problem"]
@@ -150,13 +156,7 @@ def test_health_finds_a_full_disk_before_any_job_does(server_factory, tmp_path):
         server = server_factory(disk / "data")
         with server.client() as client:
             assert client.get("/health").json()["status"] == "ok"
-            filler = disk / "filler"
-            with open(filler, "wb", buffering=0) as f:
-                try:
-                    while f.write(b"\0" * 4096):
-                        pass
-                except OSError:
-                    pass
+            filler = fill(disk)
             health = wait_for(lambda: (h := client.get("/health").json())["status"] == "degraded" and h,
                               "/health to find the disk full (it looks every 2 s at most)")
             assert "No space left on device" in health["problem"]
