@@ -308,8 +308,9 @@ class SketchRun:
         if photo.state == "running" or photo.finished:
             encoder = f"encoder {view.get('encoder', '?')}"
             elapsed = now - photo.running_since if photo.running_since is not None else 0.0
-            if view.get("activity") and not photo.finished:  # e.g. the backend downloads the encoder's weights
-                return Report(title, 0.0, "Preparing", f"{clock(elapsed)} elapsed - the backend is "
+            if view.get("activity") and not photo.finished:  # downloading weights, or making the ladder's levels
+                stage = "Finishing" if iteration else "Preparing"
+                return Report(title, fraction, stage, f"{clock(elapsed)} elapsed - the backend is "
                               f"{view['activity']}", overall)
             if iteration >= 2 and iterations > iteration:
                 left = elapsed / iteration * (iterations - iteration)

@@ -8,6 +8,8 @@ costs a few dozen forward passes per level on top of the finest run.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -26,11 +28,22 @@ SETTLE_RATE = 0.5
 DROP_ROUNDS = 2
 
 
-def build_ladder(target: Target, finest: Tensor, levels: tuple[int, ...]) -> dict[int, Tensor]:
-    """Each level's strokes (canvas pixels), finest first: `finest` is the first level's sketch."""
+def build_ladder(target: Target, finest: Tensor, levels: tuple[int, ...],
+                 on_level: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[int, Tensor]:
+    """Each level's strokes (canvas pixels), finest first: `finest` is the first level's sketch.
+
+    `on_level(i, n)` hears as level i (1 is the second, the first coarser one) of n strokes is begun: a
+    ladder of many strokes takes seconds. Once `should_stop()` says so no further level is begun, and the
+    levels made so far are returned.
+    """
     ladder = {levels[0]: finest.detach()}
     current = finest.detach()
-    for n in levels[1:]:
+    for i, n in enumerate(levels[1:], start=1):
+        if should_stop is not None and should_stop():
+            break
+        if on_level is not None:
+            on_level(i, n)
         current = settle(simplify(current, target, n), target)
         ladder[n] = current
     return ladder

@@ -91,7 +91,8 @@ class SketchRequest:
     on_encoder: Callable[[str, str], None] | None = None
     #: on_finish(outcome): the request's result or exception, as soon as its runs have ended.
     on_finish: Callable[[Outcome], None] | None = None
-    #: on_activity(text): what keeps the sketch from its first step for long (a weights download), as it starts.
+    #: on_activity(text): work outside the steps that takes long, as it starts: a weights download before
+    #: the first step, each level of the abstraction ladder after the last.
     on_activity: Callable[[str], None] | None = None
 
 
@@ -102,15 +103,18 @@ def sketch(
     should_stop: Callable[[], bool] | None = None,
     on_encoder: Callable[[str, str], None] | None = None,
     batch: int | None = None,
+    on_activity: Callable[[str], None] | None = None,
 ) -> SketchResult:
     """Optimise `options.strokes` Bezier strokes so the encoder sees the photo in them.
 
     `image` is a photo from images.load_photo (or a PIL image, taken at its size). Runs `seeds`
     optimisations, `batch` at a time (None: all together), and keeps the one with the lowest loss on the
     plain (un-augmented) view. Cancelling through `should_stop` returns the best strokes so far with
-    `cancelled=True`. `on_encoder(name, reason)` hears which encoder runs as soon as it is loaded.
+    `cancelled=True` (with `levels`: the levels made so far). `on_encoder(name, reason)` hears which encoder
+    runs as soon as it is loaded, `on_activity(text)` of long work outside the steps (SketchRequest).
     """
-    outcome = sketch_batch([SketchRequest(image, options, on_progress, should_stop, on_encoder)], batch)[0]
+    request = SketchRequest(image, options, on_progress, should_stop, on_encoder, on_activity=on_activity)
+    outcome = sketch_batch([request], batch)[0]
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -269,7 +273,7 @@ class Prepared:
             self.request.on_encoder(encoder.name, reason)
 
     def busy(self, text: str) -> None:
-        """Tell the caller what keeps the sketch from its first step (see SketchRequest.on_activity)."""
+        """Tell the caller of long work outside the steps (see SketchRequest.on_activity)."""
         if self.request.on_activity is not None:
             try:
                 self.request.on_activity(text)
@@ -312,9 +316,16 @@ class Prepared:
         best = min(self.runs, key=lambda run: run.loss)
         photo = self.target.box
         levels = None
+        cancelled = any(run.cancelled for run in self.runs)
         if self.opts.levels:  # engine/ladder.py: coarser levels made from the best run
             t = time.perf_counter()
-            ladder = build_ladder(self.target, best.points.to(self.target.device), self.opts.levels)
+            asked = self.opts.levels
+            stop = self.request.should_stop
+            ladder = build_ladder(self.target, best.points.to(self.target.device), asked,
+                                  on_level=lambda i, n: self.busy(f"making the abstraction ladder: {n} stroke"
+                                                                  f"{'' if n == 1 else 's'} (level {i + 1} of {len(asked)})"),
+                                  should_stop=lambda: cancelled or (stop is not None and stop()))
+            cancelled = cancelled or len(ladder) < len(asked)  # stopped: the levels made so far
             levels = {n: photo.to_image(p.cpu().numpy().astype(np.float64)) for n, p in ladder.items()}
             self.timings["ladder"] = time.perf_counter() - t
         self.timings["total"] = time.perf_counter() - self.started
@@ -329,7 +340,7 @@ class Prepared:
             options=self.opts,
             iterations=sum(run.steps for run in self.runs),
             best_seed=best.seed,
-            cancelled=any(run.cancelled for run in self.runs),
+            cancelled=cancelled,
             timings=dict(self.timings),
             levels=levels,
             best_iterations=best.steps,

@@ -127,7 +127,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)  # what of the submission is ignored (paths off the photo)
     version: int = field(default=0, metadata=RUNTIME)
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
-    activity: str | None = field(default=None, metadata=RUNTIME)  # what keeps it from its first step, if long
+    activity: str | None = field(default=None, metadata=RUNTIME)  # long work outside the steps (SketchRequest)
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
     watchers: int = field(default=0, metadata=RUNTIME)  # event streams open now
     unwatched_since: float = field(default_factory=time.monotonic, metadata=RUNTIME)
@@ -572,7 +572,8 @@ class JobStore:
             job.version += 1
 
     def activity(self, job: Job, text: str) -> None:
-        """What keeps the running job from its first step (a weights download), until its encoder is loaded."""
+        """Long work of the running job outside its steps: a weights download (until its encoder is loaded),
+        the abstraction ladder's levels (until it ends)."""
         with self._lock:
             job.activity = text
             job.version += 1

@@ -47,7 +47,7 @@ class JobView(BaseModel):
     attached: bool  # cancelled once no event stream of it is open (submitted with attach=true)
     queue_position: int | None  # while queued: how many jobs wait ahead of it
     warnings: list[str] = []  # what of the submission is ignored: the artist's paths that lie off the photo
-    activity: str | None = None  # while it runs: what keeps it from its first step, e.g. a weights download
+    activity: str | None = None  # while it runs: long work outside the steps (a weights download, the ladder's levels)
 
 
 class JobList(BaseModel):

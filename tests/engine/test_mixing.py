@@ -154,6 +154,27 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
             assert np.abs(fine - stroke).max(axis=(1, 2)).min() <= radius
 
 
+def test_the_ladder_says_each_level_and_stops_between_levels(cat, monkeypatch):
+    """Making a ladder of many strokes takes seconds after the last step: each level is told as it is begun,
+    and a stop asked meanwhile keeps the levels made so far (the result says cancelled)."""
+    monkeypatch.setattr(ladder, "SETTLE_ITERATIONS", 1)
+    heard: list[str] = []
+    stop = {"asked": False}
+
+    def on_activity(text: str) -> None:
+        heard.append(text)
+        stop["asked"] = text.startswith("making the abstraction ladder: 2 strokes")
+
+    result = sketch(cat, fast(levels=(6, 4, 2, 1), iterations=2), should_stop=lambda: stop["asked"],
+                    on_activity=on_activity)
+    assert heard == ["making the abstraction ladder: 4 strokes (level 2 of 4)",
+                     "making the abstraction ladder: 2 strokes (level 3 of 4)"]
+    assert list(result.levels) == [6, 4, 2] and result.cancelled and len(result.levels[2]) == 2
+    whole = sketch(cat, fast(levels=(6, 4, 2, 1), iterations=2))
+    assert list(whole.levels) == [6, 4, 2, 1] and not whole.cancelled
+    assert np.array_equal(whole.levels[4], result.levels[4])  # the same levels up to the stop
+
+
 @pytest.mark.parametrize("backend", ["tiles", "fixed"])
 def test_a_sketch_without_each_stroke_is_what_drawing_the_others_gives(backend):
     """Weighing strokes (the ladder, re-laying) draws each stroke once and composes the rest: the same

@@ -306,6 +306,11 @@ def test_what_the_window_says_as_a_run_goes_on() -> None:
     first.view = {**first.view, "iteration": 100, "progress": 0.2}
     report = run.report(120.0)
     assert report.details == "0:20 elapsed, about 1:20 left - encoder lite0" and report.overall == "All photos: 10%"
+    first.view = {**first.view, "iteration": 500, "progress": 1.0,
+                  "activity": "making the abstraction ladder: 8 strokes (level 3 of 4)"}
+    assert run.report(160.0)[1:4] == (1.0, "Finishing", "1:00 elapsed - the backend is making the abstraction "
+                                                        "ladder: 8 strokes (level 3 of 4)")
+    first.view = {key: value for key, value in first.view.items() if key != "activity"}
 
     first.view = {**first.view, "state": "succeeded", "progress": 1.0}
     second.view = {"state": "running", "iteration": 0, "iterations": 500, "progress": 0.0, "encoder": "lite0"}
