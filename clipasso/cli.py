@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"clipasso: warning: {warning}", file=sys.stderr)
 
-    stop = {"asked": False}
+    stop = {"asked": False, "stepping": False}
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
@@ -145,19 +145,24 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     def on_sigint(signum: int, frame: object) -> None:
-        if stop["asked"]:
+        if stop["asked"] or not stop["stepping"]:  # before the first step (a download, say) nothing is kept
             raise KeyboardInterrupt
         stop["asked"] = True
         say("clipasso: stopping after this step (Ctrl-C again to abort)")
+
+    def on_activity(text: str) -> None:
+        if not args.quiet:
+            say(f"clipasso: {text}")
 
     def on_encoder(name: str, reason: str) -> None:
         if not args.quiet:  # as soon as it is loaded: a CLIP run is long to wait for the news
             say(f"clipasso: {reason}")
 
     def on_progress(iteration: int, total: int, loss: float, strokes: object) -> None:
-        if iteration >= 1 and not stop.get("told") and not args.quiet:  # the first report after a step
-            stop["told"] = True
-            say("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far")
+        if iteration >= 1 and not stop["stepping"]:  # the first report after a step
+            stop["stepping"] = True
+            if not args.quiet:
+                say("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far")
         if bar is not None:
             bar.total = total
             bar.n = iteration
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"],
-                        on_encoder=on_encoder)
+                        on_encoder=on_encoder, on_activity=on_activity)
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:

@@ -2,7 +2,8 @@
 
 `HEAD` and `GET /{repo_id}/resolve/{revision}/{filename}` with X-Repo-Commit, ETag and X-Linked-Etag (the
 file's SHA-256, as the hub gives for LFS files), X-Linked-Size, Content-Length and byte ranges. Each file
-can advertise another SHA-256 than its bytes have (a corrupt download) or answer with an HTTP error.
+can advertise another SHA-256 than its bytes have (a corrupt download), answer with an HTTP error, or
+come slowly (a download that is still going when the test acts).
 Also serves plain URLs (`/openai/...`) for the fallback source.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +27,7 @@ class Served:
     path: Path
     sha256: str  # what the server advertises
     status: int = 200
+    pace: float = 0.0  # seconds between 64 kB pieces of the body (0: at full speed)
 
 
 @dataclass
@@ -72,15 +75,17 @@ class HubServer:
                 if body:
                     with open(served.path, "rb") as f:
                         f.seek(start)
-                        while chunk := f.read(1 << 20):
+                        while chunk := f.read(64 << 10 if served.pace else 1 << 20):
                             self.wfile.write(chunk)
+                            time.sleep(served.pace)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def add(self, url_path: str, path: Path, advertise: str | None = None, status: int = 200) -> None:
-        self.files[url_path] = Served(path, advertise or sha256_of(path), status)
+    def add(self, url_path: str, path: Path, advertise: str | None = None, status: int = 200,
+            pace: float = 0.0) -> None:
+        self.files[url_path] = Served(path, advertise or sha256_of(path), status, pace)
 
     def add_hub_file(self, repo_id: str, filename: str, path: Path, **kw) -> None:
         self.add(f"/{repo_id}/resolve/main/{filename}", path, **kw)

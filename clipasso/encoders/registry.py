@@ -25,6 +25,7 @@ def load_encoder(
     preferred: str = "clip:RN101",
     guard: Callable[[], AbstractContextManager] = nullcontext,
     on_download: Callable[[str], None] | None = None,
+    download: bool = True,
 ) -> tuple[Encoder, str]:
     """The encoder for `name` on `device`, and one line saying which was used and why.
 
@@ -33,15 +34,17 @@ def load_encoder(
     also when that download fails or the cached file is corrupt (a file the user named is their error).
     Building the model and moving it to the device run inside `guard()` (the engine's gate against CUDA
     graph captures); finding and downloading weights do not (a download is told to `on_download` first).
+    Without `download` (a service's preload: its queue would wait) nothing is downloaded: `auto` takes lite0
+    unless the CLIP weights are at hand, and a CLIP model without them raises WeightsUnavailable.
     """
     check_encoder_name(name)
     dev = resolve_device(device)
     if name != "auto":
-        return _loaded(name, dev, weights, guard, on_download), f"encoder {name} (as asked)"
-    ok, why = clip_weights_status(preferred.split(":", 1)[1], weights)
+        return _loaded(name, dev, weights, guard, on_download, download), f"encoder {name} (as asked)"
+    ok, why = clip_weights_status(preferred.split(":", 1)[1], weights, download=download)
     if ok:
         try:
-            return _loaded(preferred, dev, weights, guard, on_download), f"encoder {preferred} ({why})"
+            return _loaded(preferred, dev, weights, guard, on_download, download), f"encoder {preferred} ({why})"
         except InputError as exc:
             if named_weights(weights):  # the user's own file: their error to see
                 raise
@@ -50,12 +53,12 @@ def load_encoder(
 
 
 def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager],
-            on_download: Callable[[str], None] | None = None) -> Encoder:
+            on_download: Callable[[str], None] | None = None, download: bool = True) -> Encoder:
     """Encoder `name` on `dev`, loaded once per process."""
     key = (name, str(dev), weights if name != "lite0" else None)
     if key not in _LOADED:
         arch = name.split(":", 1)[1] if name != "lite0" else None
-        path = resolve_clip_weights(arch, weights, on_download=on_download) if arch else None
+        path = resolve_clip_weights(arch, weights, download, on_download) if arch else None
         with guard():
             enc: Encoder = Lite0Encoder() if arch is None else load_clip(arch, dev, path)
             _LOADED[key] = enc.place(dev)

@@ -149,7 +149,7 @@ def resolve_clip_weights(arch: str, weights: str | os.PathLike | None = None, al
     if cached is not None:
         return cached
     if offline() or not allow_download:
-        why = "downloading is turned off" if not allow_download else _offline_reason()
+        why = _offline_reason() if allow_download else "a preload does not download (the first job that needs them does)"
         raise WeightsUnavailable(f"CLIP {arch} weights are not in the cache and {why}; {_advice(arch)}")
     news = f"downloading the CLIP {arch} weights from {_hub_host()} (about {hub.approx_mb} MB)"
     log.info("%s", news)
@@ -286,11 +286,11 @@ def openai_release(arch: str) -> tuple[str, str]:
 
 
 def clip_weights_status(arch: str, weights: str | os.PathLike | None = None,
-                        timeout: float = PROBE_SECONDS) -> tuple[bool, str]:
+                        timeout: float = PROBE_SECONDS, download: bool = True) -> tuple[bool, str]:
     """Whether CLIP `arch` weights can be had, and why, in one line, for the `auto` encoder choice.
 
-    True for a named or cached file, or when the hub answers for the file within `timeout` seconds (bounded
-    even where name lookup hangs); offline, the network is not touched.
+    True for a named or cached file, or (with `download`) when the hub answers for the file within `timeout`
+    seconds (bounded even where name lookup hangs); offline, the network is not touched.
     """
     named = _named_file(weights)
     if named is not None:
@@ -304,6 +304,8 @@ def clip_weights_status(arch: str, weights: str | os.PathLike | None = None,
         return True, f"CLIP {arch} weights: {_show(cached)}"
     hub = hub_weights(arch)
     where = f"CLIP {arch} weights are not in the cache"
+    if not download:
+        return False, f"{where}; the first job that needs them downloads them"
     if offline():
         return False, f"{where} and {_offline_reason()}"
     failed = _FAILED_DOWNLOADS.get(arch)

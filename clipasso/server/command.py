@@ -85,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--weights", default=None, help="a CLIP weights file, as for `clipasso sketch`")
     parser.add_argument("--preload", default="auto", metavar="ENCODER",
-                        help="encoder to load at start so the first job is quick, or 'none' (default auto)")
+                        help="encoder to load at start so the first job is quick, or 'none' (default auto); never "
+                             "downloads: the first job that needs CLIP weights does")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,

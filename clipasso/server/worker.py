@@ -85,10 +85,12 @@ class Worker:
                 time.sleep(1.0)  # not a hot loop when the same failure repeats
 
     def _warm_up(self, name: str) -> None:
-        """Load the encoder before the first job, so that job does not pay for it."""
+        """Load the encoder before the first job, so that job does not pay for it. Never a download: the
+        queue would wait minutes for it with no word, where the first job that needs the weights downloads
+        them and says so (its `activity`)."""
         t = time.perf_counter()
         try:
-            _, reason = load_encoder(name, self.store.device, self.store.weights)
+            _, reason = load_encoder(name, self.store.device, self.store.weights, download=False)
         except Exception as exc:  # a missing model must not stop the server: jobs report it themselves
             log.warning("could not preload encoder %s: %s", name, one_line(exc))
             return

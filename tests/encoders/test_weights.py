@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +118,26 @@ def test_download_then_sketch_with_the_network_gone(env, hub, rn101_file, tmp_pa
     assert auto.returncode == 0, auto.stderr
     assert json.loads(auto.stdout)["encoder"] == "clip:RN101"
     assert "encoder clip:RN101 (CLIP RN101 weights: " in auto.stderr  # auto chose it, offline, from the cache
+
+
+def test_one_ctrl_c_stops_a_download(env, hub, small_file, tmp_path, server_photo_png):
+    """Before the first step there are no strokes to keep: Ctrl-C ends the run at once (it took a second
+    Ctrl-C, or the whole download). The download was said first, and leaves nothing in the cache."""
+    hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, pace=0.5)  # 3 MB in about 24 s
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(server_photo_png)
+    svg = tmp_path / "o.svg"
+    run = subprocess.Popen([sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg),
+                            "--encoder", "clip:RN50", "--strokes", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        said = run.stderr.readline()
+        assert said == f"clipasso: downloading the CLIP RN50 weights from {hub.url.split('//')[1]} (about 408 MB)\n"
+        run.send_signal(signal.SIGINT)
+        rest = run.communicate(timeout=60)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 130 and rest.splitlines()[-1] == "clipasso: interrupted", rest
+    assert not svg.exists() and blobs(env, RN50) == []
 
 
 def test_a_corrupt_download_is_refused_and_leaves_the_cache(env, hub, small_file):
@@ -363,6 +384,26 @@ def test_the_service_reports_readiness_and_runs_clip_jobs(env, hub, small_file, 
         models = {m["name"]: m for m in client.get("/health").json()["models"]}
         assert models["clip:RN101"]["state"] == "cached" and models["clip:RN50"]["state"] == "downloadable"
     server.stop()
+
+
+@pytest.mark.parametrize("preload, said", [
+    ("auto", "preloaded encoder lite0, the built-in offline encoder (CLIP RN101 weights are not in the cache; "
+             "the first job that needs them downloads them)"),
+    ("clip:RN101", "could not preload encoder clip:RN101: CLIP RN101 weights are not in the cache and a preload "
+                   "does not download (the first job that needs them does)"),
+])
+def test_a_preload_never_downloads(env, hub, server_factory, tmp_path, preload, said):
+    """`serve` preloads `auto` by default, and the extension starts it so: the preload downloaded 479 MB
+    before the worker took any job, and the queue waited for it with no word of why. The first job that
+    needs the weights downloads them and says so (its activity)."""
+    server = server_factory(tmp_path / "data", "--preload", preload)
+    for _ in range(240):  # bounded: at most 2 minutes on a loaded machine
+        if said in server.output.read_text():
+            break
+        time.sleep(0.5)
+    server.stop()
+    assert said in server.output.read_text()
+    assert hub.requests == []  # not even a look at the hub
 
 
 def test_openai_releases_are_the_clip_packages():
