@@ -142,16 +142,17 @@ class ClipEncoder(Encoder):
 
 
 def load_clip(
-    arch: str, device: str | torch.device, weights: str | os.PathLike, *, check_arch: bool = True
+    arch: str | None, device: str | torch.device, weights: str | os.PathLike, *, check_arch: bool = True
 ) -> ClipEncoder:
     """Build a frozen float32 `ClipEncoder` from a CLIP checkpoint in OpenAI's format.
 
     Takes OpenAI's TorchScript archives, plain `torch.save` state dicts and open_clip's `.safetensors` (as
     the Hugging Face Hub serves OpenAI's weights: the same tensor names) alike. With `check_arch`,
     the file must hold the named release's architecture; without it (tests with tiny models), only the
-    family (ResNet or ViT) must match. Raises InputError, one line, for anything else.
+    family (ResNet or ViT) must match. `arch` None takes whichever release the file holds. Raises
+    InputError, one line, for anything else.
     """
-    if arch not in CLIP_ARCHS:
+    if arch is not None and arch not in CLIP_ARCHS:
         raise InputError(f"unknown CLIP architecture {arch!r}; choose one of: {', '.join(CLIP_ARCHS)}")
     path = Path(weights)
     state_dict = _read_state_dict(path)
@@ -163,9 +164,16 @@ def load_clip(
         raise InputError(f"{path}: not a CLIP checkpoint ({one_line(exc)})") from None
     del state_dict  # with it goes the text tower, which is not needed
     shape = _shape(visual)
+    held = next((known for known, known_shape in ARCH_SHAPES.items() if known_shape == shape), None)
+    if arch is None:
+        if held is None:
+            raise InputError(f"{path} holds {_describe(shape)}, none of the CLIP releases this tool knows "
+                             f"({', '.join(CLIP_ARCHS)})")
+        arch = held
     expected = ARCH_SHAPES[arch]
     if shape != expected and (check_arch or shape[0] != expected[0]):
-        raise InputError(f"{path} holds {_describe(shape)}, not CLIP {arch}; pass the {arch} weights file")
+        other = f"choose the encoder clip:{held} for it, or " if held is not None else ""
+        raise InputError(f"{path} holds {_describe(shape)}, not CLIP {arch}'s; {other}pass the {arch} weights file")
     encoder = ClipEncoder(visual.float(), arch)
     return encoder.to(device).freeze()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -29,9 +30,10 @@ def load_encoder(
 ) -> tuple[Encoder, str]:
     """The encoder for `name` on `device`, and one line saying which was used and why.
 
-    Loaded encoders are kept, so a long-running service pays for loading once. `auto` takes the
-    `preferred` CLIP model when its weights are on disk or can be downloaded, else the built-in lite0;
-    also when that download fails or the cached file is corrupt (a file the user named is their error).
+    Loaded encoders are kept, so a long-running service pays for loading once. `auto` takes the CLIP
+    model in the weights file the user named, whichever release it holds (a bad file is their error to
+    see); else the `preferred` CLIP model when its weights are on disk or can be downloaded, else the
+    built-in lite0, also when that download fails or the cached file is corrupt.
     Building the model and moving it to the device run inside `guard()` (the engine's gate against CUDA
     graph captures); finding and downloading weights do not (a download is told to `on_download` first).
     Without `download` (a service's preload: its queue would wait) nothing is downloaded: `auto` takes lite0
@@ -41,15 +43,29 @@ def load_encoder(
     dev = resolve_device(device)
     if name != "auto":
         return _loaded(name, dev, weights, guard, on_download, download), f"encoder {name} (as asked)"
+    if named_weights(weights):  # the user's own file: whichever CLIP it holds (an OpenAI ViT-B-32.pt, say)
+        encoder = _loaded_from_file(dev, weights, guard)
+        arch = encoder.name.split(":", 1)[1]
+        return encoder, f"encoder {encoder.name} ({clip_weights_status(arch, weights)[1]})"
     ok, why = clip_weights_status(preferred.split(":", 1)[1], weights, download=download)
     if ok:
         try:
             return _loaded(preferred, dev, weights, guard, on_download, download), f"encoder {preferred} ({why})"
         except InputError as exc:
-            if named_weights(weights):  # the user's own file: their error to see
-                raise
             why = one_line(exc)
     return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"
+
+
+def _loaded_from_file(dev: torch.device, weights: str, guard: Callable[[], AbstractContextManager]) -> Encoder:
+    """The CLIP model in the user's weights file, whichever release it holds, loaded once per process (and
+    then also found under its name)."""
+    key = ("auto", str(dev), weights)
+    if key not in _LOADED:
+        path = Path(named_weights(weights)).expanduser()
+        with guard():
+            encoder = load_clip(None, dev, path).place(dev)
+        _LOADED[key] = _LOADED.setdefault((encoder.name, str(dev), weights), encoder)
+    return _LOADED[key]
 
 
 def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager],

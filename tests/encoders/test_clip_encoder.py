@@ -133,7 +133,7 @@ def test_openai_architectures_are_recognised(visual, arch):
 
 
 def test_a_file_for_another_architecture_is_refused(checkpoints):
-    resnet = r"holds a CLIP ResNet with blocks 1-1-1-1, width 8, 224 px, not CLIP RN101;"
+    resnet = r"holds a CLIP ResNet with blocks 1-1-1-1, width 8, 224 px, not CLIP RN101's; pass the RN101 weights"
     with pytest.raises(InputError, match=resnet):
         load_clip("RN101", "cpu", checkpoints["RN", False])
     with pytest.raises(InputError, match=r"holds a CLIP ViT with 4 blocks.*not CLIP ViT-B/32"):
@@ -141,6 +141,9 @@ def test_a_file_for_another_architecture_is_refused(checkpoints):
     # Without the exact check, the family must still match.
     with pytest.raises(InputError, match="not CLIP RN50"):
         load_clip("RN50", "cpu", checkpoints["ViT", False], check_arch=False)
+    # Taking whichever release the file holds: these are none.
+    with pytest.raises(InputError, match=r"width 8, 224 px, none of the CLIP releases this tool knows \(RN101, RN50"):
+        load_clip(None, "cpu", checkpoints["RN", False])
 
 
 def _one_line_input_error(call) -> str:

@@ -406,6 +406,22 @@ def test_a_preload_never_downloads(env, hub, server_factory, tmp_path, preload, 
     assert hub.requests == []  # not even a look at the hub
 
 
+def test_auto_takes_whichever_clip_the_users_file_holds(rn101_file, monkeypatch):
+    """`--weights ViT-B-32.pt` without `--encoder` failed: auto asked the file for RN101, the preset's choice.
+    A file for another release than the encoder named says which encoder it is for."""
+    from clipasso.encoders import load_encoder, registry
+    from clipasso.encoders.clip import load_clip
+    from clipasso.errors import InputError
+
+    monkeypatch.setattr(registry, "_LOADED", {})
+    encoder, reason = load_encoder("auto", "cpu", str(rn101_file), preferred="clip:RN50")
+    assert encoder.name == "clip:RN101" and reason == f"encoder clip:RN101 (CLIP RN101 weights: {rn101_file})"
+    assert load_encoder("clip:RN101", "cpu", str(rn101_file))[0] is encoder  # loaded once
+    with pytest.raises(InputError, match=r"holds CLIP RN101 weights, not CLIP RN50's; choose the encoder "
+                                         r"clip:RN101 for it, or pass the RN50 weights file"):
+        load_clip("RN50", "cpu", rn101_file)
+
+
 def test_openai_releases_are_the_clip_packages():
     """The table is kept here so that the `clip` package (and torchvision) is imported only for CLIP."""
     assert {arch: _MODELS[arch] for arch in CLIP_ARCHS} == weights.OPENAI_URLS
