@@ -315,9 +315,10 @@ def drawn_paths(name: str, text: str | None) -> tuple[DrawnPath, ...]:
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
-    """`32,16,8,4` as a tuple of ints; InputError for anything else."""
+    """`32,16,8,4` (or `32 16 8 4`) as a tuple of ints; InputError for anything else. Spaces separate too:
+    they were dropped, so `8 4` asked for one level of 84 strokes."""
     try:
-        return tuple(int(v) for v in text.replace(" ", "").split(","))
+        return tuple(int(v) for v in re.split(r"[\s,]+", text.strip()))
     except ValueError:
         raise InputError(f"levels must be stroke counts separated by commas, like 32,16,8,4; got {text!r}") from None
 

@@ -23,6 +23,9 @@ from .errors import InputError
 DEFAULT_STROKE_WIDTH = 1.0
 #: The id of a stroke in a ladder's level, as svg.py writes it: only the finest level's are read.
 LADDER_STROKE = re.compile(r"level-(\d+)-stroke-\d+")
+#: Points sampled along each cubic to tell whether a path passes over the photo (the extension's own check
+#: samples as many, so that both judge a path alike).
+CROSSING_SAMPLES = 32
 #: Shapes read as the paths of their outlines, beside <path>.
 SHAPES = (se.Rect, se.Circle, se.Ellipse, se.SimpleLine, se.Polyline, se.Polygon)
 
@@ -55,8 +58,9 @@ class DrawnPath:
         return np.concatenate([(weights * c[None]).sum(axis=1) for c in self.cubics] + [self.cubics[-1, 3:]])
 
     def inside(self, width: int, height: int) -> bool:
-        """Whether any of the path's control points lies on the photo."""
-        p = self.cubics.reshape(-1, 2)
+        """Whether the path passes over the photo: a point sampled along it (CROSSING_SAMPLES a cubic) lies on
+        it. Its control points may all lie off a curve that crosses the photo."""
+        p = self.outline(CROSSING_SAMPLES)
         return bool(np.any((p[:, 0] >= 0) & (p[:, 0] <= width) & (p[:, 1] >= 0) & (p[:, 1] <= height)))
 
     def overlaps(self, width: int, height: int) -> bool:

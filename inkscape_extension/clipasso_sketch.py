@@ -42,6 +42,9 @@ SHAPES = (inkex.Circle, inkex.Ellipse, inkex.Rectangle, inkex.Line, inkex.Polyli
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
 CONFIG = os.path.join(HERE, "clipasso_backend.json")
 SVG_NS = "http://www.w3.org/2000/svg"
+#: Points sampled along each cubic to tell whether a path passes over the photo: as many as the backend
+#: samples (clipasso/paths.py), so that both judge a path alike.
+CROSSING_SAMPLES = 32
 STROKE_STYLE = "fill:none;stroke:#000000;stroke-linecap:round;stroke-linejoin:round;stroke-width:{:.6g}"
 
 
@@ -104,12 +107,21 @@ class Sketch(inkex.EffectExtension):
             fields["levels"] = opts.levels.strip()
         paths = [] if job_id or opts.paths == PathUse.IGNORE.value else self.selected_paths()
         drawn = [drawn_paths(paths, img, pic, vp) for img, pic, vp in zip(images, pictures, viewports)]
+        if opts.strokes == 0 and not opts.levels.strip() and not job_id:
+            bare = [img for img, on in zip(images, drawn) if opts.paths != PathUse.REFINE.value or not on]
+            if bare:
+                why = ("\"Your selected paths\" is not Refine" if opts.paths != PathUse.REFINE.value
+                       else f"no selected path lies on {describe(bare[0])}")
+                raise ImageError(f"Strokes is 0, which adds no new stroke: it is for refining selected paths, and "
+                                 f"{why}. Set Strokes above 0 and run Line sketch again")
         off = [p for p in paths if not any(p is element for on in drawn for element, _, _ in on)]
         if off:
             which = "the selected path" if len(paths) == 1 else f"{len(off)} of the {len(paths)} selected paths"
             one = len(off) == 1
             sys.stderr.write(f"CLIPasso: {which} {'lies' if one else 'lie'} off the photo and {'is' if one else 'are'} "
                              "ignored\n")
+        if not job_id and opts.paths != PathUse.IGNORE.value and (unused := self.unused_selection()):
+            sys.stderr.write(f"CLIPasso: not used as strokes: {unused}\n")
 
         def prepare() -> None:
             """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
@@ -149,11 +161,27 @@ class Sketch(inkex.EffectExtension):
 
     def selected_paths(self) -> list:
         """The artist's strokes in the selection (`is_drawn`: an eye drawn with the ellipse tool too), also
-        those inside selected groups, each sent as its outline."""
+        those inside selected groups, each sent as its outline; not hidden ones (a ladder's hidden levels)."""
         found: list = []
         for element in self.svg.selection.values():
-            found += [p for p in element.iter() if is_drawn(p) and p not in found]
+            found += [p for p in element.iter() if is_drawn(p) and not is_hidden(p) and p not in found]
         return found
+
+    def unused_selection(self) -> str:
+        """What of the selection is neither a photo nor a stroke to use, in a few words ('' for nothing):
+        text, shapes without a stroke, hidden paths."""
+        kinds: dict[str, int] = {}
+        seen: set = set()
+        for element in self.svg.selection.values():
+            for item in element.iter():
+                if id(item) in seen or not isinstance(item, (inkex.TextElement, inkex.PathElement, *SHAPES)):
+                    continue
+                seen.add(id(item))
+                kind = ("text" if isinstance(item, inkex.TextElement) else "shape without a stroke"
+                        if not is_drawn(item) else "hidden path" if is_hidden(item) else None)
+                if kind:
+                    kinds[kind] = kinds.get(kind, 0) + 1
+        return ", ".join(f"{n} {kind}{'s' if n > 1 and kind != 'text' else ''}" for kind, n in kinds.items())
 
     def selected_images(self) -> list:
         """The <image> elements in the selection, also those inside selected groups, in selection order."""
@@ -207,7 +235,8 @@ class Sketch(inkex.EffectExtension):
         of = photo_name(image)
         if strokes.levels:
             counts = "/".join(str(n) for n, _ in strokes.levels)
-            layer = inkex.Layer.new(f"CLIPasso sketch - {counts} strokes - {of}")
+            plural = "" if counts == "1" else "s"
+            layer = inkex.Layer.new(f"CLIPasso sketch - {counts} stroke{plural} - {of}")
             for i, (n, paths) in enumerate(strokes.levels):
                 level = inkex.Layer.new(f"{n} stroke" if n == 1 else f"{n} strokes")
                 level.set("id", self.svg.get_unique_id(f"clipasso-level-{n}-"))
@@ -216,7 +245,8 @@ class Sketch(inkex.EffectExtension):
                 level.append(placed(paths))
                 layer.append(level)
         else:
-            layer = inkex.Layer.new(f"CLIPasso sketch - {len(strokes.paths)} strokes - {of}")
+            n = len(strokes.paths)
+            layer = inkex.Layer.new(f"CLIPasso sketch - {n} stroke{'' if n == 1 else 's'} - {of}")
             layer.append(placed(strokes.paths))
         layer.set("id", layer_id)
         anchor.addnext(layer)
@@ -231,6 +261,15 @@ class Sketch(inkex.EffectExtension):
         clip.append(inkex.Rectangle.new(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)))
         self.svg.defs.append(clip)
         return clip.get("id")
+
+
+def is_hidden(element) -> bool:
+    """Whether an element is not drawn: display none on it or on a group or layer above it, or hidden by
+    visibility."""
+    if any(isinstance(e, inkex.BaseElement) and e.cascaded_style().get("display") == "none"
+           for e in (element, *element.iterancestors())):
+        return True
+    return element.specified_style().get("visibility") in ("hidden", "collapse")
 
 
 def is_drawn(element) -> bool:
@@ -281,15 +320,43 @@ def document_to_pixels(image, picture: Picture, viewport: tuple) -> inkex.Transf
 def in_pixels(element, m: inkex.Transform, picture: Picture, touching: bool = False) -> tuple | None:
     """(element, its path data mapped by `m` into the image's pixels, its stroke width there), or None
     when it lies off the image: its box wholly off it, or with `touching` (a stroke to keep or refine, as
-    the backend judges those) none of its points on it, as a frame drawn around the photo."""
+    the backend judges those) no point along it on it, as a frame drawn around the photo."""
     # As cubics (arcs too), then mapped: an arc does not stay an arc under a skew.
-    data = inkex.Path(element.path.to_superpath()).transform(m)
+    data = inkex.Path(reachable_arcs(element.path).to_superpath()).transform(m)
     box = data.bounding_box()
     if box is None or box.right < 0 or box.bottom < 0 or box.left > picture.width or box.top > picture.height:
         return None
-    if touching and not any(0 <= p.x <= picture.width and 0 <= p.y <= picture.height for p in data.control_points):
+    if touching and not any(0 <= x <= picture.width and 0 <= y <= picture.height for x, y in along(data)):
         return None
     return element, str(data), stroke_width(element) * math.sqrt(abs(m.a * m.d - m.b * m.c))
+
+
+def along(path: inkex.Path, samples: int = CROSSING_SAMPLES):
+    """Points (x, y) along a path's cubics, `samples` a cubic: a line across the photo whose ends lie off it
+    has no control point on it."""
+    for sub in path.to_superpath():
+        for (_, p0, c1), (c2, p3, _) in zip(sub, sub[1:]):
+            for i in range(samples + 1):
+                t = i / samples
+                a, b, c, d = (1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t * t * (1 - t), t**3
+                yield (a * p0[0] + b * c1[0] + c * c2[0] + d * p3[0], a * p0[1] + b * c1[1] + c * c2[1] + d * p3[1])
+
+
+def reachable_arcs(path: inkex.Path) -> inkex.Path:
+    """The path with each arc's radii scaled up until they reach its end point, as SVG draws it (1.1, F.6.6):
+    Inkscape 1.2's inkex takes radii as given and ends such an arc short of its end point."""
+    fixed = []
+    for segment in path.to_absolute().proxy_iterator():
+        arc = segment.command
+        if isinstance(arc, inkex.paths.Arc) and arc.rx and arc.ry:
+            start, phi = segment.previous_end_point, math.radians(arc.x_axis_rotation)
+            dx, dy = (start.x - arc.x) / 2, (start.y - arc.y) / 2
+            x1, y1 = math.cos(phi) * dx + math.sin(phi) * dy, -math.sin(phi) * dx + math.cos(phi) * dy
+            rx, ry = abs(arc.rx), abs(arc.ry)
+            grow = math.sqrt(max(1.0, (x1 / rx) ** 2 + (y1 / ry) ** 2))
+            arc = inkex.paths.Arc(rx * grow, ry * grow, arc.x_axis_rotation, arc.large_arc, arc.sweep, arc.x, arc.y)
+        fixed.append(arc)
+    return inkex.Path(fixed)
 
 
 def stroke_width(element) -> float:

@@ -22,6 +22,7 @@ from clipasso.options import (
     SketchOptions,
     available_renderers,
     image_stroke_width,
+    parse_levels,
 )
 
 INX = Path(__file__).resolve().parents[1] / "inkscape_extension" / "clipasso.inx"
@@ -97,3 +98,16 @@ def test_the_extension_states_the_same_limits():
     assert [o.get("value") for o in param["encoder"].iterfind("i:option", ns)] == list(ENCODER_NAMES)
     assert [o.get("value") for o in param["renderer"].iterfind("i:option", ns)] == list(RENDERERS)
     assert [o.get("value") for o in param["focus"].iterfind("i:option", ns)] == list(FOCUSES)
+
+
+@pytest.mark.parametrize("text, levels", [("32,16,8,4", (32, 16, 8, 4)), (" 8 , 4 ", (8, 4)), ("32 16 8 4", (32, 16, 8, 4)),
+                                          ("16", (16,))])
+def test_levels_are_separated_by_commas_or_spaces(text, levels):
+    """`8 4` asked for one level of 84 strokes: the spaces were dropped."""
+    assert parse_levels(text) == levels
+
+
+@pytest.mark.parametrize("text", ["8,", ",8", "8;4", "8.0,4", "abc", ""])
+def test_levels_that_are_no_list_of_counts_are_refused(text):
+    with pytest.raises(InputError, match="levels must be stroke counts separated by commas"):
+        parse_levels(text)

@@ -97,6 +97,18 @@ def test_an_outline_around_the_whole_photo_overlaps_it():
     assert not beside.overlaps(100, 100) and beside.overlaps(130, 100)
 
 
+def test_a_path_crossing_the_photo_with_its_ends_off_it_is_on_it():
+    """Judged by points along the curve, not its control points: a curve whose control points all lie off
+    the photo may still cross it (a straight line's lie on it by chance: its thirds)."""
+    def on(d: str) -> bool:
+        (path,) = read_paths(f'<svg xmlns="http://www.w3.org/2000/svg"><path d="{d}"/></svg>')
+        return path.inside(100, 100)
+
+    assert on("M -20 -20 C -20 120 120 120 120 -20")  # dips to y = 85 at x = 50
+    assert on("M -10 50 L 110 50")
+    assert not on("M -20 -20 C -20 0 120 0 120 -20")  # stays above the photo
+
+
 def test_kept_paths_take_part_in_every_render(cat):
     encoder, _ = load_encoder("lite0", "cpu")
     target = prepare_target(Photo.of(cat), encoder, fast(keep=MINE).validated())

@@ -442,7 +442,8 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     does not, nor the frame drawn around the photo (none of its points on it, as the backend judges)."""
     status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=frame", "--id=eye", "--id=box",
                                   "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: 1 of the 3 selected paths lies off the photo and is ignored\n", err
+    assert status == 0 and err == ("CLIPasso: 1 of the 3 selected paths lies off the photo and is ignored\n"
+                                   "CLIPasso: not used as strokes: 1 shape without a stroke\n"), err
     sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
     assert [v for b in boxes for v in (b.left, b.top, b.right, b.bottom)] == pytest.approx(
@@ -452,6 +453,31 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=frame", *FAST, "--strokes=1",
                                   f"--backend_url={backend.url}")
     assert status == 0 and err == "CLIPasso: the selected path lies off the photo and is ignored\n", err
+
+
+def test_a_selection_is_read_as_inkscape_draws_it(backend) -> None:
+    """selection.svg (the photo at (10, 20), 2 units per pixel): a line across the photo with both ends off it
+    is kept (it was dropped as off the photo); an arc whose radii are too small is sent as the half circle
+    Inkscape draws (it ended at x 45 px instead of 65); paths hidden in a selected group are not sent (a
+    sketch layer's hidden ladder levels were); what is not used is named."""
+    status, err, out = run_sketch("selection.svg", "--id=cat", "--id=across", "--id=arc", "--id=mixed-group",
+                                  "--id=label", "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
+    assert status == 0 and err == "CLIPasso: not used as strokes: 2 hidden paths, 1 text\n", err
+    across, arc, shown = (inkex.Path(p.get("d")) for p in etree.fromstring(newest_job(backend)["keep"].encode())
+                          .findall("{http://www.w3.org/2000/svg}path"))
+    assert numbers(str(across))[:2] == pytest.approx([-5, 40]) and numbers(str(across))[-2:] == pytest.approx([125, 40])
+    assert numbers(str(arc))[-2:] == pytest.approx([65, 20])
+    top = arc.bounding_box()
+    assert (top.left, top.right, top.top, top.bottom) == pytest.approx((25, 65, 0, 20), abs=1e-3)  # radius 20 px
+    assert numbers(str(shown))[:2] == pytest.approx([10, 65])
+
+
+@pytest.mark.parametrize("use, why", [("keep", '"Your selected paths" is not Refine'),
+                                      ("refine", 'no selected path lies on image "cat"')])
+def test_no_strokes_and_nothing_to_refine_says_why(use: str, why: str, backend) -> None:
+    """Strokes 0 with nothing to refine was the backend's 'strokes must be between 1 and 512, got 0'."""
+    assert_refused("selection.svg", "--id=cat", "--id=label", f"--paths={use}", "--strokes=0",
+                   f"--backend_url={backend.url}", message=rf"^Strokes is 0, which adds no new stroke: .*{why}")
 
 
 def test_a_stroke_width_in_percent_is_of_the_documents_diagonal() -> None:
