@@ -11,8 +11,9 @@ import io
 import json
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 from tqdm import tqdm
 
@@ -112,17 +113,20 @@ def run(args: argparse.Namespace) -> int:
     for folder in {out.parent for out in outputs}:
         _check_writable(folder)
     check_weights(args.weights, args.encoder)
-    keep, refine, subject = (_read_svg(name, given) for name, given in
-                             (("--keep", args.keep), ("--refine", args.refine), ("--subject", args.subject)))
+    files = {"keep": args.keep, "refine": args.refine, "subject": args.subject}
+    keep, refine, subject = (_read_svg(f"--{name}", given) for name, given in files.items())
     strokes = args.strokes if args.strokes is not None else (0 if refine else 16)
-    options = SketchOptions(
-        strokes=strokes, keep=keep, refine=refine, levels=parse_levels(args.levels) if args.levels else None,
-        iterations=args.iterations, seed=args.seed, seeds=args.seeds,
-        encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
-        stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
-    ).validated()
+    with _naming_files(files):
+        options = SketchOptions(
+            strokes=strokes, keep=keep, refine=refine, levels=parse_levels(args.levels) if args.levels else None,
+            iterations=args.iterations, seed=args.seed, seeds=args.seeds,
+            encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
+            stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
+        ).validated()
     photo = load_photo(args.input)
-    _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
+    with _naming_files(files):
+        _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
+    warnings = [_naming(warning, files) for warning in warnings]
     if args.levels and args.strokes is not None and options.new_strokes(len(refined)) != args.strokes:
         warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "
                         f"({options.levels[0]})")
@@ -191,6 +195,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
     return EXIT_INTERRUPTED if stop["asked"] else 0
+
+
+def _naming(message: str, files: dict[str, str | None]) -> str:
+    """A message about the `keep` field, as the options word it for the service too, naming the option and
+    its file instead: `--keep mine.svg: not an SVG file`."""
+    field, sep, rest = message.partition(": ")
+    return f"--{field} {files[field]}: {rest}" if sep and files.get(field) else message
+
+
+@contextmanager
+def _naming_files(files: dict[str, str | None]) -> Iterator[None]:
+    """InputErrors raised inside, worded by `_naming`."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(_naming(str(exc), files)) from None
 
 
 def _read_svg(option: str, name: str | None) -> str | None:

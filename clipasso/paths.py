@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import svgelements as se
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 #: A kept path's width when the file gives none: SVG's own default.
 DEFAULT_STROKE_WIDTH = 1.0
@@ -98,7 +98,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     try:
         svg = se.SVG.parse(io.StringIO(svg_text), reify=False)
     except Exception as exc:  # svgelements raises what the XML parser and its own parsers raise
-        raise InputError(f"not an SVG file ({type(exc).__name__})") from None
+        raise InputError(f"not an SVG file ({one_line(exc, 120)})") from None
     if not isinstance(svg, se.SVG):
         raise InputError("not an SVG file")
     to_viewbox = ~se.Matrix(svg.viewbox_transform) if svg.viewbox_transform else se.Matrix()

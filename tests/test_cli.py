@@ -71,16 +71,16 @@ def bad(tmp_path: Path, photo: Path) -> dict:
         "output is the input": ([str(photo), "-o", out, "--preview", str(photo)], "that is the input photo"),
         "preview is the svg": ([str(photo), "-o", out, "--preview", out], "cannot be the same file"),
         "keep missing": ([str(photo), "-o", out, "--keep", str(tmp_path / "none.svg")], "no such file"),
-        "keep not svg": ([str(photo), "-o", out, "--keep", str(photo)], "not an SVG file"),
-        "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], "keep: has no <path>"),
+        "keep not svg": ([str(photo), "-o", out, "--keep", str(photo)], f"--keep {photo}: not an SVG file ("),
+        "keep no paths": ([str(photo), "-o", out, "--keep", str(no_paths)], f"--keep {no_paths}: has no <path>"),
         "keep 513 paths": ([str(photo), "-o", out, "--keep", str(too_many)], "at most 512"),
-        "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], "keep: the SVG is over 2 MB"),
+        "keep over 2 MB": ([str(photo), "-o", out, "--keep", str(huge)], f"--keep {huge}: the SVG is over 2 MB"),
         "weights missing": ([str(photo), "-o", out, "--weights", str(tmp_path / "RN101.pt")],
                             f"weights: {tmp_path / 'RN101.pt'}: no such file"),
         "refine off the photo": ([str(photo), "-o", out, "--refine", str(off)], "its path does not lie on"),
         "subject not svg": ([str(photo), "-o", out, "--subject", str(photo)], "not an SVG file"),
         "subject, focus none": ([str(photo), "-o", out, "--subject", str(off), "--focus", "none"], "needs focus auto"),
-        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], "subject: its path does not lie on"),
+        "subject off the photo": ([str(photo), "-o", out, "--subject", str(off)], f"--subject {off}: its path does not lie on"),
         "levels repeated": ([str(photo), "-o", out, "--levels", "8,4,8"], "may appear once"),
         "levels 0": ([str(photo), "-o", out, "--levels", "4,0"], "levels: each level must be between 1 and 512"),
         "levels 9": ([str(photo), "-o", out, "--levels", "9,8,7,6,5,4,3,2,1"], "1 to 8"),
@@ -118,7 +118,8 @@ def test_keep_adds_new_strokes_after_the_artist_paths(photo, tmp_path, capsys):
     out = tmp_path / "out.svg"
     assert main(["sketch", str(photo), "-o", str(out), "--keep", str(mine), "--strokes", "3", "--iterations", "2",
                  "--encoder", "lite0"]) == 0
-    assert "warning: keep: 1 of its 2 paths lies off the 600x400 photo and is ignored" in capsys.readouterr().err
+    said = f"clipasso: warning: --keep {mine}: 1 of its 2 paths lies off the 600x400 photo and is ignored\n"
+    assert said in capsys.readouterr().err
     text = out.read_text()
     assert text.count("<path") == 4 and text.index('d="M 200 100 A 100 80 0 1 1 400 100 Z"') < text.index("stroke-1")
     # Refining that result starts from its 4 paths and adds none unless asked.
