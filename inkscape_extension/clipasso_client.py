@@ -36,6 +36,10 @@ class Unreachable(BackendError):
     """Nothing answers at the backend URL."""
 
 
+class NotFound(BackendError):
+    """The backend has no such job (HTTP 404)."""
+
+
 class Backend:
     """One backend URL (and token): the calls the extension makes, with errors as one readable line."""
 
@@ -94,6 +98,10 @@ class Backend:
                         data = []
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise BackendError(f"the event stream of job {job_id} broke off ({exc})") from None
+
+    def job(self, job_id: str) -> dict:
+        """The job's view (state, progress, the photo's size ...); NotFound where the backend has no such job."""
+        return self._json("GET", f"/jobs/{_quoted(job_id)}")
 
     def preview_svg(self, job_id: str) -> bytes:
         """The job's strokes as they are now."""
@@ -155,6 +163,8 @@ class Backend:
                     f"the backend at {self.url} refused the token ({message}); set Token on the Backend page "
                     "to the one the backend was started with"
                 ) from None
+            if exc.code == 404:
+                raise NotFound(message) from None
             raise BackendError(message if 400 <= exc.code < 500 else f"the backend failed ({exc.code}: {message})") from None
         except (URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

@@ -38,7 +38,7 @@ class Phase(enum.Enum):
     DONE = "done"  # every job ended; the photos' strokes are ready to place
     CANCELLED = "cancelled"  # the user cancelled; nothing is placed
     FAILED = "failed"  # `error` says why; nothing is placed
-    TIMED_OUT = "timed_out"  # the timeout passed; the jobs go on on the backend (`error` says how to fetch them)
+    TIMED_OUT = "timed_out"  # the timeout passed; the jobs go on on the backend (`error` says how to place their results)
 
     @property
     def final(self) -> bool:
@@ -54,7 +54,7 @@ class Photo:
     fields: dict = field(default_factory=dict)  # this photo's own job fields (the artist's paths over it)
     job_id: str = ""
     view: dict = field(default_factory=dict)  # the backend's latest view of the job
-    running_since: float | None = None  # time.monotonic() when the job was first seen running
+    running_since: float | None = None  # time.monotonic() when the job started running
     preview: bytes = b""  # the backend's SVG of the latest strokes, while the window wants them
     strokes: Strokes | None = None  # the result; None after a stop before any strokes were laid
 
@@ -178,7 +178,7 @@ class SketchRun:
                 self._changed.wait(left)
 
     def _give_up(self) -> str:
-        """Past the timeout: detach the unfinished jobs, so that they go on, and say how to fetch them."""
+        """Past the timeout: detach the unfinished jobs, so that they go on, and say how to place their results later."""
         pending = [p for p in self.photos if p.job_id and not p.finished]
         for photo in pending:
             try:
@@ -194,12 +194,12 @@ class SketchRun:
 
         message = (
             f"The sketch did not finish within {self.timeout:g} s: job {first.job_id} is {state(first)}. The "
-            f"backend keeps working, and the result can still be fetched later: select the image and run Line "
-            f"sketch again with 'Fetch job' set to {first.job_id} on the Backend page (or download "
+            f"backend keeps working, and its result can be placed later: select the image and run Extensions > "
+            f"CLIPasso > Place a job's result with the job {first.job_id} (or download "
             f"{self.backend.url}/jobs/{first.job_id}/result.svg)."
         )
         if len(self.photos) > 1:  # every image's job, finished ones too: nothing was placed
-            message += " Each image's job, to fetch the same way: " + "; ".join(
+            message += " Each image's job, to place the same way: " + "; ".join(
                 f"{p.name}: {p.job_id} ({state(p)})" for p in self.photos if p.job_id) + "."
         return message
 
@@ -237,7 +237,8 @@ class SketchRun:
                 for view in self.backend.events(photo.job_id):
                     failures = 0
                     if view.get("state") == "running" and photo.running_since is None:
-                        photo.running_since = time.monotonic()
+                        # By the backend's clock: a fetched job may have run for minutes already.
+                        photo.running_since = time.monotonic() - float(view.get("elapsed") or 0.0)
                     photo.view = view
                     iteration = int(view.get("iteration") or 0)
                     due = time.monotonic() - last_preview >= PREVIEW_INTERVAL_S

@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 import inkex
 
-from clipasso_client import Backend, BackendError, check_job_id, ensure_backend, unready_encoder
+from clipasso_client import Backend, BackendError, NotFound, ensure_backend, unready_encoder
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
 from clipasso_jobs import Phase, Photo, SketchRun
@@ -60,21 +60,25 @@ class Sketch(inkex.EffectExtension):
     """Sketch the selected images with the CLIPasso backend."""
 
     def add_arguments(self, pars):
-        pars.add_argument("--tab", default="options")
+        self.add_placing_arguments(pars)
         pars.add_argument("--strokes", type=int, default=16)
         pars.add_argument("--iterations", type=int, default=0)
         pars.add_argument("--seed", type=int, default=0)
         pars.add_argument("--encoder", default="auto")
         pars.add_argument("--renderer", default="auto")
         pars.add_argument("--focus", default="auto")
+        pars.add_argument("--paths", default=PathUse.KEEP.value, choices=[u.value for u in PathUse])
+        pars.add_argument("--levels", default="")
+
+    @staticmethod
+    def add_placing_arguments(pars) -> None:
+        """What Line sketch and Place a job's result share: the backend, following the job, the strokes' width."""
+        pars.add_argument("--tab", default="options")
         pars.add_argument("--stroke_width", type=float, default=1.0)
         pars.add_argument("--backend_url", default="http://127.0.0.1:8765")
         pars.add_argument("--token", default="")
         pars.add_argument("--timeout", type=int, default=1800)
-        pars.add_argument("--job_id", default="")
         pars.add_argument("--window", type=inkex.Boolean, default=True)
-        pars.add_argument("--paths", default=PathUse.KEEP.value, choices=[u.value for u in PathUse])
-        pars.add_argument("--levels", default="")
 
     def effect(self):
         try:
@@ -85,9 +89,9 @@ class Sketch(inkex.EffectExtension):
     def _sketch_selection(self) -> None:
         opts = self.options
         images = self.selected_images()
-        job_id = check_job_id(opts.job_id.strip()) if opts.job_id.strip() else ""
+        job_id = self.wanted_job()
         if job_id and len(images) != 1:
-            raise ImageError(f"Fetch job {job_id} places one result: select the one image it was made from")
+            raise ImageError(f"Job {job_id} has one result: select the one image it was made from")
         # Inkscape hands over a copy of the document whose relative links it rebased to the copy's folder;
         # run by hand, the input is the document itself.
         inputs = [self.options.input_file, self.document_path()]
@@ -99,15 +103,10 @@ class Sketch(inkex.EffectExtension):
         ]
         viewports = [image_viewport(img, pic) for img, pic in zip(images, pictures)]
         backend = Backend(opts.backend_url, opts.token)
-        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer,
-                  "focus": opts.focus}
-        if opts.iterations > 0:
-            fields["iterations"] = opts.iterations
-        if opts.levels.strip():
-            fields["levels"] = opts.levels.strip()
+        fields = {} if job_id else self.job_fields()
         paths = [] if job_id or opts.paths == PathUse.IGNORE.value else self.selected_paths()
         drawn = [drawn_paths(paths, img, pic, vp) for img, pic, vp in zip(images, pictures, viewports)]
-        if opts.strokes == 0 and not opts.levels.strip() and not job_id:
+        if not job_id and opts.strokes == 0 and not opts.levels.strip():
             bare = [img for img, on in zip(images, drawn) if opts.paths != PathUse.REFINE.value or not on]
             if bare:
                 why = ("\"Your selected paths\" is not Refine" if opts.paths != PathUse.REFINE.value
@@ -128,6 +127,8 @@ class Sketch(inkex.EffectExtension):
             ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
                            os.path.join(HERE, "clipasso_backend.pid"))
             health = backend.health()
+            if job_id:
+                check_made_from(backend, job_id, images[0], pictures[0])
             unready = None if job_id else unready_encoder(health, opts.encoder)
             if unready:
                 raise BackendError(unready)
@@ -143,8 +144,8 @@ class Sketch(inkex.EffectExtension):
         # A photo shown through a clip or mask (Object > Clip or Mask > Set) is outlined: its shapes are the subject.
         outlined = [[] if job_id or opts.focus != "auto" else subject_outline(img, pic, vp, self.svg)
                     for img, pic, vp in zip(images, pictures, viewports)]
-        photos = [Photo(describe(img), pic, {**drawn_fields(opts.paths, on, pic), **drawn_fields("subject", outline, pic),
-                                             **shown_as_stored(pic)})
+        photos = [Photo(describe(img), pic, {} if job_id else {**drawn_fields(opts.paths, on, pic),
+                                                               **drawn_fields("subject", outline, pic), **shown_as_stored(pic)})
                   for img, pic, on, outline in zip(images, pictures, drawn, outlined)]
         run = SketchRun(backend, photos, fields, opts.timeout, prepare=prepare, job_id=job_id)
         follow(run, opts.window)
@@ -158,6 +159,21 @@ class Sketch(inkex.EffectExtension):
             raise BackendError("Stopped before the backend had drawn any strokes: nothing was placed")
         for img, pic, viewport, strokes in done:
             self.insert_sketch(img, pic, viewport, strokes)
+
+    def job_fields(self) -> dict:
+        """The sketch's options as the backend's job fields (the same for every photo)."""
+        opts = self.options
+        fields = {"strokes": opts.strokes, "seed": opts.seed, "encoder": opts.encoder, "renderer": opts.renderer,
+                  "focus": opts.focus}
+        if opts.iterations > 0:
+            fields["iterations"] = opts.iterations
+        if opts.levels.strip():
+            fields["levels"] = opts.levels.strip()
+        return fields
+
+    def wanted_job(self) -> str:
+        """The existing job whose result to place instead of sketching ('' here: see clipasso_place)."""
+        return ""
 
     def selected_paths(self) -> list:
         """The artist's strokes in the selection (`is_drawn`: an eye drawn with the ellipse tool too), also
@@ -261,6 +277,21 @@ class Sketch(inkex.EffectExtension):
         clip.append(inkex.Rectangle.new(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)))
         self.svg.defs.append(clip)
         return clip.get("id")
+
+
+def check_made_from(backend: Backend, job_id: str, image, picture: Picture) -> None:
+    """BackendError unless the backend has the job and it was made from a photo of this image's size: the
+    strokes are in that photo's pixels, and would be stretched over another one."""
+    try:
+        view = backend.job(job_id)
+    except NotFound:
+        raise BackendError(f"The backend at {backend.url} has no job {job_id}: check the id (the message of the "
+                           "Line sketch that ran past its Timeout names it). A backend knows only its own jobs, "
+                           "and removes each some days after it ends (clipasso serve --keep-days)") from None
+    size = (view.get("width"), view.get("height"))
+    if None not in size and size != (picture.width, picture.height):
+        raise BackendError(f"Job {job_id} was made from a {size[0]}x{size[1]} photo, and {describe(image)} is "
+                           f"{picture.width}x{picture.height} pixels: select the image it was made from")
 
 
 def is_hidden(element) -> bool:

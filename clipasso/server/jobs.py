@@ -174,6 +174,9 @@ class Job:
             queue_position=queue_position if self.state == JobState.QUEUED else None,
             warnings=self.warnings,
             activity=self.activity if self.state == JobState.RUNNING else None,
+            width=self.width,
+            height=self.height,
+            elapsed=None if self.started is None else round((self.finished or time.time()) - self.started, 1),
         ).model_dump(mode="json")
 
     def to_record(self) -> dict:

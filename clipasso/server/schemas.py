@@ -48,6 +48,9 @@ class JobView(BaseModel):
     queue_position: int | None  # while queued: how many jobs wait ahead of it
     warnings: list[str] = []  # what of the submission is ignored: the artist's paths that lie off the photo
     activity: str | None = None  # while it runs: long work outside the steps (a weights download, the ladder's levels)
+    width: int  # the photo's size in pixels, as displayed: the result's coordinates are these pixels
+    height: int
+    elapsed: float | None = None  # seconds it has run (or ran), by the server's clock; None while queued
 
 
 class JobList(BaseModel):

@@ -27,6 +27,7 @@ from inkex.tester.mock import Capture  # noqa: E402
 from inkex.utils import ABORT_STATUS  # noqa: E402
 from lxml import etree  # noqa: E402
 
+from clipasso_place import Place  # noqa: E402
 from clipasso_sketch import Sketch  # noqa: E402
 
 
@@ -74,14 +75,14 @@ class TestSketchComparisons(ComparisonMixin, TestCase):
         self.compare("linked.svg", "--id=cat", "--levels=3,1")
 
 
-def run_sketch(document: str, *args: str) -> tuple[int, str, bytes]:
-    """Run the effect as Inkscape does, without the progress window (test_extension_window.py has it):
-    (exit status, what it wrote to stderr, the output document)."""
+def run_sketch(document: str, *args: str, effect: type = Sketch) -> tuple[int, str, bytes]:
+    """Run the effect (Line sketch, or Place a job's result) as Inkscape does, without the progress window
+    (test_extension_window.py has it): (exit status, what it wrote to stderr, the output document)."""
     output = io.BytesIO()
     status = 0
     with Capture("stdout") as stdout, Capture("stderr") as stderr:
         try:
-            Sketch().run([str(DATA / document), *args, "--window=false"], output=output)
+            effect().run([str(DATA / document), *args, "--window=false"], output=output)
         except SystemExit as exc:
             status = exc.code
     assert stdout.getvalue() == "", "the extension printed to stdout, where Inkscape expects the document"
@@ -169,9 +170,9 @@ class TestSubjectOutline:
         assert status == 0 and len(new_strokes(out)) == 4, err
 
 
-def assert_refused(document: str, *args: str, message: str) -> str:
+def assert_refused(document: str, *args: str, message: str, effect: type = Sketch) -> str:
     """The run stops with one message matching `message`, and leaves no output."""
-    status, err, out = run_sketch(document, *args)
+    status, err, out = run_sketch(document, *args, effect=effect)
     assert status == ABORT_STATUS and out == b""
     assert re.search(message, err), err
     assert "Traceback" not in err
@@ -273,9 +274,19 @@ class TestSketchErrors:
         finally:
             server.stop()
 
-    def test_a_fetch_job_id_that_is_not_one_is_one_message(self) -> None:
+    def test_a_job_id_to_place_that_is_not_one_is_one_message(self) -> None:
         assert_refused("linked.svg", "--id=cat", f"--backend_url=http://127.0.0.1:{free_port()}",
-                       "--job_id=abc def", message=r"^'abc def' is not a job id")
+                       "--job_id=abc def", message=r"^'abc def' is not a job id", effect=Place)
+        assert_refused("linked.svg", "--id=cat", message=r"^Type the id of the job to place", effect=Place)
+
+    def test_a_job_the_backend_does_not_have_or_of_another_photo_is_refused(self, backend, coffee_job) -> None:
+        """It was 'Lost the CLIPasso backend while following job ...: unknown job id'; and a job of another
+        photo was placed over the selected one, stretched to it."""
+        assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", "--job_id=" + "A" * 22,
+                       message=rf"^The backend at {backend.url} has no job A{{22}}: check the id", effect=Place)
+        assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", f"--job_id={coffee_job}",
+                       message=rf'^Job {coffee_job} was made from a 90x60 photo, and image "cat" is 120x80 pixels: '
+                               "select the image it was made from", effect=Place)
 
     def test_job_fails(self, server_factory, tmp_path) -> None:
         # Online, CLIP weights are fetched on first use; the hub (a closed port here) does not answer, so the
@@ -292,9 +303,10 @@ class TestSketchErrors:
         # A timeout of 0 gives up at the first look at the job, which cannot have finished by then.
         err = assert_refused("linked.svg", "--id=cat", f"--backend_url={backend.url}", "--timeout=0", *FAST,
                              message=r"did not finish within 0 s: job \S+ is still (queued|running)")
-        job = re.search(r"'Fetch job' set to (\S+) on the Backend page", err).group(1)
+        job = re.search(r"run Extensions > CLIPasso > Place a job's result with the job (\S+) ", err).group(1)
         assert f"{backend.url}/jobs/{job}/result.svg" in err
-        status, err, out = run_sketch("linked.svg", "--id=cat", f"--backend_url={backend.url}", f"--job_id={job}")
+        status, err, out = run_sketch("linked.svg", "--id=cat", f"--backend_url={backend.url}", f"--job_id={job}",
+                                      effect=Place)
         assert (status, err) == (0, "")
         assert out.count(b"<path") == 4 and b"CLIPasso sketch - 4 strokes" in out
         assert httpx.get(f"{backend.url}/jobs/{job}").json()["state"] == "succeeded"
@@ -307,7 +319,7 @@ class TestSketchErrors:
         jobs = dict(re.findall(r'image "(\w+)": (\S+) \((?:finished|still (?:queued|running), \d+% done)\)', err))
         assert set(jobs) == {"cat", "coffee"} and len(set(jobs.values())) == 2, err
         status, err, out = run_sketch("two.svg", "--id=coffee", f"--backend_url={backend.url}",
-                                      f"--job_id={jobs['coffee']}")
+                                      f"--job_id={jobs['coffee']}", effect=Place)
         assert (status, err) == (0, "") and out.count(b"<path") == 4
 
 
@@ -326,7 +338,8 @@ def coffee_job(backend) -> str:
 @pytest.mark.parametrize("document", ["embedded.svg", "transformed.svg", "rotated.svg"])
 def test_everything_else_stays_untouched(document: str, coffee_job: str, backend) -> None:
     """Take the new layer and its clip path out of the result, and the document is the one that went in."""
-    status, err, out = run_sketch(document, "--id=photo", f"--job_id={coffee_job}", f"--backend_url={backend.url}")
+    status, err, out = run_sketch(document, "--id=photo", f"--job_id={coffee_job}", f"--backend_url={backend.url}",
+                                  effect=Place)
     assert (status, err) == (0, "")
     result = etree.fromstring(out)
     added = result.xpath("//svg:g[starts-with(@inkscape:label, 'CLIPasso sketch')] | //svg:clipPath[starts-with(@id, "

@@ -14,6 +14,7 @@ from inkex.tester import TestCase  # noqa: E402
 from inkex.tester.inx import InxMixin  # noqa: E402
 
 INX = str(EXTENSION_DIR / "clipasso.inx")
+PLACE_INX = str(EXTENSION_DIR / "clipasso_place.inx")
 
 
 class TestInx(InxMixin, TestCase):
@@ -22,8 +23,17 @@ class TestInx(InxMixin, TestCase):
         os.chdir(EXTENSION_DIR)  # InxFile imports the script by its path relative to the .inx
         try:
             self.assertInxIsGood(INX)
+            self.assertInxIsGood(PLACE_INX)
         finally:
             os.chdir(cwd)
+
+    def test_placing_a_job_is_a_menu_item_of_its_own(self) -> None:
+        """A job id typed on Line sketch's Backend page stayed in Inkscape's preferences, and every later
+        Line sketch placed that old result over whatever photo was selected."""
+        assert "job_id" not in {p.name for p in InxFile(INX).params}
+        inx = InxFile(PLACE_INX)
+        assert inx.ident == "org.clipasso.place" and inx.menu == ["CLIPasso", "Place a job's result"]
+        assert {p.name for p in inx.params} == {"tab", "job_id", "stroke_width", "backend_url", "token", "timeout", "window"}
 
     def test_menu_pages_and_parameters(self) -> None:
         inx = InxFile(INX)

@@ -21,7 +21,7 @@ import_extension()
 import inkex  # noqa: E402
 from inkex.tester.mock import Capture  # noqa: E402
 
-from clipasso_sketch import Sketch  # noqa: E402
+from clipasso_place import Place  # noqa: E402
 
 SIZE = (40, 30)
 MARKERS = {  # pixel (u, v) -> colour
@@ -153,7 +153,7 @@ def placed_points(svg_path, job_id: str, backend_url: str) -> tuple[np.ndarray, 
     """Run the extension; every stroke control point, in image pixels and as drawn on the canvas."""
     out = io.BytesIO()
     with Capture("stderr") as err:
-        Sketch().run([str(svg_path), "--id=img", f"--job_id={job_id}", f"--backend_url={backend_url}", "--window=false"],
+        Place().run([str(svg_path), "--id=img", f"--job_id={job_id}", f"--backend_url={backend_url}", "--window=false"],
                      output=out)
     assert err.getvalue() == ""
     svg = inkex.load_svg(out.getvalue()).getroot()

@@ -32,10 +32,14 @@ STROKES = 4
 INKSCAPE_TIMEOUT_S = 300
 
 
-def preferences(port: int, **extra: object) -> str:
-    settings = {"backend_url": f"http://127.0.0.1:{port}", "encoder": "lite0", "strokes": STROKES,
-                "iterations": 1, "timeout": 600, **extra}
-    attributes = " ".join(f'org.clipasso.sketch.{k}="{v}"' for k, v in settings.items())
+#: Line sketch, and Place a job's result.
+SKETCH, PLACE = "org.clipasso.sketch", "org.clipasso.place"
+
+
+def preferences(port: int, effect: str = SKETCH, **extra: object) -> str:
+    quick = {"encoder": "lite0", "strokes": STROKES, "iterations": 1} if effect == SKETCH else {}
+    settings = {"backend_url": f"http://127.0.0.1:{port}", "timeout": 600, **quick, **extra}
+    attributes = " ".join(f'{effect}.{k}="{v}"' for k, v in settings.items())
     return (
         '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
         '<inkscape version="1" xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape">\n'
@@ -59,17 +63,20 @@ def stop_backend(pid_file: Path) -> None:
         pass
 
 
-def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", **settings: object) -> inkex.SvgDocumentElement:
-    """Install the extension, run it in Inkscape on a copy of `document` (after Inkscape's `before` actions)
-    with `ids` selected, and return the exported document; the backend the extension started is stopped."""
+def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", effect: str = SKETCH,
+                 port: int | None = None, **settings: object) -> inkex.SvgDocumentElement:
+    """Install the extension, run `effect` in Inkscape on a copy of `document` (after Inkscape's `before`
+    actions) with `ids` selected, and return the exported document. Without a `port` of a running backend,
+    the extension starts the one it was installed with (which is stopped at the end)."""
     if INKSCAPE is None or XVFB_RUN is None:
         missing("Inkscape or xvfb-run is not installed")
     profile, docs = tmp_path / "profile", tmp_path / "docs"
     extensions = profile / "extensions"
     subprocess.run([sys.executable, "-m", "clipasso", "install-inkscape", "--dir", str(extensions)],
                    check=True, capture_output=True, timeout=120)
-    port = free_port()
-    (profile / "preferences.xml").write_text(preferences(port, **settings))
+    started = port is None
+    port = free_port() if started else port
+    (profile / "preferences.xml").write_text(preferences(port, effect, **settings))
     docs.mkdir()
     for name in (document, "cat.jpg"):
         shutil.copy(DATA / name, docs / name)
@@ -82,7 +89,7 @@ def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", **se
         CLIPASSO_CACHE=str(tmp_path / "cache"),
         OMP_NUM_THREADS="2",
     )
-    actions = f"{before}select-by-id:{ids};org.clipasso.sketch.noprefs;export-filename:{out};export-do"
+    actions = f"{before}select-by-id:{ids};{effect}.noprefs;export-filename:{out};export-do"
     pid_file = extensions / "clipasso" / "clipasso_backend.pid"
     inkscape = subprocess.Popen(
         [XVFB_RUN, "-a", INKSCAPE, "--with-gui", "--batch-process", f"--actions={actions}", str(docs / document)],
@@ -101,7 +108,7 @@ def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", **se
         # Batch mode with a display (Xvfb here) shows the progress window, which closes by itself at the end.
         assert "no progress window" not in log
         # The extension started the backend it was installed with, on the port from the preferences.
-        assert pid_file.exists()
+        assert pid_file.exists() == started
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
     finally:
         stop_backend(pid_file)
@@ -136,6 +143,18 @@ def test_inkscape_keeps_the_selected_path_and_makes_a_ladder(tmp_path: Path) -> 
     levels = [(g.get("inkscape:label"), g.get("style"), len(list(g.iter("{http://www.w3.org/2000/svg}path"))))
               for g in layer]
     assert levels == [("2 strokes", None, 2), ("1 stroke", "display:none", 1)]
+
+
+def test_inkscape_places_a_jobs_result_from_its_own_menu_item(tmp_path: Path, server_factory) -> None:
+    """Extensions > CLIPasso > Place a job's result, with the job's id in its preferences, places that job's
+    strokes over the photo (a job id was a field of Line sketch, and stayed set for every later sketch)."""
+    server = server_factory(tmp_path / "backend")
+    job = httpx.post(f"{server.url}/jobs", files={"image": ("cat.jpg", (DATA / "cat.jpg").read_bytes())},
+                     data={"encoder": "lite0", "strokes": "3", "iterations": "1"}, timeout=60).json()["id"]
+    svg = run_inkscape(tmp_path, "linked.svg", "cat", effect=PLACE, port=server.port, job_id=job)
+    layer = svg.getElementById("cat").getparent().getnext()
+    assert layer.get("inkscape:label") == "CLIPasso sketch - 3 strokes - cat.jpg"
+    assert len(list(layer.iter("{http://www.w3.org/2000/svg}path"))) == 3
 
 
 @pytest.mark.parametrize("action, attribute", [("object-set-clip", "clip-path"), ("object-set-mask", "mask")])
