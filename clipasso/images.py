@@ -139,6 +139,8 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
                     im.load()
                     small = _reduced(im, working_side)
             rgb, alpha = _to_rgb_on_white(ImageOps.exif_transpose(small) if orient else small)
+        except InputError:  # (a ValueError too) said as it is: a photo too large to decode is no corrupt one
+            raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError, zlib.error) as exc:
             raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
     _give_back_freed_memory()

@@ -81,9 +81,9 @@ def _cubics(segment: se.PathSegment) -> list[tuple[complex, ...]]:
     if isinstance(segment, se.QuadraticBezier):  # degree elevation: exact
         c = z(segment.control)
         return [(s, s + (c - s) * 2 / 3, e + (c - e) * 2 / 3, e)]
-    if isinstance(segment, se.Arc):
-        return [(z(c.start), z(c.control1), z(c.control2), z(c.end)) for c in segment.as_cubic_curves()]
-    if isinstance(segment, (se.Line, se.Close)) and s != e:
+    if isinstance(segment, se.Arc) and (curves := list(segment.as_cubic_curves())):
+        return [(z(c.start), z(c.control1), z(c.control2), z(c.end)) for c in curves]
+    if isinstance(segment, (se.Line, se.Close, se.Arc)) and s != e:  # an arc of radius 0 is a line (SVG 1.1, F.6.2)
         return [(s, s + (e - s) / 3, s + (e - s) * 2 / 3, e)]
     return []
 
@@ -101,7 +101,11 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         raise InputError(f"not an SVG file ({one_line(exc, 120)})") from None
     if not isinstance(svg, se.SVG):
         raise InputError("not an SVG file")
-    to_viewbox = ~se.Matrix(svg.viewbox_transform) if svg.viewbox_transform else se.Matrix()
+    try:
+        viewbox = svg.viewbox_transform
+    except ZeroDivisionError:
+        raise InputError("its viewBox has no area (a width or height of 0)") from None
+    to_viewbox = ~se.Matrix(viewbox) if viewbox else se.Matrix()
     paths, levels = [], []
     for element in svg.elements():
         if isinstance(element, SHAPES):  # drawn with an editor's ellipse, rectangle or line tool: its outline
@@ -117,7 +121,10 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             continue
         points = np.array([[(p.real, p.imag) for p in c] for c in cubics], dtype=np.float64)
         affine = np.array([[m.a, m.c], [m.b, m.d]])
-        points = points @ affine.T + np.array([m.e, m.f])
+        with np.errstate(all="ignore"):  # said below, in one line
+            points = points @ affine.T + np.array([m.e, m.f])
+        if not np.isfinite(points).all():
+            raise InputError("a path's coordinates are not finite numbers (its transform is too large)")
         width = element.stroke_width  # its own or inherited, from attribute or style
         stroke = element.stroke if element.stroke is not None and element.stroke.value is not None else None
         level = LADDER_STROKE.fullmatch(str(element.values.get("id") or ""))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import socket
 import stat
@@ -74,6 +75,17 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def finite(text: str) -> float:
+    """A number option's value: `inf` and `nan` are refused in argparse's one line (they were tracebacks)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}; any other needs --token)")
@@ -87,13 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preload", default="auto", metavar="ENCODER",
                         help="encoder to load at start so the first job is quick, or 'none' (default auto); never "
                              "downloads: the first job that needs CLIP weights does")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+    parser.add_argument("--max-upload-mb", type=finite, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"queued jobs beyond which submissions get 429 (default {DEFAULT_MAX_QUEUE})")
-    parser.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS,
+    parser.add_argument("--keep-days", type=finite, default=DEFAULT_KEEP_DAYS,
                         help=f"remove finished jobs older than this many days (default {DEFAULT_KEEP_DAYS:g})")
-    parser.add_argument("--max-data-gb", type=float, default=None,
+    parser.add_argument("--max-data-gb", type=finite, default=None,
                         help="remove the oldest finished jobs while the data folder holds more (default: no limit)")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"most jobs optimised together (same encoder), on one device (default "

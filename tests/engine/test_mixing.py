@@ -97,6 +97,12 @@ def test_an_outline_around_the_whole_photo_overlaps_it():
     assert not beside.overlaps(100, 100) and beside.overlaps(130, 100)
 
 
+def test_an_arc_of_radius_0_is_a_line():
+    """SVG draws an arc with a radius of 0 as a straight line; it was refused as no path data."""
+    (arc,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 100,100 A 0 0 0 0 0 120,100"/></svg>')
+    assert np.allclose(arc.cubics, [[[100, 100], [320 / 3, 100], [340 / 3, 100], [120, 100]]])
+
+
 def test_a_path_crossing_the_photo_with_its_ends_off_it_is_on_it():
     """Judged by points along the curve, not its control points: a curve whose control points all lie off
     the photo may still cross it (a straight line's lie on it by chance: its thirds)."""
@@ -205,6 +211,10 @@ def test_a_sketch_without_each_stroke_is_what_drawing_the_others_gives(backend):
     (dict(refine='<svg xmlns="http://www.w3.org/2000/svg"><text>hello</text></svg>'), "refine: has no <path>"),
     (dict(keep='<svg xmlns="http://www.w3.org/2000/svg">' + '<path d="M 1 1 L 2 2"/>' * 513 + "</svg>"),
      "at most 512"),
+    (dict(keep='<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 451 0"><path d="M 1 1 L 9 9"/></svg>'),
+     "keep: its viewBox has no area"),  # was a ZeroDivisionError's traceback
+    (dict(keep='<svg xmlns="http://www.w3.org/2000/svg"><path transform="scale(1e400)" d="M 1 1 L 9 9"/></svg>'),
+     "keep: a path's coordinates are not finite numbers"),
     (dict(levels=(8, 8)), "may appear once"),
     (dict(levels=(0, 8)), "between 1 and 512"),
     (dict(levels=(513,)), "between 1 and 512"),

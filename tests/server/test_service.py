@@ -300,6 +300,8 @@ BAD_FIELDS = [
     ({"refine": '<svg xmlns="http://www.w3.org/2000/svg"><text>hello</text></svg>'}, "refine: has no <path>"),
     ({"keep": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 5000 5 L 5100 5"/></svg>'}, "its path does not lie on"),
     ({"subject": "hello"}, "subject: not an SVG file"),
+    ({"subject": '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 0 0"><path d="M 1 1 L 9 9"/></svg>'},
+     "subject: its viewBox has no area"),  # was a 500 and a traceback
     ({"subject": MINE, "focus": "none"}, "subject: an outline of the subject needs focus auto"),
     ({"subject": '<svg xmlns="http://www.w3.org/2000/svg"><path d="M 500 5 L 600 5 L 600 90 Z"/></svg>'},
      "subject: its path does not lie on the 226x150 photo"),
@@ -415,6 +417,16 @@ def test_unsafe_or_bad_settings_refuse_to_start(tmp_path: Path, args: list[str],
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("clipasso: error:") and words in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--max-data-gb", "--max-upload-mb", "--keep-days"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, option: str, value: str) -> None:
+    """They were an OverflowError's or ValueError's traceback, or (--keep-days) a server that kept nothing."""
+    done = subprocess.run([*SERVE, "--data-dir", str(tmp_path), option, value], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"clipasso serve: error: argument {option}: not a finite number: '{value}' (see clipasso serve --help)"]
 
 
 def test_port_in_use_is_a_clear_error(server_main: ServerProcess, tmp_path: Path) -> None:
