@@ -2,8 +2,9 @@
 
 A `SketchRun` reaches the backend, sends each photo as an *attached* job, and follows every job over its
 event stream in a thread of its own. The open streams are what keeps the jobs alive: if this process is
-killed (Inkscape's Cancel, a crash, Inkscape closing), the streams close and the backend cancels the
-jobs within seconds. The run ends in one final `Phase`; the effect acts on it, and the progress window
+killed, the streams close and the backend cancels the jobs within seconds. Inkscape does not kill it when
+Inkscape itself is killed, crashes or closes (it starts extensions detached from itself); the run then
+sees that nothing reads its standard output any more, and cancels as Cancel does. The run ends in one final `Phase`; the effect acts on it, and the progress window
 shows the run while it lasts. Standard library only, no GTK: the run works the same with or without the
 window.
 """
@@ -11,6 +12,7 @@ window.
 from __future__ import annotations
 
 import enum
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ PREVIEW_INTERVAL_S = 0.25
 STREAM_RETRIES = 3
 #: How long Stop and place waits for the jobs to stop (a running one stops at its next iteration).
 STOP_WAIT_S = 120.0
+#: How often the run looks whether Inkscape still reads its standard output.
+READER_CHECK_S = 0.5
 
 
 class Phase(enum.Enum):
@@ -114,6 +118,7 @@ class SketchRun:
 
     def run(self) -> None:
         """Do the whole run; returns in a final phase (never raises for backend problems)."""
+        threading.Thread(target=self._watch_reader, name="watch-inkscape", daemon=True).start()
         try:
             self._run()
         except BackendError as exc:
@@ -227,6 +232,14 @@ class SketchRun:
             if photo.job_id and not photo.finished and (include_fetched or photo.job_id != self.job_id):
                 self.backend.cancel(photo.job_id)
 
+    def _watch_reader(self) -> None:
+        """Cancel the run once Inkscape, which reads the document from our standard output, has gone."""
+        while not self.phase.final:
+            if reader_gone():
+                self.cancel()
+                return
+            time.sleep(READER_CHECK_S)
+
     # ----- following the jobs (one thread each) ---------------------------------------------------
 
     def _follow(self, photo: Photo) -> None:
@@ -325,6 +338,19 @@ class SketchRun:
         else:
             waiting = "next in the backend's queue"
         return Report(title, 0.0, "Queued", f"Waiting: {waiting}", overall)
+
+
+def reader_gone(fd: int = 1) -> bool:
+    """Whether the pipe on `fd` (standard output) has lost its reader: Inkscape was killed, crashed or
+    closed. A file or terminal there never says so; nor does a system without poll() (Windows)."""
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)  # a pipe without a reader answers POLLERR
+    try:
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except OSError:
+        return False
 
 
 class Report(NamedTuple):

@@ -242,6 +242,23 @@ def test_killing_the_extension_cancels_its_job_within_5_s(backend, display, wind
     assert view["state"] == "cancelled", f"job still {view['state']} {time.monotonic() - killed:.1f} s after the kill"
 
 
+@pytest.mark.parametrize("window", [True, False], ids=["with the window", "without it"])
+def test_inkscape_gone_cancels_the_job_and_ends_the_extension(backend, display, window: bool) -> None:
+    """Inkscape killed, crashed or closed leaves the extension running (Inkscape starts it detached): the
+    reader of its standard output is gone, and it cancels its job and ends, window and all. Before, the
+    job ran to its end with the window still up."""
+    run = Extension(backend, display, "linked.svg", "--id=cat", *ENDLESS, f"--window={window}")
+    (job,) = run.jobs()
+    if window:
+        run.window()
+    run.running(job)
+    run.proc.stdout.close()  # what Inkscape's end does to the pipe it reads the document from
+    gone = time.monotonic()
+    view = wait_for_state(run, job, "cancelled", within=5.0)
+    assert view["state"] == "cancelled", f"job still {view['state']} {time.monotonic() - gone:.1f} s after"
+    assert run.proc.wait(WAIT_S) is not None
+
+
 @pytest.fixture()
 def no_gi(tmp_path) -> str:
     """A folder that shadows PyGObject with a module that fails to import, as in a Python without GTK."""
