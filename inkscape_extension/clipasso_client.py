@@ -26,6 +26,8 @@ START_WAIT_S = 180.0
 REQUEST_TIMEOUT_S = 60.0
 #: Longest silence on an event stream (the backend sends a keep-alive every 15 s).
 STREAM_TIMEOUT_S = 60.0
+#: The backend's log is set aside (as .1) once it is larger than this, when the extension starts a backend.
+LOG_KEEP_BYTES = 5_000_000
 
 
 class BackendError(Exception):
@@ -287,6 +289,9 @@ def ensure_backend(backend: Backend, config_path: str, log_path: str, pid_path: 
             "and run the extension again (or run `clipasso install-inkscape` so that the extension can start it)."
         )
     failure = _start_and_wait(backend, start_command(backend, command), log_path, pid_path)
+    refused = _refusal(backend, failure or "")
+    if refused:
+        raise BackendError(refused)
     if failure:
         raise BackendError(
             f"The CLIPasso backend does not answer at {backend.url} and starting it failed: {failure}\n"
@@ -307,28 +312,80 @@ def _start_and_wait(backend: Backend, argv: list[str], log_path: str, pid_path: 
     # The backend outlives this script on purpose; Python would warn on stderr, which Inkscape shows.
     warnings.filterwarnings("ignore", "subprocess .* is still running", ResourceWarning)
     try:
-        with open(log_path, "wb") as log:
+        log, log_path = _open_log(log_path, argv)
+    except OSError as exc:
+        return f"its log {log_path} cannot be written ({exc.strerror or exc})"
+    try:
+        with log:
             process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=os.path.expanduser("~"), close_fds=True, **options,
             )
     except OSError as exc:
         return f"{argv[0]}: {exc.strerror or exc}"
-    try:
-        with open(pid_path, "w", encoding="ascii") as f:
-            f.write(f"{process.pid}\n")
-    except OSError:
-        pass  # the pid file only helps to stop the backend by hand
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return f"it exited with code {process.returncode}; its log {log_path} ends with:\n{_tail(log_path)}"
         try:
             backend.health(timeout=2.0)
-            return None
         except Unreachable:
             time.sleep(0.5)
+            continue
+        # Only now: a start that failed must not take the place of a running backend's pid.
+        for path in (pid_path, os.path.join(os.path.dirname(log_path), os.path.basename(pid_path))):
+            try:
+                with open(path, "w", encoding="ascii") as f:
+                    f.write(f"{process.pid}\n")
+                break
+            except OSError:
+                continue  # the pid file only helps to stop the backend by hand
+        return None
     return f"it did not answer within {START_WAIT_S:.0f} s (it is still starting, or stuck: see {log_path})"
+
+
+def _open_log(log_path: str, argv: list[str]):
+    """The backend's log, opened for appending (a backend started earlier may still write to it: truncating
+    it under that one left a file of NULs), with a line for this start; beside the extension, else (a
+    folder installed read-only) in the user's own state folder. Returns (file, its path)."""
+    folders = [os.path.dirname(log_path), user_state_dir()]
+    for i, folder in enumerate(folders):
+        path = os.path.join(folder, os.path.basename(log_path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.path.exists(path) and os.path.getsize(path) > LOG_KEEP_BYTES:
+                os.replace(path, path + ".1")
+            log = open(path, "ab")
+        except OSError:
+            if i == len(folders) - 1:
+                raise
+            continue
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} the extension starts: {shlex.join(argv)}\n".encode())
+        log.flush()
+        return log, path
+    raise OSError("no folder for the log")
+
+
+def user_state_dir() -> str:
+    """Where the extension keeps the backend's log when its own folder is read-only."""
+    if sys.platform == "win32":
+        return os.path.join(os.environ.get("LOCALAPPDATA") or os.path.expanduser("~"), "clipasso")
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "clipasso")
+
+
+def _refusal(backend: Backend, failure: str) -> str | None:
+    """What to do when the backend refused to start for a reason starting it again will not mend: another
+    backend holds the data folder (the user changed the port), or something else holds the port."""
+    other = re.search(r"another `clipasso serve` \(at (\S+)\) uses the data folder", failure)
+    if other:
+        return (f"Another CLIPasso backend already runs at {other.group(1)}, and only one may use the data folder. "
+                f"Set Backend URL on the Backend page to {other.group(1)} (or stop that backend), and run the "
+                "extension again.")
+    if "cannot listen on" in failure and "in use" in failure:
+        return (f"Something at {backend.host}:{backend.port} holds the port but does not answer as a CLIPasso "
+                "backend. Set another port in Backend URL on the Backend page (say "
+                f"http://{backend.host}:{backend.port + 1}), or stop what runs there, and run the extension again.")
+    return None
 
 
 def _tail(path: str, lines: int = 5) -> str:

@@ -42,7 +42,7 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..errors import InputError
-from ..files import FILE_MODE, check_writable
+from ..files import FILE_MODE, check_writable, write_atomic
 from ..options import DEFAULT_KEEP_DAYS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB, check_encoder_name, check_weights
 from .hosts import is_loopback_host
 
@@ -51,6 +51,8 @@ log = logging.getLogger("clipasso.service")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MIN_TOKEN_LENGTH = 16
+#: The address the running server answers at, in its data folder (a second start on the folder names it).
+ADDRESS = "serve.address"
 
 
 def default_data_dir() -> Path:
@@ -112,6 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{GPU_BATCH} on a GPU, 1 elsewhere: a CPU gains nothing from it)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="CPU threads for the engine (default: all cores but one, here %(default)s)")
+
+
+def _address(data_dir: Path) -> str | None:
+    """Where the server that holds `data_dir` answers, as it wrote it when it started."""
+    try:
+        return (data_dir / ADDRESS).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -223,18 +233,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise InputError(f"another `clipasso serve` uses the data folder {data_dir}; stop it, or give this one "
-                         "its own --data-dir") from None
+        at = _address(data_dir)
+        raise InputError(f"another `clipasso serve`{f' (at {at})' if at else ''} uses the data folder {data_dir}; "
+                         "use that one, stop it, or give this one its own --data-dir") from None
     _private(data_dir / "serve.lock")  # one an older version made, readable by all
 
     sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    try:  # for a second start on this folder to name (the extension then says where this one answers)
+        write_atomic(data_dir / ADDRESS, f"http://{f'[{host}]' if ':' in host else host}:{port}\n", FILE_MODE)
+    except OSError:
+        pass
     _setup_logging(data_dir / "serve.log")
     max_bytes = None if args.max_data_gb is None else int(args.max_data_gb * 1e9)
     store = JobStore(data_dir, device=device, weights=args.weights, max_queued=args.max_queue,
                      keep_days=args.keep_days, max_bytes=max_bytes)
     worker = Worker(store, preload=None if args.preload == "none" else args.preload, batch=batch)
     app = create_app(store, worker, token=token, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
-    host, port = sock.getsockname()[:2]
     log.info("clipasso %s serving on http://%s:%d (device %s, %d engine threads, batches of up to %d jobs, "
              "data in %s, token %s)", __version__, host, port, device, args.threads, batch, data_dir,
              "required" if token else "off")

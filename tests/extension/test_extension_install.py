@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from extension_support import DATA, EXTENSION_DIR, INKSCAPE, extension_env, import_extension
+from extension_support import DATA, EXTENSION_DIR, FAST, INKSCAPE, extension_env, import_extension
 from servers import free_port
 
 from clipasso import __version__
@@ -76,3 +78,56 @@ def test_installed_extension_says_how_to_start_a_backend_that_fails_to_start(tmp
     assert f"serve --host 127.0.0.1 --port {port} --token short\n" in done.stderr
     assert "Traceback" not in done.stderr
     assert (tmp_path / FOLDER / "clipasso_backend.log").exists()
+
+
+def test_a_second_port_names_the_backend_that_holds_the_data_folder(tmp_path: Path) -> None:
+    """The user changes the port in Backend URL while the backend the extension started runs on the old one:
+    the new start is refused (one backend per data folder), and the message names where the running one
+    answers. The log is appended to (truncating it under the running backend left a file of NULs) and
+    the pid file still names the running backend."""
+    import_extension()
+    from inkex.utils import ABORT_STATUS
+
+    assert main(["install-inkscape", "--dir", str(tmp_path)]) == 0
+    folder = tmp_path / FOLDER
+    env = extension_env(XDG_DATA_HOME=str(tmp_path / "data"), CLIPASSO_OFFLINE="1")
+
+    def run(port: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(folder / "clipasso_sketch.py"), "--id=cat", "--window=false", *FAST,
+             f"--backend_url=http://127.0.0.1:{port}", str(DATA / "linked.svg")],
+            capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+
+    first, second = free_port(), free_port()
+    try:
+        done = run(first)
+        assert done.returncode == 0, done.stderr
+        pid = (folder / "clipasso_backend.pid").read_text()
+        done = run(second)
+        assert (done.returncode, done.stdout) == (ABORT_STATUS % 256, "")
+        assert done.stderr.startswith(f"Another CLIPasso backend already runs at http://127.0.0.1:{first}, and only "
+                                      f"one may use the data folder. Set Backend URL on the Backend page to "
+                                      f"http://127.0.0.1:{first}"), done.stderr
+        log = (folder / "clipasso_backend.log").read_bytes()
+        assert b"\0" not in log and log.count(b"the extension starts: ") == 2
+        assert (folder / "clipasso_backend.pid").read_text() == pid
+    finally:
+        pid_file = folder / "clipasso_backend.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_the_log_goes_to_the_users_state_folder_when_the_extension_folder_is_read_only(tmp_path, monkeypatch):
+    """A system-wide installation cannot be written by the user: starting the backend failed, blamed on the
+    Python interpreter."""
+    import_extension()
+    from clipasso_client import _open_log
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the log cannot be made under it, even by root
+    log, path = _open_log(str(blocked / "clipasso_backend.log"), ["clipasso", "serve"])
+    with log:
+        log.write(b"hello\n")
+    assert path == str(tmp_path / "state" / "clipasso" / "clipasso_backend.log")
+    assert Path(path).read_text().endswith("the extension starts: clipasso serve\nhello\n")
