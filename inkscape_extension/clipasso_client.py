@@ -117,8 +117,10 @@ class Backend:
         self._request("POST", f"/jobs/{_quoted(job_id)}/detach", b"", timeout=5.0)
 
     def live_page(self, job_id: str) -> str:
-        """The backend's page that shows the job's strokes as they form."""
-        return f"{self.url}/#job={_quoted(job_id)}"
+        """The backend's page that shows the job's strokes as they form; with the token, which the page reads
+        from the address's fragment (browsers do not send that part to the server)."""
+        token = f"&token={quote(self.token, safe='')}" if self.token else ""
+        return f"{self.url}/#job={_quoted(job_id)}{token}"
 
     def cancel(self, job_id: str) -> None:
         """Ask the backend to stop a job; best effort (a job that has just finished has nothing to stop, and a

@@ -167,6 +167,8 @@ def test_job_ids_are_checked_and_quoted() -> None:
         with pytest.raises(BackendError, match="is not a job id: the backend's ids are 22 letters"):
             check_job_id(bad)
     assert Backend("http://127.0.0.1:1").live_page("a/b c") == "http://127.0.0.1:1/#job=a%2Fb%20c"
+    # Without the token the page could only say "not reachable: 401".
+    assert Backend("http://127.0.0.1:1", "s3cret+token/x").live_page("j") == "http://127.0.0.1:1/#job=j&token=s3cret%2Btoken%2Fx"
 
 
 def test_missing_and_unresolvable_links(tmp_path: Path) -> None:
