@@ -241,3 +241,17 @@ def test_exif_orientation_gives_the_displayed_size(fmt: str):
     photo = load_photo(buf.getvalue())
     assert (photo.width, photo.height) == (20, 40) and photo.image.size == (20, 40)
     assert photo.image.getpixel((17, 20))[0] > 200  # the band is now down the right side
+
+
+@pytest.mark.parametrize("depth", ["16-bit PNG", "float TIFF"])
+def test_deep_greys_keep_their_tones(depth):
+    """A 16-bit grey PNG (or a float TIFF in 0..1) is its 8-bit copy's tones, not stretched to 0..255: the
+    stretch made such a photo 36 levels brighter on average."""
+    grey = (data.camera() // 2 + 40).astype(np.uint8)  # 40..167: a stretch would show
+    buffer = io.BytesIO()
+    if depth == "16-bit PNG":
+        Image.fromarray(grey.astype(np.uint16) * 257).save(buffer, format="PNG")
+    else:
+        Image.fromarray(grey.astype(np.float32) / 255, "F").save(buffer, format="TIFF")
+    loaded = np.asarray(load_photo(buffer.getvalue()).image.convert("L"), dtype=int)
+    assert np.abs(loaded - grey).max() <= 1
