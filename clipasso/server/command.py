@@ -116,6 +116,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for the engine (default: all cores but one, here %(default)s)")
 
 
+def _close_store_first(server, store) -> None:
+    """Make uvicorn's `server` close the job store as soon as it is asked to stop, not once the open
+    connections have ended: event streams then end by themselves (uvicorn cancelled them after its grace
+    period, with a traceback in the log) and the running job stops at its next step."""
+    handle_exit = server.handle_exit
+
+    def stop(sig: int, frame: object) -> None:
+        handle_exit(sig, frame)
+        store.close()
+
+    server.handle_exit = stop  # uvicorn installs its signal handlers from this attribute when it starts
+
+
 def _address(data_dir: Path) -> str | None:
     """Where the server that holds `data_dir` answers, as it wrote it when it started."""
     try:
@@ -255,7 +268,9 @@ def run(args: argparse.Namespace) -> int:
              "required" if token else "off")
     config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        _close_store_first(server, store)
+        server.run(sockets=[sock])
     finally:
         lock.release()
     return 0

@@ -162,7 +162,8 @@ async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterat
     last, quiet = None, 0.0
     store.watch(job_id)  # here, so that it is undone in `finally` however the stream ends
     try:
-        while not await request.is_disconnected():  # noticed even while the job waits and nothing is sent
+        # Noticed even while the job waits and nothing is sent; a server stopping ends the stream.
+        while not store.closed and not await request.is_disconnected():
             try:
                 version, view = store.snapshot(job_id)
             except UnknownJob:  # removed meanwhile (the data folder's size limit): the stream ends

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -463,6 +464,35 @@ def test_restart_keeps_results_and_accounts_for_unfinished_jobs(server_factory, 
     assert not (data / "jobs" / waiting["id"] / "result.svg").exists()
     log = (data / "serve.log").read_text()
     assert "1 interrupted marked failed" in log and "1 queued again" in log and "Application shutdown complete" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_ends_the_event_streams_without_a_traceback(server_factory, tmp_path: Path, server_photo_png: bytes,
+                                                             sig: int) -> None:
+    """A client following a running job while the server stops: its stream ends, the server stops within its
+    grace period, and the log has no traceback (uvicorn cancelled the open stream after 3 s: 'Exception in
+    ASGI application ... CancelledError')."""
+    server = server_factory(tmp_path / "data")
+    with server.client() as client:
+        job = submit(client, server_photo_png, **ENDLESS)
+        wait_until_running(client, job["id"])
+        ended: list[str] = []
+
+        def watch() -> None:
+            with client.stream("GET", f"/jobs/{job['id']}/events") as stream:
+                ended.extend(line for line in stream.iter_lines() if line.startswith("data:"))
+            ended.append("end")
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        while not ended:  # bounded by the stream's first event, sent at once
+            time.sleep(0.1)
+        assert server.stop(sig) in (0, -sig, 128 + sig)  # 130 after Ctrl-C, as shells expect
+        watcher.join(60)
+    assert ended[-1] == "end" and not watcher.is_alive()
+    log = (tmp_path / "data" / "serve.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert json.loads((tmp_path / "data" / "jobs" / job["id"] / "job.json").read_text())["state"] == "queued"
 
 
 def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: bytes) -> None:
