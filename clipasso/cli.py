@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         ).validated()
     photo = load_photo(args.input)
     with _naming_files(files):
-        _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
+        _, refined, _ = options.drawn_on_photo(photo.width, photo.height)
+        warnings = options.warnings(photo.width, photo.height)
     warnings = [_naming(warning, files) for warning in warnings]
     if args.levels and args.strokes is not None and options.new_strokes(len(refined)) != args.strokes:
         warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "

@@ -43,6 +43,9 @@ DEFAULT_KEEP_DAYS = 7.0
 #: as racing 30 (and 150): 7.531 against 7.517, the paired difference 0.014 +- 0.029, with 22 % fewer steps;
 #: racing 10 did not (7.593).
 RACE_ITERATIONS = 15
+#: Photos longer than this many times their width (or wider than their height) get a warning: letterboxed
+#: on the square canvas they are a thin band (a 6000x300 panorama: 11 canvas pixels tall).
+MAX_ASPECT = 3.0
 #: The square canvas the strokes are optimised on (the encoders' input size).
 CANVAS = 224
 #: Stroke width at the 224 px canvas; it scales with the image (3 px at 224 px, as in the paper's SVGs).
@@ -266,6 +269,18 @@ class SketchOptions:
         """The steps a sketch of these (validated) options plans over all its seeds, the raced starts'
         included: what its progress counts up to (it may stop sooner, when the loss settles)."""
         return (self.iterations + (self.starts - 1) * RACE_ITERATIONS) * self.seeds
+
+    def warnings(self, width: int, height: int) -> list[str]:
+        """What of this request on a photo of this size is ignored or will disappoint, a line each: the
+        artist's paths that lie off it (drawn_on_photo), a photo too long and narrow for the square canvas."""
+        lines = self.drawn_on_photo(width, height)[2]
+        ratio = max(width, height) / min(width, height)
+        if ratio > MAX_ASPECT:
+            long, short = ("wide", "tall") if width > height else ("tall", "wide")
+            lines.append(f"the photo is {ratio:.1f} times as {long} as it is {short}: on the square canvas the "
+                         f"encoder sees it is {max(1, round(CANVAS / ratio))} of {CANVAS} pixels {short}, and the "
+                         "strokes are as wide as for its long side; crop it nearer to a square for a finer sketch")
+        return lines
 
     def drawn_on_photo(self, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...], list[str]]:
         """The kept and the refined paths that lie on a photo of this size, and a warning line for each

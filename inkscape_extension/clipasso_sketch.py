@@ -159,6 +159,9 @@ class Sketch(inkex.EffectExtension):
             raise BackendError("Stopped before the backend had drawn any strokes: nothing was placed")
         for img, pic, viewport, strokes in done:
             self.insert_sketch(img, pic, viewport, strokes)
+        for photo in run.photos:  # the backend's own (a photo too narrow for its canvas, say)
+            for warning in photo.view.get("warnings") or []:
+                sys.stderr.write(f"CLIPasso: {photo.name}: {warning}\n")
 
     def job_fields(self) -> dict:
         """The sketch's options as the backend's job fields (the same for every photo)."""

@@ -111,3 +111,12 @@ def test_levels_are_separated_by_commas_or_spaces(text, levels):
 def test_levels_that_are_no_list_of_counts_are_refused(text):
     with pytest.raises(InputError, match="levels must be stroke counts separated by commas"):
         parse_levels(text)
+
+
+def test_a_photo_too_long_and_narrow_for_the_square_canvas_is_warned_of():
+    """A 6000x300 panorama is 11 canvas pixels tall, under strokes as wide as for its 6000 px: unreadable."""
+    options = SketchOptions().validated()
+    (line,) = options.warnings(6000, 300)
+    assert line.startswith("the photo is 20.0 times as wide as it is tall: on the square canvas the encoder sees "
+                           "it is 11 of 224 pixels tall")
+    assert options.warnings(451, 300) == [] and options.warnings(300, 900) == []  # 3:1 still passes

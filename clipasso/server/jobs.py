@@ -377,7 +377,7 @@ class JobStore:
         try:
             photo = load_photo(upload, orient=orient)
             job = Job(id=new_job_id(), options=opts, width=photo.width, height=photo.height, created=time.time(),
-                      attached=attached, warnings=opts.drawn_on_photo(photo.width, photo.height)[2])
+                      attached=attached, warnings=opts.warnings(photo.width, photo.height))
             for warning in job.warnings:
                 log.warning("job %s: %s", job.id, warning)
             folder = self.job_dir(job.id)

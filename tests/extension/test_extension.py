@@ -493,6 +493,19 @@ def test_no_strokes_and_nothing_to_refine_says_why(use: str, why: str, backend) 
                    f"--backend_url={backend.url}", message=rf"^Strokes is 0, which adds no new stroke: .*{why}")
 
 
+def test_the_backends_warnings_are_said(backend, tmp_path) -> None:
+    """A panorama is a thin band on the square canvas: the backend warns, and the extension says it."""
+    from PIL import Image
+
+    Image.new("RGB", (900, 100), (200, 180, 150)).save(tmp_path / "pano.png")
+    (tmp_path / "pano.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="900" height="100">'
+        '<image id="pano" x="0" y="0" width="900" height="100" xlink:href="pano.png"/></svg>')
+    status, err, out = run_sketch(str(tmp_path / "pano.svg"), "--id=pano", *FAST, f"--backend_url={backend.url}")
+    assert status == 0 and err.startswith('CLIPasso: image "pano": the photo is 9.0 times as wide as it is tall'), err
+    assert b"CLIPasso sketch" in out
+
+
 def test_a_stroke_width_in_percent_is_of_the_documents_diagonal() -> None:
     """SVG's rule: 2 % of sqrt((400^2 + 300^2) / 2) user units, here 2 units per photo pixel."""
     from clipasso_images import load_picture
