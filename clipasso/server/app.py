@@ -100,7 +100,7 @@ async def cancel_abandoned(store: JobStore) -> None:
         for job_id in store.abandoned():
             log.info("job %s: no client follows this attached job any more; cancelling it", job_id)
             try:
-                await run_in_threadpool(store.cancel, job_id)
+                await run_in_threadpool(store.cancel, job_id, "no client followed this attached job any more")
             except JobStateError:
                 pass  # it finished meanwhile
 

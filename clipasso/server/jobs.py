@@ -129,6 +129,7 @@ class Job:
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
     activity: str | None = field(default=None, metadata=RUNTIME)  # long work outside the steps (SketchRequest)
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
+    cancel_reason: str = field(default="", metadata=RUNTIME)  # why, when not a client's DELETE
     watchers: int = field(default=0, metadata=RUNTIME)  # event streams open now
     unwatched_since: float = field(default_factory=time.monotonic, metadata=RUNTIME)
 
@@ -441,8 +442,9 @@ class JobStore:
         with self._lock:
             return len(self._queue)
 
-    def cancel(self, job_id: str) -> dict:
-        """Cancel a queued job at once, or ask a running one to stop at its next iteration.
+    def cancel(self, job_id: str, reason: str = "") -> dict:
+        """Cancel a queued job at once, or ask a running one to stop at its next iteration; `reason` goes into
+        its error (where no client asked: an attached job nobody follows any more).
 
         Raises UnknownJob for an unknown job and JobStateError for one that already finished.
         """
@@ -450,11 +452,12 @@ class JobStore:
             job = self.get(job_id)
             if job.state.final:
                 raise JobStateError(f"job {job_id} already finished ({job.state}); there is nothing to cancel")
-            job.cancel_requested = True
+            job.cancel_requested, job.cancel_reason = True, f" ({reason})" if reason else ""
             queued = job.state == JobState.QUEUED
             if queued:
                 self._queue.remove(job_id)
-                job.state, job.finished, job.error = JobState.CANCELLED, time.time(), "cancelled before it started"
+                job.state, job.finished = JobState.CANCELLED, time.time()
+                job.error = f"cancelled before it started{job.cancel_reason}"
                 job.version += 1
         if queued:
             self._persist(job)
@@ -616,7 +619,7 @@ class JobStore:
                 job.state = JobState.CANCELLED if result.cancelled else JobState.SUCCEEDED
                 job.finished = time.time()
                 if result.cancelled:
-                    job.error = f"cancelled at iteration {result.iterations} of {job.iterations}"
+                    job.error = f"cancelled at iteration {result.iterations} of {job.iterations}{job.cancel_reason}"
             job.version += 1
         self._persist(job)
         log.info("job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
