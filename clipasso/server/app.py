@@ -34,6 +34,9 @@ log = logging.getLogger("clipasso.service")
 SHUTDOWN_WAIT_SECONDS = 30.0
 #: How often attached jobs that nobody follows any more are looked for (and cancelled).
 ABANDONED_SWEEP_SECONDS = 0.5
+#: How often finished jobs past --keep-days (or over --max-data-gb) are removed while the server idles; a job
+#: that finishes removes them too.
+PRUNE_SECONDS = 600.0
 #: Multipart limits of POST /jobs: one file (the photo), the form's fields, and any text field as large as
 #: the SVG of the artist's paths may be (keep, refine, subject); the whole body is bounded by UploadLimit.
 FORM_LIMITS = {"max_files": 1, "max_fields": 16, "max_part_size": MAX_DRAWN_SVG_BYTES}
@@ -62,9 +65,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(store.load)
         worker.start()
-        sweeper = asyncio.create_task(cancel_abandoned(store))
+        sweepers = [asyncio.create_task(cancel_abandoned(store)), asyncio.create_task(prune_now_and_then(store))]
         yield
-        sweeper.cancel()
+        for sweeper in sweepers:
+            sweeper.cancel()
         store.close()
         if not await run_in_threadpool(worker.join, SHUTDOWN_WAIT_SECONDS):
             log.warning("the running job did not stop in %.0f s; it will be marked failed on restart",
@@ -103,6 +107,16 @@ async def cancel_abandoned(store: JobStore) -> None:
                 await run_in_threadpool(store.cancel, job_id, "no client followed this attached job any more")
             except JobStateError:
                 pass  # it finished meanwhile
+
+
+async def prune_now_and_then(store: JobStore) -> None:
+    """Remove old finished jobs every PRUNE_SECONDS: an idle server kept them past --keep-days."""
+    while True:
+        await asyncio.sleep(PRUNE_SECONDS)
+        try:
+            await run_in_threadpool(store.prune)
+        except Exception:  # the next round tries again; /health tells a folder that cannot be written
+            log.exception("removing old jobs failed")
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

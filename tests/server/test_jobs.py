@@ -336,3 +336,24 @@ def test_old_and_excess_finished_jobs_are_removed_and_leftovers_cleared(tmp_path
     assert not list(store.root.rglob("*.part"))
     assert oct(store.root.stat().st_mode & 0o777) == "0o700"
     assert {oct(f.stat().st_mode & 0o777) for f in (store.root / ids[3]).iterdir()} == {"0o600"}
+
+
+def test_an_idle_server_removes_old_jobs_now_and_then(tmp_path, server_photo_png, monkeypatch):
+    """Old jobs went only when the server started or a job finished: an idle server kept them past
+    --keep-days. The app's lifespan now prunes every PRUNE_SECONDS."""
+    from starlette.testclient import TestClient
+
+    from clipasso.server import app as service
+
+    monkeypatch.setattr(service, "PRUNE_SECONDS", 0.05)
+    store = JobStore(tmp_path / "data", device="cpu", keep_days=7)
+    worker = Worker(store, preload=None)
+    with TestClient(service.create_app(store, worker)):  # the lifespan: load the store, start the worker
+        job_id = store.submit(server_photo_png, QUICK)["id"]
+        store.cancel(job_id)
+        store.get(job_id).finished -= 8 * 86400  # finished 8 days ago; no job finishes after it
+        for _ in range(200):  # bounded: 10 s at most
+            if not (store.root / job_id).exists():
+                break
+            threading.Event().wait(0.05)
+        assert not (store.root / job_id).exists()
