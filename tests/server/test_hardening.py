@@ -217,9 +217,9 @@ def test_a_second_server_on_the_same_data_folder_is_refused(server):
     done = subprocess.run([*SERVE, "--data-dir", str(server.data_dir), "--port", "0"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        f"clipasso: error: another `clipasso serve` uses the data folder {server.data_dir}; stop it, or give this "
-        "one its own --data-dir"]
+    assert done.stderr.strip().splitlines() == [  # where the first answers: the extension passes that on
+        f"clipasso: error: another `clipasso serve` (at {server.url}) uses the data folder {server.data_dir}; use "
+        "that one, stop it, or give this one its own --data-dir"]
     with server.client() as client:
         assert client.get("/health").json()["status"] == "ok"
 
