@@ -21,7 +21,8 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import check_writable, write_atomic
 from .images import load_photo
-from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels
+from .options import (ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels,
+                      shape_warnings)
 from .server import command
 
 
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
         ).validated()
     photo = load_photo(args.input)
     with _naming_files(files):
-        _, refined, _ = options.drawn_on_photo(photo.width, photo.height)
-        warnings = options.warnings(photo.width, photo.height)
+        _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
+    warnings += shape_warnings(photo.width, photo.height)
     warnings = [_naming(warning, files) for warning in warnings]
     if args.levels and args.strokes is not None and options.new_strokes(len(refined)) != args.strokes:
         warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "

@@ -272,15 +272,8 @@ class SketchOptions:
 
     def warnings(self, width: int, height: int) -> list[str]:
         """What of this request on a photo of this size is ignored or will disappoint, a line each: the
-        artist's paths that lie off it (drawn_on_photo), a photo too long and narrow for the square canvas."""
-        lines = self.drawn_on_photo(width, height)[2]
-        ratio = max(width, height) / min(width, height)
-        if ratio > MAX_ASPECT:
-            long, short = ("wide", "tall") if width > height else ("tall", "wide")
-            lines.append(f"the photo is {ratio:.1f} times as {long} as it is {short}: on the square canvas the "
-                         f"encoder sees it is {max(1, round(CANVAS / ratio))} of {CANVAS} pixels {short}, and the "
-                         "strokes are as wide as for its long side; crop it nearer to a square for a finer sketch")
-        return lines
+        artist's paths that lie off it (drawn_on_photo), a photo too long and narrow (shape_warnings)."""
+        return self.drawn_on_photo(width, height)[2] + shape_warnings(width, height)
 
     def drawn_on_photo(self, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...], list[str]]:
         """The kept and the refined paths that lie on a photo of this size, and a warning line for each
@@ -350,6 +343,17 @@ def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] 
     if len(set(levels)) != len(levels):
         raise InputError(f"levels: each stroke count may appear once, got {','.join(map(str, levels))}")
     return tuple(sorted(levels, reverse=True))
+
+
+def shape_warnings(width: int, height: int) -> list[str]:
+    """A line when a photo is too long and narrow for the square canvas (MAX_ASPECT), else none."""
+    ratio = max(width, height) / min(width, height)
+    if ratio <= MAX_ASPECT:
+        return []
+    long, short = ("wide", "tall") if width > height else ("tall", "wide")
+    return [f"the photo is {ratio:.1f} times as {long} as it is {short}: on the square canvas the encoder sees it "
+            f"is {max(1, round(CANVAS / ratio))} of {CANVAS} pixels {short}, and the strokes are as wide as for "
+            "its long side; crop it nearer to a square for a finer sketch"]
 
 
 def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:

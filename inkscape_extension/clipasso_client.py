@@ -270,8 +270,8 @@ def ensure_backend(backend: Backend, config_path: str, log_path: str, pid_path: 
     """Make sure the backend answers; start the recorded local one if it does not.
 
     A remote URL is never started: the user's message says to check it. A local one is started detached
-    (it outlives Inkscape's run of the extension and serves the next runs), logs to `log_path`, and is
-    waited for with a bounded poll of /health.
+    (it outlives Inkscape's run of the extension and serves the next runs), appends to its log at `log_path`
+    (or in user_state_dir() where that cannot be written), and is waited for with a bounded poll of /health.
     """
     try:
         backend.health()
@@ -355,13 +355,18 @@ def _open_log(log_path: str, argv: list[str]):
         path = os.path.join(folder, os.path.basename(log_path))
         try:
             os.makedirs(folder, exist_ok=True)
-            if os.path.exists(path) and os.path.getsize(path) > LOG_KEEP_BYTES:
-                os.replace(path, path + ".1")
             log = open(path, "ab")
         except OSError:
             if i == len(folders) - 1:
                 raise
             continue
+        if log.tell() > LOG_KEEP_BYTES:
+            try:  # (Windows does not rename a file a running backend holds open: then it stays as it is)
+                log.close()
+                os.replace(path, path + ".1")
+            except OSError:
+                pass
+            log = open(path, "ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} the extension starts: {shlex.join(argv)}\n".encode())
         log.flush()
         return log, path
@@ -379,11 +384,14 @@ def _refusal(backend: Backend, failure: str) -> str | None:
     """What to do when the backend refused to start for a reason starting it again will not mend: another
     backend holds the data folder (the user changed the port), or something else holds the port."""
     other = re.search(r"another `clipasso serve` \(at (\S+)\) uses the data folder", failure)
+    if other and other.group(1).rstrip("/") == backend.url:
+        return (f"The CLIPasso backend at {backend.url} is still starting (another run of the extension started "
+                "it). Wait a moment and run the extension again.")
     if other:
         return (f"Another CLIPasso backend already runs at {other.group(1)}, and only one may use the data folder. "
                 f"Set Backend URL on the Backend page to {other.group(1)} (or stop that backend), and run the "
                 "extension again.")
-    if "cannot listen on" in failure and "in use" in failure:
+    if "cannot listen on" in failure and "the port is in use" in failure:
         return (f"Something at {backend.host}:{backend.port} holds the port but does not answer as a CLIPasso "
                 "backend. Set another port in Backend URL on the Backend page (say "
                 f"http://{backend.host}:{backend.port + 1}), or stop what runs there, and run the extension again.")

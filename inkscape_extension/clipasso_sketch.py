@@ -196,11 +196,13 @@ class Sketch(inkex.EffectExtension):
                 if id(item) in seen or not isinstance(item, (inkex.TextElement, inkex.PathElement, *SHAPES)):
                     continue
                 seen.add(id(item))
-                kind = ("text" if isinstance(item, inkex.TextElement) else "shape without a stroke"
-                        if not is_drawn(item) else "hidden path" if is_hidden(item) else None)
+                kind = ("text" if isinstance(item, inkex.TextElement) else "shape" if not is_drawn(item)
+                        else "hidden" if is_hidden(item) else None)
                 if kind:
                     kinds[kind] = kinds.get(kind, 0) + 1
-        return ", ".join(f"{n} {kind}{'s' if n > 1 and kind != 'text' else ''}" for kind, n in kinds.items())
+        names = {"text": ("text", "texts"), "shape": ("shape without a stroke", "shapes without a stroke"),
+                 "hidden": ("hidden path", "hidden paths")}
+        return ", ".join(f"{n} {names[kind][n > 1]}" for kind, n in kinds.items())
 
     def selected_images(self) -> list:
         """The <image> elements in the selection, also those inside selected groups, in selection order."""

@@ -56,9 +56,9 @@ def load_encoder(
     return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"
 
 
-def _loaded_from_file(dev: torch.device, weights: str, guard: Callable[[], AbstractContextManager]) -> Encoder:
-    """The CLIP model in the user's weights file, whichever release it holds, loaded once per process (and
-    then also found under its name)."""
+def _loaded_from_file(dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager]) -> Encoder:
+    """The CLIP model in the user's weights file (`weights`, else $CLIPASSO_CLIP_WEIGHTS), whichever release it
+    holds, loaded once per process (and then also found under its name)."""
     key = ("auto", str(dev), weights)
     if key not in _LOADED:
         path = Path(named_weights(weights)).expanduser()

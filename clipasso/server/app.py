@@ -115,8 +115,8 @@ async def prune_now_and_then(store: JobStore) -> None:
         await asyncio.sleep(PRUNE_SECONDS)
         try:
             await run_in_threadpool(store.prune)
-        except Exception:  # the next round tries again; /health tells a folder that cannot be written
-            log.exception("removing old jobs failed")
+        except OSError as exc:  # the next round tries again; /health tells a folder that cannot be written
+            log.warning("removing old jobs failed: %s", exc)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -36,6 +36,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -124,7 +125,8 @@ def _close_store_first(server, store) -> None:
 
     def stop(sig: int, frame: object) -> None:
         handle_exit(sig, frame)
-        store.close()
+        # Not here: the handler runs on the event loop's thread, which may hold the store's lock right now.
+        threading.Thread(target=store.close, name="clipasso-close", daemon=True).start()
 
     server.handle_exit = stop  # uvicorn installs its signal handlers from this attribute when it starts
 
@@ -150,7 +152,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror} (is another server running there?)") from None
+        taken = exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", None))
+        why = "the port is in use" if taken else exc.strerror  # fixed words: the extension looks for them
+        raise InputError(f"cannot listen on {host}:{port}: {why} (is another server running there?)") from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -254,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     try:  # for a second start on this folder to name (the extension then says where this one answers)
-        write_atomic(data_dir / ADDRESS, f"http://{f'[{host}]' if ':' in host else host}:{port}\n", FILE_MODE)
+        here = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # where this machine reaches it
+        write_atomic(data_dir / ADDRESS, f"http://{f'[{here}]' if ':' in here else here}:{port}\n", FILE_MODE)
     except OSError:
         pass
     _setup_logging(data_dir / "serve.log")

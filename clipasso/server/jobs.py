@@ -124,12 +124,13 @@ class Job:
     encoder_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     attached: bool = False  # cancelled when no event stream of it stays open (see the module notes)
-    warnings: list[str] = field(default_factory=list)  # what of the submission is ignored (paths off the photo)
+    warnings: list[str] = field(default_factory=list)  # what of the submission is ignored or will disappoint
     version: int = field(default=0, metadata=RUNTIME)
     strokes: np.ndarray | None = field(default=None, metadata=RUNTIME)  # latest strokes in image pixels
     activity: str | None = field(default=None, metadata=RUNTIME)  # long work outside the steps (SketchRequest)
     cancel_requested: bool = field(default=False, metadata=RUNTIME)
     cancel_reason: str = field(default="", metadata=RUNTIME)  # why, when not a client's DELETE
+    has_result: bool = field(default=False, metadata=RUNTIME)  # result.svg is written (known again at load)
     watchers: int = field(default=0, metadata=RUNTIME)  # event streams open now
     unwatched_since: float = field(default_factory=time.monotonic, metadata=RUNTIME)
 
@@ -178,6 +179,7 @@ class Job:
             width=self.width,
             height=self.height,
             elapsed=None if self.started is None else round((self.finished or time.time()) - self.started, 1),
+            result=self.has_result,
         ).model_dump(mode="json")
 
     def to_record(self) -> dict:
@@ -221,6 +223,7 @@ class JobStore:
         self._lock = threading.Lock()  # guards job state and the queue; held briefly, never over I/O
         self._write_lock = threading.Lock()  # orders job.json writes
         self._wake = threading.Condition(self._lock)
+        self._pruning = threading.Lock()  # one prune at a time (see prune)
         self._jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
         self._reserved = 0
@@ -303,6 +306,7 @@ class JobStore:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping job folder %s: unreadable job.json (%s)", entry.name, one_line(exc))
                 continue
+            job.has_result = (entry / "result.svg").is_file()
             jobs.append(job)
         requeued = failed = 0
         for job in sorted(jobs, key=lambda j: j.created):
@@ -329,7 +333,10 @@ class JobStore:
         """Remove finished jobs older than keep_days, then the oldest finished ones while the data folder
         holds more than max_bytes. Queued and running jobs are never removed, nor `spare` (the job that has
         just finished: its client has yet to fetch the result). The ids removed."""
-        now = time.time() if now is None else now
+        with self._pruning:  # the 10-minute sweep and a finishing job's prune, one after the other
+            return self._prune(time.time() if now is None else now, spare)
+
+    def _prune(self, now: float, spare: str | None) -> list[str]:
         with self._lock:
             done = sorted((j for j in self._jobs.values() if j.state.final and j.id != spare),
                           key=lambda j: j.finished or j.created)
@@ -612,6 +619,7 @@ class JobStore:
             elif result is None:
                 job.state, job.error, job.finished = JobState.FAILED, error, time.time()
             else:
+                job.has_result = True
                 job.strokes = result.strokes
                 job.iteration, job.loss = result.iterations, float(result.loss)
                 job.encoder, job.encoder_reason = result.encoder, result.encoder_reason
@@ -638,4 +646,12 @@ class JobStore:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*") if f.is_file())
+    """The bytes of the files in a job's folder; a file renamed or removed meanwhile (a checkpoint's
+    atomic write, a prune) counts as nothing."""
+    total = 0
+    for f in folder.glob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except OSError:
+            continue
+    return total

@@ -46,11 +46,12 @@ class JobView(BaseModel):
     finished: str | None
     attached: bool  # cancelled once no event stream of it is open (submitted with attach=true)
     queue_position: int | None  # while queued: how many jobs wait ahead of it
-    warnings: list[str] = []  # what of the submission is ignored: the artist's paths that lie off the photo
+    warnings: list[str] = []  # what of the submission is ignored or will disappoint (paths off the photo, a thin photo)
     activity: str | None = None  # while it runs: long work outside the steps (a weights download, the ladder's levels)
     width: int  # the photo's size in pixels, as displayed: the result's coordinates are these pixels
     height: int
     elapsed: float | None = None  # seconds it has run (or ran), by the server's clock; None while queued
+    result: bool = False  # whether result.svg is there (it may be for a cancelled job: its best strokes)
 
 
 class JobList(BaseModel):

@@ -474,8 +474,9 @@ def test_a_selection_is_read_as_inkscape_draws_it(backend) -> None:
     Inkscape draws (it ended at x 45 px instead of 65); paths hidden in a selected group are not sent (a
     sketch layer's hidden ladder levels were); what is not used is named."""
     status, err, out = run_sketch("selection.svg", "--id=cat", "--id=across", "--id=arc", "--id=mixed-group",
-                                  "--id=label", "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: not used as strokes: 2 hidden paths, 1 text\n", err
+                                  "--id=unstroked", "--id=label", "--paths=keep", *FAST, "--strokes=1",
+                                  f"--backend_url={backend.url}")
+    assert status == 0 and err == "CLIPasso: not used as strokes: 2 hidden paths, 2 shapes without a stroke, 1 text\n", err
     across, arc, shown = (inkex.Path(p.get("d")) for p in etree.fromstring(newest_job(backend)["keep"].encode())
                           .findall("{http://www.w3.org/2000/svg}path"))
     assert numbers(str(across))[:2] == pytest.approx([-5, 40]) and numbers(str(across))[-2:] == pytest.approx([125, 40])

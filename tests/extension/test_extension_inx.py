@@ -34,6 +34,13 @@ class TestInx(InxMixin, TestCase):
         inx = InxFile(PLACE_INX)
         assert inx.ident == "org.clipasso.place" and inx.menu == ["CLIPasso", "Place a job's result"]
         assert {p.name for p in inx.params} == {"tab", "job_id", "stroke_width", "backend_url", "token", "timeout", "window"}
+        # The settings both restate alike: their type, limits and defaults.
+        sketch = {p.name: p for p in InxFile(INX).params}
+        for param in inx.params:
+            if param.name in sketch and param.name != "tab":
+                shared = sketch[param.name]
+                assert (param.param_type, param.get("min"), param.get("max"), param.text) == (
+                    shared.param_type, shared.get("min"), shared.get("max"), shared.text), param.name
 
     def test_menu_pages_and_parameters(self) -> None:
         inx = InxFile(INX)

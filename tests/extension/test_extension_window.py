@@ -253,10 +253,8 @@ def test_inkscape_gone_cancels_the_job_and_ends_the_extension(backend, display, 
         run.window()
     run.running(job)
     run.proc.stdout.close()  # what Inkscape's end does to the pipe it reads the document from
-    gone = time.monotonic()
-    view = wait_for_state(run, job, "cancelled", within=5.0)
-    assert view["state"] == "cancelled", f"job still {view['state']} {time.monotonic() - gone:.1f} s after"
-    assert run.proc.wait(WAIT_S) is not None
+    run.proc.wait(WAIT_S)  # it ends by itself, having asked the backend to cancel its job
+    assert wait_for_state(run, job, "cancelled", within=WAIT_S)["state"] == "cancelled"
 
 
 @pytest.fixture()

@@ -345,10 +345,16 @@ def test_an_idle_server_removes_old_jobs_now_and_then(tmp_path, server_photo_png
 
     from clipasso.server import app as service
 
+    class Idle:  # no worker takes the job: it is cancelled while queued, and nothing else finishes
+        def start(self) -> None:
+            pass
+
+        def join(self, timeout: float) -> bool:
+            return True
+
     monkeypatch.setattr(service, "PRUNE_SECONDS", 0.05)
     store = JobStore(tmp_path / "data", device="cpu", keep_days=7)
-    worker = Worker(store, preload=None)
-    with TestClient(service.create_app(store, worker)):  # the lifespan: load the store, start the worker
+    with TestClient(service.create_app(store, Idle())):  # the lifespan loads the store and runs the sweepers
         job_id = store.submit(server_photo_png, QUICK)["id"]
         store.cancel(job_id)
         store.get(job_id).finished -= 8 * 86400  # finished 8 days ago; no job finishes after it
