@@ -144,6 +144,12 @@ class Sketch(inkex.EffectExtension):
         # A photo shown through a clip or mask (Object > Clip or Mask > Set) is outlined: its shapes are the subject.
         outlined = [[] if job_id or opts.focus != "auto" else subject_outline(img, pic, vp, self.svg)
                     for img, pic, vp in zip(images, pictures, viewports)]
+        for img, outline in zip(images, outlined):
+            if not job_id and opts.focus == "auto" and not outline and (cover := outline_cover(img, self.svg)[1]) is not None:
+                why = ("is in objectBoundingBox units, which are not read" if in_box_units(cover) else
+                       "has no shape over the photo to read as an outline (text is not read: Path > Object to Path)")
+                sys.stderr.write(f"CLIPasso: the clip or mask of {describe(img)} {why}; the backend finds the subject "
+                                 "itself\n")
         photos = [Photo(describe(img), pic, {} if job_id else {**drawn_fields(opts.paths, on, pic),
                                                                **drawn_fields("subject", outline, pic), **shown_as_stored(pic)})
                   for img, pic, on, outline in zip(images, pictures, drawn, outlined)]
@@ -323,16 +329,27 @@ def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:
             if (found := in_pixels(element, to_pixels @ composed_transform(element), picture, touching=True))]
 
 
-def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
-    """The shapes of the clip or mask the image is shown through (its own, or the nearest clipped or masked
-    group's above it; a clip before a mask on the same element), as drawn_paths gives them: the artist's
-    outline of the subject; none without either."""
+def outline_cover(image, svg) -> tuple:
+    """(holder, cover): the clipPath or mask the image is shown through, its own or the nearest clipped or
+    masked group's above it (a clip before a mask on the same element), and the element it covers;
+    (None, None) without either."""
     found = ((holder, svg.getElementById(ref.group(1)))
              for holder in (image, *image.iterancestors()) for attribute in ("clip-path", "mask")
              if (ref := re.match(r"\s*url\(\s*#([^)\s]+)\s*\)", holder.get(attribute) or "")))
-    holder, cover = next(((h, c) for h, c in found if c is not None), (None, None))
-    if cover is None or "objectBoundingBox" in (cover.get("clipPathUnits"), cover.get("maskContentUnits")):
-        return []  # none, or in units of a bounding box (other tools' way): the backend finds the subject
+    return next(((h, c) for h, c in found if c is not None), (None, None))
+
+
+def in_box_units(cover) -> bool:
+    """Whether a clipPath's or mask's shapes are in fractions of a bounding box (other tools' way)."""
+    return "objectBoundingBox" in (cover.get("clipPathUnits"), cover.get("maskContentUnits"))
+
+
+def subject_outline(image, picture: Picture, viewport: tuple, svg) -> list:
+    """The shapes of the clip or mask the image is shown through (outline_cover), as drawn_paths gives them:
+    the artist's outline of the subject; none without either, or in a bounding box's units (not read)."""
+    holder, cover = outline_cover(image, svg)
+    if cover is None or in_box_units(cover):
+        return []
     # The shapes are in the user space of the element they cover (userSpaceOnUse, Inkscape's way).
     to_pixels = document_to_pixels(image, picture, viewport) @ composed_transform(holder)
     outlines = []

@@ -164,6 +164,21 @@ class TestSubjectOutline:
         for n in strokes:  # M x0,y0 C x1,y1 x2,y2 x3,y3, in the photo's pixels: ends in its right half
             assert n[0] > 60 - 6 and n[6] > 60 - 6, n
 
+    @pytest.mark.parametrize("change, why", [
+        (lambda clip: clip.set("clipPathUnits", "objectBoundingBox"), "is in objectBoundingBox units, which are not read"),
+        (lambda clip: clip.replace(clip[0], inkex.TextElement.new("cat", x="130", y="100")),
+         "has no shape over the photo to read as an outline (text is not read: Path > Object to Path)"),
+    ])
+    def test_a_clip_that_cannot_be_read_is_said(self, backend, tmp_path, change, why) -> None:
+        """It was left out without a word: the backend found the subject itself, not where the artist said."""
+        svg = inkex.load_svg(str(DATA / "clipped.svg")).getroot()
+        change(svg.getElementById("right-half"))
+        (tmp_path / "cat.jpg").write_bytes((DATA / "cat.jpg").read_bytes())
+        (tmp_path / "doc.svg").write_bytes(etree.tostring(svg))
+        status, err, out = run_sketch(str(tmp_path / "doc.svg"), "--id=cat", *FAST, f"--backend_url={backend.url}")
+        assert (status, err) == (0, f'CLIPasso: the clip or mask of image "cat" {why}; the backend finds the subject '
+                                    "itself\n"), err
+
     def test_with_focus_on_the_whole_photo_the_clip_is_not_sent(self, backend) -> None:
         status, err, out = run_sketch("clipped.svg", "--id=cat", f"--backend_url={backend.url}", "--focus=none",
                                       "--encoder=lite0", "--strokes=4", "--iterations=1")
