@@ -315,6 +315,9 @@ class SketchRun:
         iteration, iterations = int(view.get("iteration") or 0), int(view.get("iterations") or 0)
         fraction = min(1.0, iteration / iterations) if iterations else 0.0
         if self.phase == Phase.STARTING and not photo.job_id:
+            if self.asked == Phase.STOPPING:  # said at once: the run can only stop once the backend answers
+                return Report(title, 0.0, "Stopping", "Stopping once the backend answers: nothing is drawn yet, "
+                              "so nothing will be placed", overall)
             return Report(title, 0.0, "Starting", f"Reaching the CLIPasso backend at {self.backend.url} "
                           "(starting it can take a minute)", overall)
         if self.phase == Phase.STOPPING:

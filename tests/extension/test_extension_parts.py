@@ -289,6 +289,10 @@ def test_what_the_window_says_as_a_run_goes_on() -> None:
     starting = run.report(now=100.0)
     assert starting.title == 'Sketching image "cat" (photo 1 of 2)' and starting.fraction == 0.0
     assert starting.details == "Reaching the CLIPasso backend at http://127.0.0.1:8765 (starting it can take a minute)"
+    run.asked = Phase.STOPPING  # Stop and place while the backend starts: it said "Starting" until it answered
+    assert run.report(now=100.0)[2:4] == ("Stopping", "Stopping once the backend answers: nothing is drawn yet, so "
+                                                      "nothing will be placed")
+    run.asked = None
 
     run.phase = Phase.WORKING
     first.job_id, second.job_id = "a", "b"
