@@ -495,7 +495,8 @@ def photo_name(image) -> str:
 
 def layer_anchor(image, root):
     """The element the new layer goes right after: the layer holding the image, or (with no layer) the
-    image's top-level ancestor; past the sketch layers placed there before, so the newest is on top."""
+    image's top-level ancestor, or the outermost hidden or locked layer around them; past the sketch layers
+    placed there before, so the newest is on top."""
     node = image
     while True:
         parent = node.getparent()
@@ -503,6 +504,10 @@ def layer_anchor(image, root):
             break
         node = parent
     anchor = node if parent is None or parent is root else parent
+    # Inside a hidden or locked layer the new layer would be hidden or locked too: it goes beside the outermost.
+    while (up := anchor.getparent()) is not None and up is not root and (
+            is_hidden(up) or any(a.get("sodipodi:insensitive") == "true" for a in (up, *up.iterancestors()))):
+        anchor = up
     while (after := anchor.getnext()) is not None and (after.get("id") or "").startswith("clipasso-sketch") \
             and after.get("inkscape:groupmode") == "layer":
         anchor = after

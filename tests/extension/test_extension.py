@@ -509,6 +509,23 @@ def test_no_strokes_and_nothing_to_refine_says_why(use: str, why: str, backend) 
                    f"--backend_url={backend.url}", message=rf"^Strokes is 0, which adds no new stroke: .*{why}")
 
 
+def test_a_photo_in_a_hidden_or_locked_layer_gets_a_visible_unlocked_sketch(backend, tmp_path) -> None:
+    """The new layer went beside the photo's layer, inside its hidden and locked parent: hidden and locked."""
+    (tmp_path / "cat.jpg").write_bytes((DATA / "cat.jpg").read_bytes())
+    (tmp_path / "doc.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        'xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape" '
+        'xmlns:sodipodi="http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd" width="400" height="300">'
+        '<g id="outer" inkscape:groupmode="layer" style="display:none" sodipodi:insensitive="true">'
+        '<g id="inner" inkscape:groupmode="layer">'
+        '<image id="cat" x="10" y="20" width="240" height="160" xlink:href="cat.jpg"/></g></g></svg>')
+    status, err, out = run_sketch(str(tmp_path / "doc.svg"), "--id=cat", *FAST, f"--backend_url={backend.url}")
+    assert status == 0, err
+    svg = inkex.load_svg(io.BytesIO(out)).getroot()
+    layer = svg.getElementById("outer").getnext()
+    assert layer.get("inkscape:label").startswith("CLIPasso sketch") and layer.getparent() is svg
+
+
 def test_the_backends_warnings_are_said(backend, tmp_path) -> None:
     """A panorama is a thin band on the square canvas: the backend warns, and the extension says it."""
     from PIL import Image
