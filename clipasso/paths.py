@@ -125,6 +125,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             points = points @ affine.T + np.array([m.e, m.f])
         if not np.isfinite(points).all():
             raise InputError("a path's coordinates are not finite numbers (its transform is too large)")
+        if np.ptp(points.reshape(-1, 2), axis=0).max() == 0:
+            continue  # a transform that takes it to one point (scale(0), matrix(0,0,0,0,0,0)) draws nothing
         width = element.stroke_width  # its own or inherited, from attribute or style
         stroke = element.stroke if element.stroke is not None and element.stroke.value is not None else None
         level = LADDER_STROKE.fullmatch(str(element.values.get("id") or ""))

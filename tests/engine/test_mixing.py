@@ -97,6 +97,13 @@ def test_an_outline_around_the_whole_photo_overlaps_it():
     assert not beside.overlaps(100, 100) and beside.overlaps(130, 100)
 
 
+def test_a_path_its_transform_takes_to_one_point_draws_nothing():
+    """It was refined as a stroke of no length at (0, 0)."""
+    (kept,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 1 1 L 9 9"/>'
+                         '<path transform="matrix(0,0,0,0,0,0)" d="M 1 1 L 9 9"/></svg>')
+    assert np.allclose(kept.cubics[0, [0, 3]], [[1, 1], [9, 9]])
+
+
 def test_an_arc_of_radius_0_is_a_line():
     """SVG draws an arc with a radius of 0 as a straight line; it was refused as no path data."""
     (arc,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 100,100 A 0 0 0 0 0 120,100"/></svg>')
