@@ -1,6 +1,6 @@
 """Contact sheet for judging sketches by eye: photo | 4 | 8 | 16 | 32 strokes, one row per photo.
 
-Photos are scikit-image's samples (CC0 or public domain; benchmarks/photos.py lists their licences).
+Photos are scikit-image's samples (benchmarks/photos.py gives each one's source and licence).
 Prints one JSON line per sketch (time, loss) and writes the sheet as a PNG. A second sheet
 (--mixing-output) shows the mixing modes on chelsea: a hand-drawn outline
 (benchmarks/data/chelsea-outline.svg) kept and completed by 8 strokes, and an abstraction ladder
@@ -42,14 +42,22 @@ def main() -> None:
     ap.add_argument("--mixing-output", default="out/mixing.png",
                     help="the sheet of the mixing modes (keep, ladder); empty: none")
     args = ap.parse_args()
+    photos = [name for name in args.photos.split(",") if name]
+    try:  # checked before the first sketch: one line, not a traceback minutes in
+        for name in photos:
+            sample_photo(name)
+        counts = [int(c) for c in args.strokes.split(",")] if photos else []
+        for n in counts:
+            SketchOptions(strokes=n).validated()
+    except (KeyError, ValueError) as exc:
+        ap.error(str(exc).strip("'\""))
     torch.set_num_threads(args.threads)
     if args.mixing_output:
+        Path(args.mixing_output).parent.mkdir(parents=True, exist_ok=True)  # out/ is not in a fresh clone
         mixing_sheet(args).save(args.mixing_output)
         print(json.dumps({"mixing": args.mixing_output}))
-    if not args.photos:
+    if not photos:
         return
-    photos = args.photos.split(",")
-    counts = [int(c) for c in args.strokes.split(",")]
     sheet = Image.new("RGB", (CELL * (1 + len(counts)), (CELL + 16) * len(photos)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, name in enumerate(photos):

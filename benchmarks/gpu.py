@@ -247,12 +247,14 @@ def main() -> None:
                     help="whether the service prepares the next batch while one steps (auto: off the CPU)")
     ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
                     help="the rasterizer off the CPU (the CPU always draws with the tiles)")
-    ap.add_argument("--only", help="some of single, seeds, service, profile (comma-separated)")
+    ap.add_argument("--only", help="some of single, seeds, service, breakdown, profile (comma-separated)")
     args = ap.parse_args()
     only = None if args.only is None else set(args.only.split(","))
     if only is not None and not only <= {"single", "seeds", "service", "breakdown", "profile"}:
         ap.error(f"--only takes single, seeds, service, breakdown or profile, got {args.only}")
     device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("no CUDA GPU here; --device cpu --small runs the smoke test on the CPU")
     graphs.ENABLED = not args.no_graphs
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.prepare_threads:

@@ -155,7 +155,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     device = ap.parse_args().device
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("no CUDA GPU here; this check is for one (--device cpu runs it on the CPU)")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else device
+    print(json.dumps({"device": name, "torch": torch.__version__}), flush=True)
     checks = [
         lambda: parity("random", random_strokes(4, 16, 0), device),
         lambda: parity("sketch", torch.load(SKETCH)["points"].float()[None], device),
