@@ -29,3 +29,5 @@ def test_gpu_benchmark_runs_on_a_cpu_at_small_sizes():
     service = [r for r in rows if r.get("bench") == "service"]
     # On a CPU the service prepares each batch when it takes it (see the worker's prefetch).
     assert [(r["batch"], r["succeeded"], r["prefetch"]) for r in service] == [(2, 2, False), (1, 2, False)]
+    # They ran the tiny CLIP, and say so (they said clip:RN101).
+    assert seeds["encoder"] == "tiny CLIP ResNet (random weights)" and {r["encoder"] for r in service} == {seeds["encoder"]}
