@@ -189,6 +189,7 @@ def preview(job_id: str, store: JobStore = Store) -> Response:
     return Response(store.preview_svg(job_id), media_type="image/svg+xml", headers={"Cache-Control": "no-cache"})
 
 
+@router.head("/jobs/{job_id}/result.svg", include_in_schema=False)  # whether it is there, without the body
 @router.get("/jobs/{job_id}/result.svg",
             responses={200: {"content": {"image/svg+xml": {}}}, **error_responses(401, 404, 409)})
 def result(job_id: str, store: JobStore = Store) -> Response:

@@ -118,8 +118,10 @@ def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerPro
         seen = follow(client, job["id"])
         final = client.get(f"/jobs/{job['id']}").json()
         result = client.get(f"/jobs/{job['id']}/result.svg")
+        head = client.head(f"/jobs/{job['id']}/result.svg")  # was 405
         preview = client.get(f"/jobs/{job['id']}/preview.svg")
         listed = client.get("/jobs").json()["jobs"]
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"].startswith("image/svg+xml")
 
     assert seen[-1] == final
     assert final["state"] == "succeeded" and final["progress"] == 1.0 and final["error"] is None
