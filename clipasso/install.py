@@ -100,10 +100,13 @@ def _ask_inkscape() -> Path | None:
         if not exe or not os.path.isfile(exe):
             continue
         try:
-            done = subprocess.run([exe, "--user-data-directory"], capture_output=True, text=True, timeout=30)
+            done = subprocess.run([exe, "--user-data-directory"], capture_output=True, timeout=30)
         except (OSError, subprocess.SubprocessError):
             continue
-        lines = done.stdout.strip().splitlines()
+        try:  # Inkscape prints GLib's UTF-8 on every platform (not the Windows code page)
+            lines = done.stdout.decode("utf-8").strip().splitlines()
+        except UnicodeDecodeError:
+            continue
         if done.returncode == 0 and lines and os.path.isabs(lines[-1].strip()):
             return Path(lines[-1].strip())
     return None

@@ -303,9 +303,7 @@ def ensure_backend(backend: Backend, config_path: str, log_path: str, pid_path: 
 
 def _start_and_wait(backend: Backend, argv: list[str], log_path: str, pid_path: str) -> str | None:
     """Start the backend detached and wait for /health; None when it answers, else why not."""
-    # Inkscape points PYTHONPATH (and, in its bundles, PYTHONHOME) at its own Python; the backend has its own.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE")}
-    env.pop("CLIPASSO_TOKEN", None)
+    env = backend_env(dict(os.environ), sys.platform)
     if backend.token:
         env["CLIPASSO_TOKEN"] = backend.token  # not on the command line, where other users could read it
     options: dict = {"start_new_session": True}
@@ -377,7 +375,21 @@ def user_state_dir() -> str:
     """Where the extension keeps the backend's log when its own folder is read-only."""
     if sys.platform == "win32":
         return os.path.join(os.environ.get("LOCALAPPDATA") or os.path.expanduser("~"), "clipasso")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Logs/clipasso")
     return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "clipasso")
+
+
+def backend_env(environ: dict, platform: str) -> dict:
+    """The environment the backend starts with: the user's, without what Inkscape set for its own Python and
+    its app bundle. PYTHONPATH and PYTHONHOME point at Inkscape's Python; on macOS, Inkscape.app also sets
+    DYLD_* (the backend's Python would load Inkscape's libraries) and points XDG_* into its own folder
+    (huggingface_hub's cache would not be the one `clipasso models download` filled)."""
+    dropped = {"PYTHONPATH", "PYTHONHOME", "PYTHONEXECUTABLE", "CLIPASSO_TOKEN"}
+    if platform == "darwin":
+        dropped |= {k for k, v in environ.items()
+                    if k.startswith("DYLD_") or (k.startswith("XDG_") and "org.inkscape.Inkscape" in v)}
+    return {k: v for k, v in environ.items() if k not in dropped}
 
 
 def _refusal(backend: Backend, failure: str) -> str | None:

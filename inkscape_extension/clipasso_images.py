@@ -12,6 +12,7 @@ import binascii
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 from urllib.request import url2pathname
@@ -99,8 +100,11 @@ def _linked_path(href: str, label: str, base_dirs: list[str], absref: str | None
     """The existing file a link points to, or an ImageError that names the missing one."""
     if href[:5].lower() == "file:":
         rest = href[5:]
-        if rest.startswith("//"):  # file://host/path: the host is empty or localhost
-            rest = "/" + rest[2:].partition("/")[2]
+        if rest.startswith("//"):  # file://host/path
+            host, _, tail = rest[2:].partition("/")
+            # A host other than localhost is a network share: a UNC path on Windows (//host/share/...).
+            keep = host and host.lower() != "localhost" and sys.platform == "win32"
+            rest = f"//{host}/{tail}" if keep else "/" + tail
         path = url2pathname(rest)  # not urlparse: a '?' in a file name is no query
     elif _SCHEME.match(href) and not re.match(r"^[a-zA-Z]:[\\/]", href):
         raise ImageError(

@@ -147,7 +147,10 @@ def _bind(host: str, port: int) -> socket.socket:
         raise InputError(f"cannot listen on {host!r}: {exc.strerror}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sys.platform == "win32":  # there SO_REUSEADDR would let a second server take the same port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
     except OSError as exc:
@@ -180,7 +183,8 @@ def _private(path: Path) -> None:
         raise InputError(f"cannot open {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
-        if hasattr(os, "fchmod") and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():  # POSIX
+        # POSIX only: Python 3.13 has os.fchmod on Windows too, but no os.getuid there.
+        if hasattr(os, "getuid") and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
             os.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)

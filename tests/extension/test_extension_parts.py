@@ -342,3 +342,29 @@ def test_cancel_overrides_stop_and_place_and_a_final_run_ignores_both() -> None:
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (61, "1:01"), (3599, "59:59"), (3725, "1:02:05")])
 def test_clock(seconds: float, text: str) -> None:
     assert clock(seconds) == text
+
+
+def test_the_backend_starts_without_inkscapes_own_environment() -> None:
+    """Inkscape's Python settings never reach the backend; on macOS neither does Inkscape.app's DYLD_* (the
+    backend's Python would load Inkscape's libraries) nor its XDG_* folders (huggingface_hub's cache would
+    not be the one `clipasso models download` filled). The token goes its own way."""
+    from clipasso_client import backend_env
+
+    bundle = "/Users/a/Library/Application Support/org.inkscape.Inkscape"
+    environ = {"PYTHONPATH": "/inkscape/share", "PYTHONHOME": "/inkscape", "CLIPASSO_TOKEN": "old",
+               "DYLD_LIBRARY_PATH": "/Applications/Inkscape.app/Contents/Resources/lib",
+               "XDG_CACHE_HOME": f"{bundle}/cache", "XDG_CONFIG_HOME": "/Users/a/.config", "HOME": "/Users/a"}
+    assert backend_env(environ, "darwin") == {"XDG_CONFIG_HOME": "/Users/a/.config", "HOME": "/Users/a"}
+    assert backend_env(environ, "linux") == {k: v for k, v in environ.items()
+                                             if k not in ("PYTHONPATH", "PYTHONHOME", "CLIPASSO_TOKEN")}
+
+
+def test_a_file_uri_with_a_host_is_a_network_share_on_windows(monkeypatch) -> None:
+    """file://server/share/cat.jpg (a photo on a network share) lost its host: it became \\share\\cat.jpg on
+    the current drive. On Windows it is the UNC path; elsewhere the host is dropped, as before."""
+    import clipasso_images
+    from clipasso_images import ImageError, load_picture
+
+    monkeypatch.setattr(clipasso_images.sys, "platform", "win32")
+    with pytest.raises(ImageError, match=r"//server/share/cat\.jpg"):
+        load_picture("file://server/share/cat.jpg", "image", [])
