@@ -21,8 +21,7 @@ from . import __version__, install, models
 from .errors import InputError
 from .files import check_writable, write_atomic
 from .images import load_photo
-from .options import (ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels,
-                      shape_warnings)
+from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, check_weights, parse_levels
 from .server import command
 
 
@@ -125,10 +124,9 @@ def run(args: argparse.Namespace) -> int:
             stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
         ).validated()
     photo = load_photo(args.input)
-    with _naming_files(files):
-        _, refined, warnings = options.drawn_on_photo(photo.width, photo.height)
-    warnings += shape_warnings(photo.width, photo.height)
-    warnings = [_naming(warning, files) for warning in warnings]
+    with _naming_files(files):  # (the SVGs are parsed once: read_paths keeps what it read)
+        refined = options.drawn_on_photo(photo.width, photo.height)[1]
+        warnings = [_naming(warning, files) for warning in options.warnings(photo.width, photo.height)]
     if args.levels and args.strokes is not None and options.new_strokes(len(refined)) != args.strokes:
         warnings.append(f"--strokes {args.strokes} is ignored: the finest level of --levels sets the strokes "
                         f"({options.levels[0]})")

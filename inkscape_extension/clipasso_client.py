@@ -332,14 +332,13 @@ def _start_and_wait(backend: Backend, argv: list[str], log_path: str, pid_path: 
         except Unreachable:
             time.sleep(0.5)
             continue
-        # Only now: a start that failed must not take the place of a running backend's pid.
-        for path in (pid_path, os.path.join(os.path.dirname(log_path), os.path.basename(pid_path))):
-            try:
-                with open(path, "w", encoding="ascii") as f:
-                    f.write(f"{process.pid}\n")
-                break
-            except OSError:
-                continue  # the pid file only helps to stop the backend by hand
+        # Only now: a start that failed must not take the place of a running backend's pid. Beside the log,
+        # where it could be written.
+        try:
+            with open(os.path.join(os.path.dirname(log_path), os.path.basename(pid_path)), "w", encoding="ascii") as f:
+                f.write(f"{process.pid}\n")
+        except OSError:
+            pass  # the pid file only helps to stop the backend by hand
         return None
     return f"it did not answer within {START_WAIT_S:.0f} s (it is still starting, or stuck: see {log_path})"
 
@@ -348,27 +347,26 @@ def _open_log(log_path: str, argv: list[str]):
     """The backend's log, opened for appending (a backend started earlier may still write to it: truncating
     it under that one left a file of NULs), with a line for this start; beside the extension, else (a
     folder installed read-only) in the user's own state folder. Returns (file, its path)."""
-    folders = [os.path.dirname(log_path), user_state_dir()]
-    for i, folder in enumerate(folders):
-        path = os.path.join(folder, os.path.basename(log_path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-            log = open(path, "ab")
+    try:
+        return _append_log(log_path, argv)
+    except OSError:
+        return _append_log(os.path.join(user_state_dir(), os.path.basename(log_path)), argv)
+
+
+def _append_log(path: str, argv: list[str]):
+    """(file, path): the log at `path` opened for appending, set aside first past LOG_KEEP_BYTES."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    log = open(path, "ab")
+    if log.tell() > LOG_KEEP_BYTES:
+        try:  # (Windows does not rename a file a running backend holds open: then it stays as it is)
+            log.close()
+            os.replace(path, path + ".1")
         except OSError:
-            if i == len(folders) - 1:
-                raise
-            continue
-        if log.tell() > LOG_KEEP_BYTES:
-            try:  # (Windows does not rename a file a running backend holds open: then it stays as it is)
-                log.close()
-                os.replace(path, path + ".1")
-            except OSError:
-                pass
-            log = open(path, "ab")
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} the extension starts: {shlex.join(argv)}\n".encode())
-        log.flush()
-        return log, path
-    raise OSError("no folder for the log")
+            pass
+        log = open(path, "ab")
+    log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} the extension starts: {shlex.join(argv)}\n".encode())
+    log.flush()
+    return log, path
 
 
 def user_state_dir() -> str:
