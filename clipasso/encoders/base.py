@@ -9,6 +9,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+#: The dtype the encoders compute in on each device type, under autocast (absent: float32). The loss reads
+#: their features in float32 either way. Benchmarks and tests set it to measure what it gains and costs.
+AUTOCAST: dict[str, torch.dtype] = {}
+#: What a benchmark's `--autocast` may name.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def set_autocast(device_type: str, name: str) -> None:
+    """Compute the encoders on `device_type` in AUTOCAST_DTYPES[name] (`off`: float32)."""
+    dtype = AUTOCAST_DTYPES[name]
+    if dtype is None:
+        AUTOCAST.pop(device_type, None)
+    else:
+        AUTOCAST[device_type] = dtype
+
 
 class Encoder(nn.Module):
     """A frozen feature extractor. Subclasses set `name` and implement `features` and `saliency`."""
@@ -21,6 +36,16 @@ class Encoder(nn.Module):
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Intermediate maps (B, C_i, H_i, W_i) for the geometric loss and the embedding (B, D)."""
         raise NotImplementedError
+
+    def encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """`features(x)` as the loss reads them: computed in the device's AUTOCAST dtype, in float32."""
+        dtype = AUTOCAST.get(x.device.type)
+        if dtype is None:
+            return self.features(x)
+        # No cast cache: a CUDA graph replays the casts of the weights it captured.
+        with torch.autocast(x.device.type, dtype=dtype, cache_enabled=False):
+            maps, embedding = self.features(x)
+        return [m.float() for m in maps], embedding.float()
 
     def saliency(self, x: Tensor) -> Tensor:
         """Where the encoder looks in one image (1, 3, S, S): an (S, S) map in [0, 1]."""

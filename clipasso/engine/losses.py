@@ -83,7 +83,7 @@ def _unit(t: Tensor) -> Tensor:
 def _view_features(encoder: Encoder, image: Tensor, grids: Tensor) -> tuple[list[Tensor], Tensor]:
     """The encoder's stage maps and embeddings of an image's plain view and its views under every grid."""
     views = torch.cat([image, warp(image.expand(len(grids), -1, -1, -1), grids)])
-    passes = [encoder.features(v) for v in views.split(PHOTO_CHUNK.get(image.device.type, len(views)))]
+    passes = [encoder.encode(v) for v in views.split(PHOTO_CHUNK.get(image.device.type, len(views)))]
     return [torch.cat(stage) for stage in zip(*(m for m, _ in passes))], torch.cat([e for _, e in passes])
 
 
@@ -171,7 +171,7 @@ class SketchLoss:
 
     def _geometric(self, images: Tensor, idx: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per stage, the subject-weighted feature distance at each location (B, H_i, W_i); the embedding."""
-        maps, emb = self.encoder.features(images)
+        maps, emb = self.encoder.encode(images)
         per_location = [
             (_unit(m) - pm[idx]).square().sum(dim=1) * w[idx] for m, pm, w in zip(maps, self.photo_maps, self.weights)
         ]

@@ -19,6 +19,7 @@ from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filt
 from torch import Tensor
 
 from ..encoders import Encoder
+from ..encoders.base import AUTOCAST
 from ..images import Letterbox, Photo
 from ..options import CANVAS, Focus, Renderer, SketchOptions, drawn_paths, image_stroke_width
 from ..paths import DrawnPath
@@ -77,8 +78,8 @@ class Target:
     def loss(self) -> SketchLoss:
         """The loss, with the photo's features under every augmentation computed once, when first needed:
         most of the preparation, which the first strokes need not wait for. The same photo, encoder and
-        bank seed as one of the last LOSS_CACHE sketches reuse that sketch's."""
-        key = (id(self.encoder), self.seed, self.loss_key)
+        bank seed (and the same AUTOCAST dtype) as one of the last LOSS_CACHE sketches reuse that sketch's."""
+        key = (id(self.encoder), self.seed, self.loss_key, AUTOCAST.get(self.device.type))
         with _losses_lock:
             cached = _losses.get(key)
             if cached is not None:
