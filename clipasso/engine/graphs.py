@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Hashable, Iterator
 
@@ -35,6 +36,10 @@ ENABLED = True
 #: caching allocator's first blocks) happen outside the graph, as PyTorch's docs ask.
 WARMUP_STEPS = 2
 
+#: Captures a batch tries before its steps run without graphs. A capture can fail for a passing reason, not
+#: only for an operation that cannot be captured: on an H200 one of a run's many captures was invalidated
+#: (the step then ran as it is, and its job succeeded), so one failure costs a step, not the batch's graphs.
+CAPTURE_TRIES = 2
 #: Only the capturing thread's unsafe CUDA calls break a capture (CUDA's cudaStreamCaptureModeThreadLocal).
 CAPTURE_MODE = "thread_local"
 #: make_graphed_callables takes a capture mode from PyTorch 2.13 on; before, it captures in the global mode.
@@ -54,6 +59,7 @@ class Gate:
         self._capturing = False
         self._captures_waiting = 0
         self._depth = threading.local()
+        self.waited = 0.0  #: seconds captures have waited for preparations, in all (benchmarks read it)
 
     @contextmanager
     def work(self) -> Iterator[None]:
@@ -76,7 +82,9 @@ class Gate:
     def capture(self) -> Iterator[None]:
         with self._cond:
             self._captures_waiting += 1
+            t = time.perf_counter()
             self._cond.wait_for(lambda: not self._working and not self._capturing)
+            self.waited += time.perf_counter() - t
             self._captures_waiting -= 1
             self._capturing = True
         try:
@@ -98,11 +106,13 @@ def available(device: torch.device) -> bool:
     return ENABLED and device.type == "cuda"
 
 
-def _fall_back(what: str, exc: Exception) -> None:
-    """Log that `what` runs without CUDA graphs: a warning the first time in the process, then quietly."""
-    level = logging.DEBUG if what in _told else logging.WARNING
-    _told.add(what)
-    log.log(level, "CUDA graphs are not available for %s (%s); running without them", what, one_line(exc))
+def _fall_back(what: str, exc: Exception, then: str = "running without them") -> None:
+    """Log that `what` could not be captured, and what `then`: a warning the first time in the process, then
+    quietly."""
+    told = (what, then)
+    level = logging.DEBUG if told in _told else logging.WARNING
+    _told.add(told)
+    log.log(level, "CUDA graphs are not available for %s (%s); %s", what, one_line(exc), then)
 
 
 class StepGraph:
@@ -111,7 +121,8 @@ class StepGraph:
     `body` must read and write only tensors that outlive it, and write them in place: a replay reads and
     writes the memory the capture saw. The caller copies each step's inputs (the iteration, the augmentations)
     into such tensors before calling, and names a new layout whenever it replaces any of them (runs left
-    the batch): the graph is then captured again, after WARMUP_STEPS steps run as they are.
+    the batch): the graph is then captured again, after WARMUP_STEPS steps run as they are. A capture that
+    fails is tried again, after as many steps, up to CAPTURE_TRIES times a batch (`given_up`).
     """
 
     def __init__(self, body: Callable[[], None]) -> None:
@@ -120,9 +131,16 @@ class StepGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
         self.stream: torch.cuda.Stream | None = None
+        self.failures = 0
+
+    @property
+    def given_up(self) -> bool:
+        """Whether captures have failed CAPTURE_TRIES times: the batch's steps then run as they are."""
+        return self.failures >= CAPTURE_TRIES
 
     def __call__(self, layout: Hashable) -> bool:
-        """Run one step. False where it cannot be captured: the caller then runs its steps without graphs."""
+        """Run one step. False where its capture failed: the caller runs this step as it is (and the
+        following ones too once `given_up`)."""
         if layout != self.layout:
             self.layout, self.graph, self.warm = layout, None, 0  # the old graph's memory goes with it
         if self.graph is None and self.warm < WARMUP_STEPS:
@@ -134,8 +152,10 @@ class StepGraph:
             try:
                 with GATE.capture(), torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                     self.body()  # recorded, not run: the state is as it was
-            except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
-                _fall_back("the whole step", exc)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: this step without a graph
+                self.failures += 1
+                self.warm = 0  # warm up again before the next try
+                _fall_back("the whole step", exc, "running without them" if self.given_up else "trying again")
                 return False
             self.graph = graph
         self.graph.replay()

@@ -392,7 +392,7 @@ class _Cohort:
         self.runs = runs
         targets = [r.sketch.target for r in runs]
         device = targets[0].device
-        self.points = torch.stack([r.start for r in runs]).requires_grad_(True)
+        self.points = torch.stack([r.start for r in runs])  # each step differentiates a fresh leaf of it (_descend)
         n = self.points.shape[1]
         self.widths = torch.tensor([t.stroke_width for t in targets], device=device)[:, None].expand(-1, n)
         self.widest = max(t.stroke_width for t in targets)  # known here: the fixed rasterizer need not ask the device
@@ -412,8 +412,9 @@ class _Cohort:
         self.active = torch.ones(len(runs), dtype=torch.bool, device=device)
         self.steps = torch.zeros(len(runs), dtype=torch.long, device=device)
 
-    def render(self) -> Tensor:
-        ink = render_batch(self.points, CANVAS, CANVAS, self.widths, backend=self.raster, widest=self.widest)
+    def render(self, points: Tensor) -> Tensor:
+        """The runs' strokes `points` (this cohort's, as a leaf to differentiate) drawn over their kept paths."""
+        ink = render_batch(points, CANVAS, CANVAS, self.widths, backend=self.raster, widest=self.widest)
         return ink if self.kept is None else ink * self.kept
 
     # update and settle change the state in place: a step captured as a CUDA graph replays them.
@@ -422,15 +423,14 @@ class _Cohort:
         loss = loss.detach()
         better = self.active & (loss < self.best_loss)
         self.best_loss.copy_(torch.where(better, loss, self.best_loss))
-        self.best_points.copy_(torch.where(better[:, None, None, None], self.points.detach(), self.best_points))
+        self.best_points.copy_(torch.where(better[:, None, None, None], self.points, self.best_points))
         self.loss.copy_(loss)
         self.adam.step(self.points, grad)
 
     def settle(self, iteration: Tensor) -> None:
         """After re-laying: keep strokes on the photo, count the step, and end runs whose rule says so.
         `iteration` is a tensor on the device (the step's clock)."""
-        with torch.no_grad():  # strokes stay on the photo, not on the letterbox's paper
-            self.points.copy_(clamp(self.points, self.low, self.high))
+        self.points.copy_(clamp(self.points, self.low, self.high))  # on the photo, not the letterbox's paper
         self.steps += self.active
         done = self.stop.done(iteration, self.loss)
         self.active &= ~done & (iteration < self.last)
@@ -444,7 +444,7 @@ class _Cohort:
         """Keep only these runs: the others have ended and taken their results."""
         idx = torch.tensor(rows, dtype=torch.long, device=self.points.device)
         self.runs = [self.runs[i] for i in rows]
-        self.points = self.points.detach()[idx].requires_grad_(True)
+        self.points = self.points[idx]
         for name in ("widths", "low", "high", "views", "last", "best_points", "best_loss", "loss", "active", "steps"):
             setattr(self, name, getattr(self, name)[idx])
         if self.kept is not None:
@@ -517,8 +517,9 @@ class _Batch:
             if self.step_graph(self._layout()):
                 self.timings["forward"] += time.perf_counter() - t  # the whole step, as the host sees it
                 return
-            self.step_graph = None  # it cannot be captured: the encoder's pass alone may be
-            self.loss_pass = LossPass(self.loss, graphed=True)
+            if self.step_graph.given_up:  # it cannot be captured: the encoder's pass alone may be
+                self.step_graph = None
+                self.loss_pass = LossPass(self.loss, graphed=True)
         for name, seconds in zip(("render", "forward", "backward"), self._descend()):
             self.timings[name] += seconds
         self._relay(iteration)
@@ -528,12 +529,16 @@ class _Batch:
     def _descend(self) -> tuple[float, float, float]:
         """Render, loss, gradients and each cohort's update; how long the host spent on the first three."""
         t = time.perf_counter()
-        renders = torch.cat([c.render() for c in self.cohorts])
+        # A fresh leaf each step, made on the stream the step runs on: autograd keeps a leaf's gradient
+        # node on the stream it was made on, and a node left from a step on another stream (an eager
+        # step's, on the default stream) broke a capture on an H200 (PyTorch warns of the mismatch).
+        leaves = [c.points.detach().requires_grad_(True) for c in self.cohorts]
+        renders = torch.cat([c.render(p) for c, p in zip(self.cohorts, leaves)])
         t1 = time.perf_counter()
         plain = torch.cat([c.views for c in self.cohorts])
         total, losses = self.loss_pass(renders, plain, self.picks, self.owners)
         t2 = time.perf_counter()
-        grads = torch.autograd.grad(total, [c.points for c in self.cohorts])
+        grads = torch.autograd.grad(total, leaves)
         t3 = time.perf_counter()
         for c, loss, grad in zip(self.cohorts, losses.split([len(c.runs) for c in self.cohorts]), grads):
             c.update(loss, grad)
@@ -584,7 +589,7 @@ class _Batch:
             if not rows:
                 continue
             with torch.no_grad():
-                points = c.points.detach()[rows]
+                points = c.points[rows]
                 moved = replace_weak_strokes(points, c.widths[rows], None if c.kept is None else c.kept[rows],
                                              [c.runs[k].sketch.target for k in rows],
                                              c.views[rows], self.loss, [c.runs[k].generator for k in rows], self.chunk,
@@ -612,7 +617,7 @@ class _Batch:
                     for k in running:
                         if k != winner:
                             c.end(k)
-        self._collect()
+        self._collect(compact=True)  # the losers (most of the runs) leave, whatever SHRINK_SHARE says
 
     def _cancel_asked(self) -> None:
         """End the runs of sketches whose caller asked to stop (or whose hook failed)."""
@@ -633,7 +638,7 @@ class _Batch:
         current: dict[int, list[tuple[float, Tensor]]] = {}
         steps: dict[int, int] = {}
         for c in self.cohorts:
-            losses, counts, points = c.loss.tolist(), c.steps.tolist(), c.points.detach().cpu()
+            losses, counts, points = c.loss.tolist(), c.steps.tolist(), c.points.cpu()
             for r, loss, count, p in zip(c.runs, losses, counts, points):
                 if not r.ended:
                     current.setdefault(id(r.sketch), []).append((loss, p))
@@ -661,9 +666,9 @@ class _Batch:
                     c.end(k, cancelled)
         self._collect()
 
-    def _collect(self) -> None:
+    def _collect(self, compact: bool = False) -> None:
         """Take the results of runs that have ended, finish sketches whose runs all have, and go on with
-        the rest (see LEAVE_AT_ONCE)."""
+        the rest (see LEAVE_AT_ONCE; `compact`: the ended runs leave the batch now)."""
         for c in list(self.cohorts):
             active = c.active.tolist()
             ended = [k for k, alive in enumerate(active) if not alive and not c.runs[k].ended]
@@ -676,7 +681,8 @@ class _Batch:
             if not alive:
                 self.cohorts.remove(c)
                 self.planned = (0, -1)  # the runs changed: draw the schedule again from the next step
-            elif len(alive) < len(active) and (self.device.type in LEAVE_AT_ONCE or len(alive) <= SHRINK_SHARE * len(active)):
+            elif len(alive) < len(active) and (compact or self.device.type in LEAVE_AT_ONCE
+                                               or len(alive) <= SHRINK_SHARE * len(active)):
                 c.keep(alive)
                 self.planned = (0, -1)
         for s in self.sketches:

@@ -167,3 +167,84 @@ def test_work_inside_work_passes_a_waiting_capture():
     worker.join(30)
     capture.join(30)
     assert not worker.is_alive() and not capture.is_alive()
+
+
+def test_a_failed_capture_costs_a_step_and_is_tried_again(monkeypatch):
+    """StepGraph: a capture that fails (on an H200 one was invalidated while the service prepared the next
+    batch) leaves that step to run as it is, warms up again and captures anew; after CAPTURE_TRIES failures
+    it gives up, and the batch steps without graphs."""
+    from contextlib import contextmanager
+
+    from clipasso.engine import graphs
+
+    events: list[str] = []
+    failing = iter([True, False, True, True])
+
+    class Graph:  # stands in for torch.cuda.CUDAGraph
+        def replay(self) -> None:
+            events.append("replay")
+
+    @contextmanager
+    def capture(graph, capture_error_mode):
+        events.append("capture")
+        yield
+        if next(failing):
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(graphs.torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(graphs.torch.cuda, "graph", capture)
+    monkeypatch.setattr(graphs.StepGraph, "_on_side_stream", lambda self: (events.append("warm"), self.body()))
+    step = graphs.StepGraph(lambda: events.append("body"))
+    assert [step("a") for _ in range(7)] == [True, True, False, True, True, True, True]
+    assert events == (["warm", "body"] * 2 + ["capture", "body"]  # recorded, not run: the caller runs it
+                      + ["warm", "body"] * 2 + ["capture", "body", "replay", "replay"])
+    assert not step.given_up
+    events.clear()
+    # A new layout whose captures keep failing: two tries, then it gives up.
+    assert [step("b") for _ in range(6)] == [True, True, False, True, True, False]
+    assert step.given_up and events.count("capture") == 2
+
+
+class FailsOnce(InPlaceGraph):
+    """A StepGraph whose first capture fails: the step it was asked for is not run (a capture records, it
+    does not run), and the caller runs it as it is."""
+
+    failed = 0
+    given_up = False
+
+    def __call__(self, layout) -> bool:
+        if not FailsOnce.failed and InPlaceGraph.steps == 2:
+            FailsOnce.failed += 1
+            return False
+        return super().__call__(layout)
+
+
+class NeverCaptures(InPlaceGraph):
+    given_up = False
+    calls = 0
+
+    def __call__(self, layout) -> bool:
+        NeverCaptures.calls += 1
+        self.given_up = NeverCaptures.calls >= 2
+        return False
+
+
+@pytest.mark.parametrize("graph", [FailsOnce, NeverCaptures], ids=["fails once", "never captures"])
+def test_a_failed_capture_leaves_the_sketches_as_they_are(cat, monkeypatch, graph):
+    """The batch goes on with the graph after a failed capture (until it gives up), and each step runs once."""
+    monkeypatch.setattr(optimise, "raster_for", lambda *args: "fixed")
+    requests = [SketchRequest(cat, SketchOptions(strokes=4, iterations=n, encoder="lite0", device="cpu"))
+                for n in (4, 8)]
+    eager = sketch_batch(requests)
+    monkeypatch.setattr(optimise, "available", lambda device: True)
+    monkeypatch.setattr(optimise, "StepGraph", graph)
+    InPlaceGraph.steps, InPlaceGraph.layouts, FailsOnce.failed, NeverCaptures.calls = 0, [], 0, 0
+    graphed = sketch_batch(requests)
+    assert not [o for o in graphed if isinstance(o, Exception)]
+    if graph is FailsOnce:
+        assert FailsOnce.failed == 1 and InPlaceGraph.steps == 4  # 5 steps without re-laying, one run as it is
+    else:
+        assert NeverCaptures.calls == 2  # then the batch stepped without it
+    for g, e in zip(graphed, eager):
+        assert g.loss == pytest.approx(e.loss, rel=1e-3) and g.iterations == e.iterations
+        assert np.abs(g.strokes - e.strokes).max() < 0.5
