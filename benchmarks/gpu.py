@@ -11,10 +11,16 @@
   that each pays for its own photo side, as different photos do; `--photos same` sends one photo, whose
   photo side the engine computes once and keeps;
 - `breakdown`: what a batch of 16 and of 32 such sketches spends preparing (`prepare()`) and stepping;
-- each line has the peak GPU memory of its measurement (`peak_gpu_mb`).
+- `precision` (where the encoders compute in a lower dtype, `--autocast`): benchmarks/photos.py's twelve
+  photos, three seeds each, sketched in one batch in float32 and in that dtype, each sketch's loss then
+  computed in float32: the mean paired difference (lower dtype less float32) and its standard error;
+- each line has the peak GPU memory of its measurement (`peak_gpu_mb`), and on a GPU how many whole-step
+  CUDA graphs it captured and how many of those captures failed (`captures`, warm-ups included), and how
+  long captures waited for preparations (`gate_wait_s`; `--no-gate` lets them overlap).
 
 `--no-graphs` runs without CUDA graphs (to measure what they gain), `--channels-last` runs the encoder's
-convolutions channels-last (which the CPU does; to measure it on a GPU), `--cudnn-benchmark` lets cuDNN
+convolutions channels-last (which the CPU does; to measure it on a GPU), `--autocast bf16|fp16|off` sets the dtype the encoders compute in (the engine's default for the
+device where not given), `--cudnn-benchmark` lets cuDNN
 time its algorithms for each new shape (`torch.backends.cudnn.benchmark`), `--prepare-threads N` and
 `--switch-interval S` set the threads that prepare photos and Python's thread switch interval (how long
 the stepping thread may wait for the interpreter while others prepare), `--renderer tiles` with the tiled
@@ -28,6 +34,7 @@ lite0 where many sketches are made, few iterations and jobs), so that the test s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import io
 import json
@@ -46,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from clipasso.encoders import base as encoder_base  # noqa: E402
 from clipasso.encoders import registry  # noqa: E402
 from clipasso.encoders.clip import ClipEncoder  # noqa: E402
 from clipasso.engine import SketchRequest, graphs, prepare, sketch, sketch_batch  # noqa: E402
@@ -76,6 +84,27 @@ def register_random_clip(device: str, layers: tuple[int, ...], width: int) -> No
         from clip.model import ModifiedResNet
     visual = ModifiedResNet(layers, output_dim=512, heads=width * 32 // 64, input_resolution=224, width=width)
     registry._LOADED[("clip:RN101", device, RANDOM)] = ClipEncoder(visual, "RN101").to(device).freeze()
+
+
+#: Whole-step captures (torch.cuda.graph) made and failed in this process: each costs a few steps' time.
+CAPTURES = {"tried": 0, "failed": 0}
+
+
+class CountedCapture(torch.cuda.graph):
+    """torch.cuda.graph, counted in CAPTURES."""
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        except Exception:
+            CAPTURES["failed"] += 1
+            raise
+        finally:
+            CAPTURES["tried"] += 1
+
+
+def captures_since(before: dict) -> dict:
+    return {k: CAPTURES[k] - before[k] for k in CAPTURES}
 
 
 def sync(device: str) -> None:
@@ -207,6 +236,46 @@ def bench_service(pngs: list[bytes], device: str, encoder: tuple[str, str | None
             "peak_gpu_mb": peak_mb(device)}
 
 
+def float32_loss(photo: Image.Image, options: SketchOptions, strokes) -> float:
+    """The plain-view loss of `strokes` (photo pixels) computed in float32, whatever the encoders' dtype."""
+    dtype = encoder_base.AUTOCAST.pop(torch.device(options.device).type, None)
+    try:
+        target = prepare([SketchRequest(photo, options)])[0].target
+        points = torch.tensor(target.box.to_canvas(strokes), dtype=torch.float32, device=target.device)
+        view = torch.zeros(1, dtype=torch.long, device=target.device)
+        return float(target.loss.stroke_drop_losses(target.render_batch(points[None]), view)[0])
+    finally:
+        if dtype is not None:
+            encoder_base.AUTOCAST[torch.device(options.device).type] = dtype
+
+
+def bench_precision(device: str, strokes: int, iterations: int | None, photos: int, seeds: int) -> dict:
+    """The first `photos` of benchmarks/photos.py's, `seeds` seeds each, sketched in one batch in float32 and in the
+    encoders' AUTOCAST dtype; each sketch's loss computed in float32: the mean paired difference."""
+    from photos import PHOTOS, sample_photo  # benchmarks/photos.py, beside this file
+
+    kind = torch.device(device).type
+    dtype = encoder_base.AUTOCAST.get(kind)
+    options = SketchOptions(strokes=strokes, encoder="lite0", device=device, iterations=iterations)
+    jobs = [(sample_photo(name).convert("RGB"), replace(options, seed=s)) for name in PHOTOS[:photos] for s in range(seeds)]
+    losses, seconds = {}, {}
+    for label, setting in (("float32", None), (str(dtype), dtype)):
+        encoder_base.AUTOCAST.pop(kind, None)
+        if setting is not None:
+            encoder_base.AUTOCAST[kind] = setting
+        t = time.perf_counter()
+        results = sketch_batch([SketchRequest(p, o) for p, o in jobs])
+        sync(device)
+        seconds[label] = round(time.perf_counter() - t, 2)
+        losses[label] = [float32_loss(p, o, r.strokes) for (p, o), r in zip(jobs, results)]
+    diffs = [b - a for a, b in zip(*losses.values())]
+    spread = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"bench": "precision", "autocast": str(dtype), "sketches": len(jobs), "seconds": seconds,
+            "float32_loss_mean": {k: round(statistics.mean(v), 4) for k, v in losses.items()},
+            "paired_difference": round(statistics.mean(diffs), 4),
+            "standard_error": None if spread is None else round(spread, 4)}
+
+
 def profile(photo: Image.Image, device: str, strokes: int) -> list[dict]:
     """The operations that cost the most host time over a 40-iteration sketch, and the waits for the device."""
     from torch.profiler import ProfilerActivity
@@ -238,42 +307,61 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="small sizes, for a smoke test on a CPU")
     ap.add_argument("--batch", default="16", help="jobs per batch in the service measurement (several: 16,32)")
     ap.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
+    ap.add_argument("--jobs", type=int, help="jobs the service measurement queues (default 32; a quarter of them "
+                                             "one at a time)")
     ap.add_argument("--photos", choices=("distinct", "same"), default="distinct",
                     help="the service's jobs: each its own photo, or all the same one")
+    ap.add_argument("--no-gate", action="store_true",
+                    help="let captures overlap the preparations' GPU work (graphs.GATE keeps them apart)")
     ap.add_argument("--channels-last", action="store_true", help="the encoders' convolutions channels-last")
+    ap.add_argument("--autocast", choices=tuple(encoder_base.AUTOCAST_DTYPES),
+                    help="the dtype the encoders compute in on the device (default: the engine's)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN times its algorithms for each shape")
     ap.add_argument("--prepare-threads", type=int, help="threads that prepare photos off the CPU")
     ap.add_argument("--switch-interval", type=float, help="Python's thread switch interval, seconds")
+    ap.add_argument("--shrink-share", type=float,
+                    help="off the CPU, a batch's ended runs leave once at most this share of them still run "
+                         f"(default {optimise.SHRINK_SHARE}; each new batch shape is a new CUDA graph)")
     ap.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
                     help="whether the service prepares the next batch while one steps (auto: off the CPU)")
     ap.add_argument("--renderer", choices=("fixed", "tiles"), default="fixed",
                     help="the rasterizer off the CPU (the CPU always draws with the tiles)")
-    ap.add_argument("--only", help="some of single, seeds, service, breakdown, profile (comma-separated)")
+    ap.add_argument("--only", help="some of single, seeds, service, breakdown, precision, profile (comma-separated)")
     args = ap.parse_args()
     only = None if args.only is None else set(args.only.split(","))
-    if only is not None and not only <= {"single", "seeds", "service", "breakdown", "profile"}:
-        ap.error(f"--only takes single, seeds, service, breakdown or profile, got {args.only}")
+    if only is not None and not only <= {"single", "seeds", "service", "breakdown", "profile", "precision"}:
+        ap.error(f"--only takes single, seeds, service, breakdown, precision or profile, got {args.only}")
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("no CUDA GPU here; --device cpu --small runs the smoke test on the CPU")
     graphs.ENABLED = not args.no_graphs
+    if device.startswith("cuda"):
+        torch.cuda.graph = CountedCapture
+    if args.no_gate:  # captures and preparations may overlap (to measure what keeping them apart costs)
+        graphs.GATE.work = graphs.GATE.capture = contextlib.nullcontext
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.autocast:
+        encoder_base.set_autocast(torch.device(device).type, args.autocast)
     if args.prepare_threads:
         optimise.PREPARE_THREADS = args.prepare_threads
+    if args.shrink_share is not None:
+        optimise.SHRINK_SHARE = args.shrink_share
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     raster.ACCELERATOR_RASTER = args.renderer
     if args.small:
         strokes, iterations, repeats, seeds, jobs, clip = 4, 2, 1, 2, 2, TINY
     else:
-        strokes, iterations, repeats, seeds, jobs, clip = 16, None, 3, 8, 32, RN101
+        strokes, iterations, repeats, seeds, jobs, clip = 16, None, 3, 8, args.jobs or 32, RN101
     photo = Image.open(PHOTO).convert("RGB")
     apart = photos_apart(photo, jobs)
     pngs = [png_bytes(p) for p in apart] if args.photos == "distinct" else [png_bytes(photo)]
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "small": args.small,
                       "renderer": raster.raster_for("torch", torch.device(device)),
-                      "cudnn_benchmark": args.cudnn_benchmark, "prepare_threads": optimise.PREPARE_THREADS,
+                      "cudnn_benchmark": args.cudnn_benchmark,
+                      "autocast": str(encoder_base.AUTOCAST.get(torch.device(device).type, "off")), "prepare_threads": optimise.PREPARE_THREADS,
+                      "shrink_share": optimise.SHRINK_SHARE,
                       "switch_interval": sys.getswitchinterval()}), flush=True)
     register_random_clip(device, *clip)
     if args.channels_last:
@@ -299,9 +387,17 @@ def main() -> None:
                                                   prefetch)))
     rows += [("breakdown", lambda n=n: bench_breakdown(apart[:n], device, strokes, iterations))
              for n in ((2,) if args.small else (16, 32))]
+    if encoder_base.AUTOCAST.get(torch.device(device).type) is not None:
+        rows.append(("precision", lambda: bench_precision(device, strokes, iterations,
+                                                                        *((2, 1) if args.small else (12, 3)))))
     for kind, row in rows:
         if only is None or kind in only:
-            print(json.dumps(row()), flush=True)
+            before, waited = dict(CAPTURES), graphs.GATE.waited
+            line = row()
+            if device.startswith("cuda"):
+                line["captures"] = captures_since(before)  # warm-ups included
+                line["gate_wait_s"] = round(graphs.GATE.waited - waited, 3)
+            print(json.dumps(line), flush=True)
     if only is not None and "profile" in only:
         for line in profile(photo, device, strokes):
             print(json.dumps(line), flush=True)

@@ -90,6 +90,7 @@ from skimage.feature import canny
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipasso import options as contract  # noqa: E402
+from clipasso.encoders import base as encoder_base  # noqa: E402
 from clipasso.encoders import load_encoder  # noqa: E402
 from clipasso.engine import SketchRequest, preview_image, sketch, sketch_batch  # noqa: E402
 from clipasso.engine.target import prepare_target  # noqa: E402
@@ -393,6 +394,8 @@ def main() -> None:
                     help=f"iterations the raced starts race (default {contract.RACE_ITERATIONS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (one sketch after another) or cuda (one batch)")
+    ap.add_argument("--autocast", choices=tuple(encoder_base.AUTOCAST_DTYPES),
+                    help="the dtype the encoders compute in on the device (default: the engine's)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="another SketchOptions field, e.g. focus=none (repeatable)")
     ap.add_argument("--focus-oracle", action="store_true",
@@ -425,6 +428,8 @@ def main() -> None:
         print(f"quality.py: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     torch.set_num_threads(args.threads)
+    if args.autocast:
+        encoder_base.set_autocast(torch.device(args.device).type, args.autocast)
     lines: list[dict] = []
 
     def emit(line: dict) -> None:
@@ -498,6 +503,7 @@ def main() -> None:
           "settings": {"strokes": args.strokes, "preset": args.preset, "encoder": args.encoder,
                        "iterations": args.iterations, "race": args.race, "threads": args.threads,
                        "device": args.device, "focus_oracle": args.focus_oracle,
+                       "autocast": str(encoder_base.AUTOCAST.get(torch.device(args.device).type, "off")),
                        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()},
                        "torch": torch.__version__}})
     if earlier is not None:
