@@ -15,8 +15,7 @@
   photos, three seeds each, sketched in one batch in float32 and in that dtype, each sketch's loss then
   computed in float32: the mean paired difference (lower dtype less float32) and its standard error;
 - each line has the peak GPU memory of its measurement (`peak_gpu_mb`), and on a GPU how many whole-step
-  CUDA graphs it captured and how many of those captures failed (`captures`, warm-ups included), and how
-  long captures waited for preparations (`gate_wait_s`; `--no-gate` lets them overlap).
+  CUDA graphs it captured and how many of those captures failed (`captures`, warm-ups included).
 
 `--no-graphs` runs without CUDA graphs (to measure what they gain), `--channels-last` runs the encoder's
 convolutions channels-last (which the CPU does; to measure it on a GPU), `--autocast bf16|fp16|off` sets the dtype the encoders compute in (the engine's default for the
@@ -34,7 +33,6 @@ lite0 where many sketches are made, few iterations and jobs), so that the test s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import io
 import json
@@ -311,8 +309,6 @@ def main() -> None:
                                              "one at a time)")
     ap.add_argument("--photos", choices=("distinct", "same"), default="distinct",
                     help="the service's jobs: each its own photo, or all the same one")
-    ap.add_argument("--no-gate", action="store_true",
-                    help="let captures overlap the preparations' GPU work (graphs.GATE keeps them apart)")
     ap.add_argument("--channels-last", action="store_true", help="the encoders' convolutions channels-last")
     ap.add_argument("--autocast", choices=tuple(encoder_base.AUTOCAST_DTYPES),
                     help="the dtype the encoders compute in on the device (default: the engine's)")
@@ -337,8 +333,6 @@ def main() -> None:
     graphs.ENABLED = not args.no_graphs
     if device.startswith("cuda"):
         torch.cuda.graph = CountedCapture
-    if args.no_gate:  # captures and preparations may overlap (to measure what keeping them apart costs)
-        graphs.GATE.work = graphs.GATE.capture = contextlib.nullcontext
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.autocast:
         encoder_base.set_autocast(torch.device(device).type, args.autocast)
@@ -392,11 +386,10 @@ def main() -> None:
                                                                         *((2, 1) if args.small else (12, 3)))))
     for kind, row in rows:
         if only is None or kind in only:
-            before, waited = dict(CAPTURES), graphs.GATE.waited
+            before = dict(CAPTURES)
             line = row()
             if device.startswith("cuda"):
                 line["captures"] = captures_since(before)  # warm-ups included
-                line["gate_wait_s"] = round(graphs.GATE.waited - waited, 3)
             print(json.dumps(line), flush=True)
     if only is not None and "profile" in only:
         for line in profile(photo, device, strokes):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,6 @@ def load_encoder(
     device: str = "auto",
     weights: str | None = None,
     preferred: str = "clip:RN101",
-    guard: Callable[[], AbstractContextManager] = nullcontext,
     on_download: Callable[[str], None] | None = None,
     download: bool = True,
 ) -> tuple[Encoder, str]:
@@ -34,48 +32,45 @@ def load_encoder(
     model in the weights file the user named, whichever release it holds (a bad file is their error to
     see); else the `preferred` CLIP model when its weights are on disk or can be downloaded, else the
     built-in lite0, also when that download fails or the cached file is corrupt.
-    Building the model and moving it to the device run inside `guard()` (the engine's gate against CUDA
-    graph captures); finding and downloading weights do not (a download is told to `on_download` first).
+    A download is told to `on_download` first.
     Without `download` (a service's preload: its queue would wait) nothing is downloaded: `auto` takes lite0
     unless the CLIP weights are at hand, and a CLIP model without them raises WeightsUnavailable.
     """
     check_encoder_name(name)
     dev = resolve_device(device)
     if name != "auto":
-        return _loaded(name, dev, weights, guard, on_download, download), f"encoder {name} (as asked)"
+        return _loaded(name, dev, weights, on_download, download), f"encoder {name} (as asked)"
     if named_weights(weights):  # the user's own file: whichever CLIP it holds (an OpenAI ViT-B-32.pt, say)
-        encoder = _loaded_from_file(dev, weights, guard)
+        encoder = _loaded_from_file(dev, weights)
         arch = encoder.name.split(":", 1)[1]
         return encoder, f"encoder {encoder.name} ({clip_weights_status(arch, weights)[1]})"
     ok, why = clip_weights_status(preferred.split(":", 1)[1], weights, download=download)
     if ok:
         try:
-            return _loaded(preferred, dev, weights, guard, on_download, download), f"encoder {preferred} ({why})"
+            return _loaded(preferred, dev, weights, on_download, download), f"encoder {preferred} ({why})"
         except InputError as exc:
             why = one_line(exc)
-    return _loaded("lite0", dev, weights, guard), f"encoder lite0, the built-in offline encoder ({why})"
+    return _loaded("lite0", dev, weights), f"encoder lite0, the built-in offline encoder ({why})"
 
 
-def _loaded_from_file(dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager]) -> Encoder:
+def _loaded_from_file(dev: torch.device, weights: str | None) -> Encoder:
     """The CLIP model in the user's weights file (`weights`, else $CLIPASSO_CLIP_WEIGHTS), whichever release it
     holds, loaded once per process (and then also found under its name)."""
     key = ("auto", str(dev), weights)
     if key not in _LOADED:
         path = Path(named_weights(weights)).expanduser()
-        with guard():
-            encoder = load_clip(None, dev, path).place(dev)
+        encoder = load_clip(None, dev, path).place(dev)
         _LOADED[key] = _LOADED.setdefault((encoder.name, str(dev), weights), encoder)
     return _LOADED[key]
 
 
-def _loaded(name: str, dev: torch.device, weights: str | None, guard: Callable[[], AbstractContextManager],
-            on_download: Callable[[str], None] | None = None, download: bool = True) -> Encoder:
+def _loaded(name: str, dev: torch.device, weights: str | None, on_download: Callable[[str], None] | None = None,
+            download: bool = True) -> Encoder:
     """Encoder `name` on `dev`, loaded once per process."""
     key = (name, str(dev), weights if name != "lite0" else None)
     if key not in _LOADED:
         arch = name.split(":", 1)[1] if name != "lite0" else None
         path = resolve_clip_weights(arch, weights, download, on_download) if arch else None
-        with guard():
-            enc: Encoder = Lite0Encoder() if arch is None else load_clip(arch, dev, path)
-            _LOADED[key] = enc.place(dev)
+        enc: Encoder = Lite0Encoder() if arch is None else load_clip(arch, dev, path)
+        _LOADED[key] = enc.place(dev)
     return _LOADED[key]

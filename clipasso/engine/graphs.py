@@ -7,20 +7,18 @@ one graph per batch layout (StepGraph); where one is not (the tiles and diffvg f
 their shapes, so they wait for the host), only the encoder's pass is (LossPass). Off CUDA, or where
 capture fails (an operation that cannot be captured), the step runs as it is, said once in the log.
 
-The service prepares its next batch in other threads while the worker steps: a capture waits until no
-preparation is using the GPU, and preparations wait while a capture runs (GATE). Another thread's work
-during a capture had invalidated it on an H200 even in CUDA's "thread_local" capture mode (the batch then
-ran without graphs), so the modes are not relied on alone.
+The service prepares its next batch in other threads while the worker steps, and their GPU work may run
+during a capture: captures are in CUDA's "thread_local" mode, in which only the capturing thread's unsafe
+calls break them. About one capture in a hundred still failed on an H200, with or without keeping
+preparations out of captures (which cost the service 10-27 % of its pace there), so a failed capture is
+tried again (CAPTURE_TRIES) instead.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import threading
-import time
-from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Hashable
 
 import torch
 from torch import Tensor
@@ -46,59 +44,7 @@ CAPTURE_MODE = "thread_local"
 _MODE = ({"capture_error_mode": CAPTURE_MODE}
          if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters else {})
 
-
-class Gate:
-    """Captures exclusive of other threads' GPU work: many `work()` sections at once, or one `capture()`.
-    A waiting capture goes first: new work waits for it, so captures are never starved by a stream of
-    preparations (each a photo's worth, tens of milliseconds). Work inside work on the same thread passes
-    (it would otherwise wait for a capture that waits for the outer work)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._working = 0
-        self._capturing = False
-        self._captures_waiting = 0
-        self._depth = threading.local()
-        self.waited = 0.0  #: seconds captures have waited for preparations, in all (benchmarks read it)
-
-    @contextmanager
-    def work(self) -> Iterator[None]:
-        depth = getattr(self._depth, "n", 0)
-        if depth == 0:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._capturing and not self._captures_waiting)
-                self._working += 1
-        self._depth.n = depth + 1
-        try:
-            yield
-        finally:
-            self._depth.n = depth
-            if depth == 0:
-                with self._cond:
-                    self._working -= 1
-                    self._cond.notify_all()
-
-    @contextmanager
-    def capture(self) -> Iterator[None]:
-        with self._cond:
-            self._captures_waiting += 1
-            t = time.perf_counter()
-            self._cond.wait_for(lambda: not self._working and not self._capturing)
-            self.waited += time.perf_counter() - t
-            self._captures_waiting -= 1
-            self._capturing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._capturing = False
-                self._cond.notify_all()
-
-
-#: The one gate of the process: preparations (engine.optimise) work through it, captures here.
-GATE = Gate()
-
-_told: set[str] = set()  # the fallbacks already logged as warnings
+_told: set[tuple[str, str]] = set()  # the fallbacks already logged as warnings
 
 
 def available(device: torch.device) -> bool:
@@ -150,7 +96,7 @@ class StepGraph:
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
             try:
-                with GATE.capture(), torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
+                with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
                     self.body()  # recorded, not run: the state is as it was
             except Exception as exc:  # noqa: BLE001 - any capture failure means: this step without a graph
                 self.failures += 1
@@ -190,8 +136,7 @@ class LossPass:
             # The sample tensors become the graph's input buffers: fresh, contiguous ones.
             sample = (torch.zeros_like(renders, requires_grad=True), plain.clone(), picks.clone(), owners.clone())
             try:
-                with GATE.capture():
-                    self.graphed = torch.cuda.make_graphed_callables(self._eager, sample, **_MODE)
+                self.graphed = torch.cuda.make_graphed_callables(self._eager, sample, **_MODE)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run without graphs
                 _fall_back("this encoder", exc)
                 self.graphs = False

@@ -32,7 +32,7 @@ from ..encoders import Encoder, load_encoder, resolve_device
 from ..images import Photo
 from ..options import CANVAS, ProgressCallback, Renderer, SketchOptions, SketchResult, image_stroke_width
 from .adam import BatchAdam
-from .graphs import GATE, LossPass, StepGraph, available
+from .graphs import LossPass, StepGraph, available
 from .init import STARTS
 from .ladder import build_ladder
 from .losses import SketchLoss
@@ -183,7 +183,7 @@ def _prepare_group(sketches: list[Prepared]) -> None:
     try:
         first = sketches[0].opts
         encoder, reason = load_encoder(first.encoder, first.device, first.weights, preferred=first.recipe.encoder,
-                                       guard=GATE.work, on_download=lambda text: [s.busy(text) for s in sketches])
+                                       on_download=lambda text: [s.busy(text) for s in sketches])
     except Exception as exc:
         for s in sketches:
             s.finish(exc)
@@ -230,13 +230,11 @@ def _chunks(runs: list[_Run], size: int) -> Iterator[list[_Run]]:
 
 
 def _guarded(sketch: Prepared, work: Callable[[Prepared], object]) -> object:
-    """`work(sketch)` unless the sketch has failed; a sketch whose work raises fails with that. The work is
-    a preparation's, which no CUDA graph's capture may overlap (graphs.GATE)."""
+    """`work(sketch)` unless the sketch has failed; a sketch whose work raises fails with that."""
     if sketch.outcome is not None:
         return None
     try:
-        with GATE.work():
-            return work(sketch)
+        return work(sketch)
     except Exception as exc:
         sketch.finish(exc)
         return None
