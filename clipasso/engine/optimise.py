@@ -528,8 +528,8 @@ class _Batch:
         """Render, loss, gradients and each cohort's update; how long the host spent on the first three."""
         t = time.perf_counter()
         # A fresh leaf each step, made on the stream the step runs on: autograd keeps a leaf's gradient
-        # node on the stream it was made on, and a node left from a step on another stream (an eager
-        # step's, on the default stream) broke a capture on an H200 (PyTorch warns of the mismatch).
+        # node on the stream it was made on, and PyTorch warned on an H200, beside a failed capture, that
+        # a node left from an eager step on the default stream can break one (with fresh leaves it did not).
         leaves = [c.points.detach().requires_grad_(True) for c in self.cohorts]
         renders = torch.cat([c.render(p) for c, p in zip(self.cohorts, leaves)])
         t1 = time.perf_counter()
