@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,13 @@ LADDER_STROKE = re.compile(r"level-(\d+)-stroke-\d+")
 CROSSING_SAMPLES = 32
 #: Shapes read as the paths of their outlines, beside <path>.
 SHAPES = (se.Rect, se.Circle, se.Ellipse, se.SimpleLine, se.Polyline, se.Polygon)
+#: Elements that `<use>` references may add to a file. svgelements copies what each one names as it parses,
+#: and nested ones multiply: 2.4 KB of ten-fold `<use>` nine deep stood for 10^9 paths, which grew a
+#: server past 7 GB before anything could count them. A clone or a symbol used a few hundred times passes.
+MAX_USE_COPIES = 10_000
+#: How deep `<use>` references and groups may nest, followed one inside another.
+MAX_NESTING = 200
+_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +104,10 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     Cached: the service reads the same text when it checks a job, runs it and draws its previews.
     """
     try:
+        _check_copies(ET.fromstring(svg_text))
         svg = se.SVG.parse(io.StringIO(svg_text), reify=False)
+    except InputError:
+        raise
     except Exception as exc:  # svgelements raises what the XML parser and its own parsers raise
         raise InputError(f"not an SVG file ({one_line(exc, 120)})") from None
     if not isinstance(svg, se.SVG):
@@ -116,7 +127,10 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         else:
             continue
         m = se.Matrix(element.transform) * to_viewbox
-        cubics = [c for segment in element for c in _cubics(segment)]
+        try:
+            cubics = [c for segment in element for c in _cubics(segment)]
+        except (ValueError, OverflowError, ZeroDivisionError):  # an arc of radius 1e308, say
+            raise InputError("a path's coordinates are not finite numbers (an arc's radius is too large)") from None
         if not cubics:
             continue
         points = np.array([[(p.real, p.imag) for p in c] for c in cubics], dtype=np.float64)
@@ -146,3 +160,26 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
         finest = max(n for n in levels if n is not None)
         paths = [p for p, n in zip(paths, levels) if n is None or n == finest]
     return tuple(paths)
+
+
+def _check_copies(root: ET.Element) -> None:
+    """InputError where `<use>` references would add more than MAX_USE_COPIES elements, or nest deeper than
+    MAX_NESTING: counted on the XML tree, each element once, before svgelements copies anything."""
+    ids = {el.get("id"): el for el in root.iter() if el.get("id")}
+    sizes: dict[int, int] = {}  # an element's size with what its <use> references add, by id()
+
+    def size(el: ET.Element, depth: int) -> int:
+        if id(el) in sizes:
+            return sizes[id(el)]
+        if depth > MAX_NESTING:
+            raise InputError(f"its groups or <use> references nest over {MAX_NESTING} deep (or refer to themselves)")
+        n = 1 + sum(size(child, depth + 1) for child in el)
+        href = el.get(_XLINK_HREF) or el.get("href") or ""
+        if el.tag.rpartition("}")[2] == "use" and href.startswith("#") and href[1:] in ids:
+            n += size(ids[href[1:]], depth + 1)
+        sizes[id(el)] = n
+        return n
+
+    added = size(root, 0) - sum(1 for _ in root.iter())
+    if added > MAX_USE_COPIES:
+        raise InputError(f"its <use> references stand for {added:,} more elements; at most {MAX_USE_COPIES:,} are read")

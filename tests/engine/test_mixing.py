@@ -104,6 +104,25 @@ def test_a_path_its_transform_takes_to_one_point_draws_nothing():
     assert np.allclose(kept.cubics[0, [0, 3]], [[1, 1], [9, 9]])
 
 
+def fanned_out(depth: int, fan: int = 10) -> str:
+    """An SVG whose one path is copied `fan` times at each of `depth` levels of nested <use>."""
+    groups = ['<g id="u0"><path d="M 20,20 L 180,130"/></g>'] + [
+        f'<g id="u{i}">' + f'<use xlink:href="#u{i - 1}"/>' * fan + "</g>" for i in range(1, depth + 1)]
+    return ('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 200 150">'
+            f'<defs>{"".join(groups)}</defs><use xlink:href="#u{depth}"/></svg>')
+
+
+def test_use_references_that_multiply_are_refused_before_they_are_copied():
+    """2.4 KB of nested <use> stood for 10^9 paths, which svgelements copied as it parsed (a server grew past
+    7 GB); they are counted on the XML first. A path used a hundred times is read as a hundred paths."""
+    assert len(read_paths(fanned_out(2))) == 100
+    with pytest.raises(InputError, match=r"stand for [\d,]+ more elements; at most 10,000"):
+        read_paths(fanned_out(9))
+    deep = '<svg xmlns="http://www.w3.org/2000/svg">' + "<g>" * 5000 + '<path d="M 1 1 L 9 9"/>' + "</g>" * 5000 + "</svg>"
+    with pytest.raises(InputError, match="nest over 200 deep"):
+        read_paths(deep)
+
+
 def test_an_arc_of_radius_0_is_a_line():
     """SVG draws an arc with a radius of 0 as a straight line; it was refused as no path data."""
     (arc,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 100,100 A 0 0 0 0 0 120,100"/></svg>')
@@ -222,6 +241,10 @@ def test_a_sketch_without_each_stroke_is_what_drawing_the_others_gives(backend):
      "keep: its viewBox has no area"),  # was a ZeroDivisionError's traceback
     (dict(keep='<svg xmlns="http://www.w3.org/2000/svg"><path transform="scale(1e400)" d="M 1 1 L 9 9"/></svg>'),
      "keep: a path's coordinates are not finite numbers"),
+    (dict(keep='<svg xmlns="http://www.w3.org/2000/svg"><path d="M 20,20 A 1e308 1e308 0 1 1 30,30"/></svg>'),
+     "keep: a path's coordinates are not finite numbers"),  # was a 500: svgelements' NaN outside the checks
+    (dict(subject='<svg xmlns="http://www.w3.org/2000/svg"><g id="a"><path d="M 1 1 L 9 9"/><use href="#a"/></g></svg>'),
+     "subject: its groups or <use> references nest over 200 deep"),
     (dict(levels=(8, 8)), "may appear once"),
     (dict(levels=(0, 8)), "between 1 and 512"),
     (dict(levels=(513,)), "between 1 and 512"),
