@@ -28,6 +28,11 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from .errors import InputError, one_line
 
 MAX_PIXELS = 100_000_000
+#: The formats Pillow may open (its names): the photos people have. No other decoder is tried: Pillow's EPS
+#: loader runs Ghostscript on the file (a PostScript loop spun a core with no end), and the rarely used
+#: ones are what a crafted upload would aim at. (JPEG's opener also opens MPO: a phone's JPEG with a second
+#: picture in it.)
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
 MIN_SIDE = 2
 #: The longest side a decoded photo is kept at. The engine draws on a 224 px canvas; 1024 px keeps every
 #: detail that survives that, and a 100-megapixel upload then costs megabytes once decoded.
@@ -123,9 +128,10 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
         width, height = _oriented_size(im) if orient else im.size
         try:
             im.seek(0)
-            if im.format == "JPEG":
+            coefficients = jpeg_coefficients(im)  # at full size, whatever the draft below
+            if im.format in ("JPEG", "MPO"):
                 im.draft(im.mode, (working_side, working_side))
-            cost = decode_cost(im)
+            cost = decode_cost(im) + coefficients
             if cost > MAX_DECODE_BYTES:
                 raise InputError(
                     f"{name}: {width}x{height} {im.mode} needs {cost / 1e6:.0f} MB to decode; the limit is "
@@ -181,11 +187,11 @@ def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, s
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clearer message
-            with Image.open(stream) as im:
+            with Image.open(stream, formats=FORMATS) as im:
                 w, h = im.size
                 # A JPEG decodes at a reduced scale (1/2 to 1/8, in its DCT), so what bounds it is what that
                 # decode costs (load_photo); a 108-megapixel phone photo takes 7 there.
-                if w * h > max_pixels and im.format != "JPEG":
+                if w * h > max_pixels and im.format not in ("JPEG", "MPO"):
                     raise InputError(
                         f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels; the limit is "
                         f"{max_pixels / 1e6:.0f} megapixels"
@@ -196,7 +202,7 @@ def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, s
     except (InputError, DecoderBusy):
         raise
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image Pillow can read (PNG, JPEG, WebP, TIFF, GIF, BMP ...)") from None
+        raise InputError(f"{name}: not an image CLIPasso reads (PNG, JPEG, WebP, TIFF, GIF or BMP)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
         raise InputError(f"{name}: corrupt or truncated image ({one_line(exc, 200)})") from None
 
@@ -205,6 +211,16 @@ def decode_cost(im: Image.Image) -> int:
     """Bytes that decoding and reducing `im` (at its draft size) allocate at the most."""
     alpha = im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in im.info
     return im.width * im.height * _BYTES_PER_PIXEL.get(im.mode, 4) * (2 if alpha else 1)
+
+
+def jpeg_coefficients(im: Image.Image) -> int:
+    """Bytes a progressive JPEG's decoder keeps besides its pixels: every DCT coefficient of the whole
+    image (2 bytes each, 64 an 8x8 block of each component), whatever scale it is drafted at. An 8 MB
+    greyscale one of 65500x65500 pixels took 8.3 GB that way where its 1/8-scale pixels were counted as 67
+    MB. A baseline JPEG is decoded a few rows at a time: none."""
+    if im.format not in ("JPEG", "MPO") or not im.info.get("progressive"):
+        return 0
+    return im.width * im.height * 2 * len(im.getbands())
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:

@@ -148,6 +148,41 @@ def test_a_phone_photo_over_the_pixel_limit_decodes_at_a_reduced_scale():
     assert (photo.width, photo.height) == (12000, 9000) and max(photo.image.size) <= 1024
 
 
+def progressive_jpeg_header(width: int, height: int) -> bytes:
+    """A greyscale progressive JPEG of `width` x `height` with one DC scan of zeros: a few bytes a block."""
+    def segment(marker: int, payload: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    return (b"\xff\xd8" + segment(0xDB, b"\x00" + b"\x01" * 64)
+            + segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
+            + segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
+            + segment(0xDA, b"\x01\x01\x00\x00\x00\x00") + b"\x00" * ((blocks + 7) // 8) + b"\xff\xd9")
+
+
+def test_a_progressive_jpeg_counts_its_coefficients_at_full_size():
+    """A progressive JPEG's decoder keeps every coefficient of the whole image whatever the draft scale: a
+    1.8 MB file of 30000x30000 took 1.76 GB, counted as its 1/8-scale pixels (14 MB). A small progressive
+    JPEG still loads."""
+    with pytest.raises(InputError, match=r"30000x30000 L needs 1814 MB to decode; the limit is 400 MB"):
+        load_image(progressive_jpeg_header(30000, 30000))
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, "JPEG", progressive=True)
+    assert load_photo(buffer.getvalue()).image.size == (451, 300)
+
+
+def test_only_photo_formats_are_opened(tmp_path: Path):
+    """Pillow's EPS loader runs Ghostscript on the file (a PostScript loop spun a core with no end): formats
+    other than the photos people have are not tried."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n{ } loop\n"
+    with pytest.raises(InputError, match=r"not an image CLIPasso reads \(PNG, JPEG, WebP, TIFF, GIF or BMP\)"):
+        load_image(eps)
+    for fmt in ("PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buffer, fmt)
+        assert load_photo(buffer.getvalue()).image.size == (64, 48), fmt
+
+
 def test_letterbox_round_trip_and_no_stretch():
     box = Letterbox(451, 300, 224)
     assert box.placed == (224, 149)
