@@ -1,4 +1,5 @@
-"""Request guards that run before any route: the bearer token and the upload size limit."""
+"""Request guards that run before any route: the bearer token, the upload size limit, what a web page may
+send, and the headers that keep the live page out of other pages' frames."""
 
 from __future__ import annotations
 
@@ -17,16 +18,23 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 class BearerAuth:
-    """Refuse every request without `Authorization: Bearer TOKEN` (constant-time compare), except `/`."""
+    """Refuse every request without one `Authorization: Bearer TOKEN` (the scheme in any case, as HTTP has
+    it; the token compared in constant time), except `/`."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
+
+    def _authorised(self, scope: Scope) -> bool:
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(given) != 1:  # none, or two (which one counts would be up to the server)
+            return False
+        scheme, _, token = given[0].partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not (scope["path"] == "/" and scope["method"] in ("GET", "HEAD")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
+            if not self._authorised(scope):
                 response = error_response(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
                                   {"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
@@ -71,9 +79,16 @@ class UploadLimit:
         await self.app(scope, counting_receive, send)
 
 
+#: On every response: no other page may frame the live page (and trick a click on its Cancel), browsers take
+#: each response as the type it says, and no address of this server is sent on to another site.
+SAFE_HEADERS = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+                (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
 class BrowserGuard:
     """Refuse what a web page could send: a Host that is not a loopback name (unless a token protects the
-    server, which no page can add cross-site), and any Origin other than the server's own (403)."""
+    server, which no page can add cross-site), and any Origin other than the server's own (403). Every
+    response carries SAFE_HEADERS."""
 
     def __init__(self, app: ASGIApp, check_host: bool) -> None:
         self.app = app
@@ -90,7 +105,17 @@ class BrowserGuard:
                            "(start it with --token to serve other names)")
             elif origin is not None and origin.decode("latin-1") != f"{scope.get('scheme', 'http')}://{host}":
                 refusal = "refused: requests from web pages of other origins are not accepted"
+            send = _with_safe_headers(send)
             if refusal:
                 await error_response(403, refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _with_safe_headers(send: Send) -> Send:
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SAFE_HEADERS]}
+        await send(message)
+
+    return sending

@@ -392,19 +392,26 @@ def test_unknown_routes_and_methods_answer_json(server_main: ServerProcess) -> N
 
 def test_token_is_required_on_every_request(server_token: ServerProcess, server_photo_png: bytes) -> None:
     url = server_token.url
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"bearer {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}):
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN},
+                    [("Authorization", "Bearer wrong-token-0123456789"), ("Authorization", f"Bearer {TOKEN}")]):
         for method, path in (("GET", "/health"), ("GET", "/jobs"), ("GET", "/openapi.json"), ("POST", "/jobs"),
                              ("DELETE", "/jobs/AAAAAAAAAAAAAAAAAAAAAA"), ("GET", "/jobs/AAAAAAAAAAAAAAAAAAAAAA")):
             response = httpx.request(method, url + path, headers=headers)
             assert_error(response, 401, "token")
             assert response.headers["www-authenticate"] == "Bearer"
-    good = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(url + "/health", headers=good).status_code == 200
+    # HTTP's scheme names are case-insensitive (RFC 9110, 11.1): a client that sends "bearer" was refused.
+    assert httpx.get(url + "/health", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
     assert_error(httpx.get(url + "/jobs/AAAAAAAAAAAAAAAAAAAAAA", headers=good), 404, "unknown job")
     # The page is a static file with no data; it carries the token from its URL fragment itself.
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "Bearer" in page.text
+    # No other page may frame it (and trick a click on Cancel), nor learn its address through a Referer.
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-content-type-options"] == "nosniff"
 
 
 @pytest.mark.parametrize(
