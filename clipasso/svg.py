@@ -1,4 +1,5 @@
-"""SVG output: one plain, editable `<path>` per stroke, in the input image's own pixel coordinates."""
+"""SVG output: one plain, editable `<path>` per stroke, in the input image's own pixel coordinates, in
+layers as Inkscape shows them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from lxml import etree
 from .paths import DrawnPath
 
 SVG_NS = "http://www.w3.org/2000/svg"
+INKSCAPE_NS = "http://www.inkscape.org/namespaces/inkscape"
 #: Colour of the artist's kept paths in live previews (the new strokes are black).
 KEPT_PREVIEW_COLOUR = "#999999"
-CLIPASSO_NS = "https://github.com/clipasso-inkscape/clipasso-inkscape#"
+#: The id of the `<metadata>` whose text is the sketch's settings as JSON (an element of our own namespace
+#: in it made Inkscape warn "unknown type" on every open and export).
+SETTINGS_ID = "clipasso-settings"
 
 
 def path_data(stroke: np.ndarray) -> str:
@@ -35,23 +39,24 @@ def strokes_to_svg(
     """A standalone SVG document: size and viewBox equal to the image's pixel size.
 
     The artist's `kept` paths come first (group `clipasso-kept`, their path data, transforms, widths and
-    colours as they were, or all in `kept_colour`: the previews' grey), then the strokes (group `clipasso-strokes`), or with `levels` one group `level-N` per level.
+    colours as they were, or all in `kept_colour`: the previews' grey), then the strokes (group
+    `clipasso-strokes`), or with `levels` one group `level-N` per level, finest first. Each group is an
+    Inkscape layer ("16 strokes"); of the levels only the finest is shown, as the extension places them.
     """
     strokes = np.asarray(strokes, dtype=np.float64).reshape(-1, 4, 2)
     root = etree.Element(
         f"{{{SVG_NS}}}svg",
-        nsmap={None: SVG_NS},
+        nsmap={None: SVG_NS, "inkscape": INKSCAPE_NS},
         width=str(int(width)),
         height=str(int(height)),
         viewBox=f"0 0 {int(width)} {int(height)}",
         version="1.1",
     )
     if metadata is not None:
-        meta = etree.SubElement(root, f"{{{SVG_NS}}}metadata")
-        data = etree.SubElement(meta, f"{{{CLIPASSO_NS}}}settings", nsmap={"clipasso": CLIPASSO_NS})
-        data.text = json.dumps(metadata, sort_keys=True)
+        meta = etree.SubElement(root, f"{{{SVG_NS}}}metadata", id=SETTINGS_ID)
+        meta.text = json.dumps(metadata, sort_keys=True)
     if kept:
-        group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-kept")
+        group = _layer(root, "clipasso-kept", "kept paths")
         for i, path in enumerate(kept):
             element = etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"kept-{i + 1}", d=path.d,
                                        attrib=_style(path.stroke_width, kept_colour or path.colour or "#000000"))
@@ -61,16 +66,27 @@ def strokes_to_svg(
                 element.set("transform", path.transform)
     style = _style(stroke_width, "#000000")
     if levels is None:
-        group = etree.SubElement(root, f"{{{SVG_NS}}}g", id="clipasso-strokes")
+        group = _layer(root, "clipasso-strokes", _strokes(len(strokes)))
         for i, stroke in enumerate(strokes):
             etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"stroke-{i + 1}", d=path_data(stroke), attrib=style)
     else:
-        for n, level in levels.items():
-            group = etree.SubElement(root, f"{{{SVG_NS}}}g", id=f"level-{n}")
+        for k, (n, level) in enumerate(sorted(levels.items(), reverse=True)):
+            group = _layer(root, f"level-{n}", _strokes(n))
+            if k:
+                group.set("style", "display:none")
             for i, stroke in enumerate(np.asarray(level, dtype=np.float64).reshape(-1, 4, 2)):
                 etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"level-{n}-stroke-{i + 1}", d=path_data(stroke),
                                  attrib=style)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True).decode("utf-8")
+
+
+def _layer(parent: etree._Element, id: str, label: str) -> etree._Element:
+    return etree.SubElement(parent, f"{{{SVG_NS}}}g", id=id, attrib={f"{{{INKSCAPE_NS}}}groupmode": "layer",
+                                                                       f"{{{INKSCAPE_NS}}}label": label})
+
+
+def _strokes(n: int) -> str:
+    return f"{n} stroke{'' if n == 1 else 's'}"
 
 
 def _style(stroke_width: float, colour: str) -> dict[str, str]:

@@ -109,8 +109,8 @@ async def submit(
         "pixels as stored, as Inkscape shows a PNG or WebP (the strokes then lie over what Inkscape shows); a TIFF is "
         "always turned (Pillow turns it as it opens it, and Inkscape shows it so)")),
     levels: str | None = Form(None, description=(
-        f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one group level-N per "
-        "level in the result, each coarser level a subset of the finer one")),
+        f"an abstraction ladder, stroke counts like 32,16,8,4 (at most {MAX_LEVELS}): one layer (group) level-N "
+        "per level in the result, the finest shown, each coarser level a subset of the finer one")),
 ) -> JSONResponse:
     """Queue a sketch of the uploaded photo. Values left out take the preset's defaults; a field this server
     does not know is refused (a misspelt one, or one of a newer version), not ignored."""

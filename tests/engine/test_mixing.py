@@ -190,6 +190,10 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
     groups = root.findall(f"{SVG}g")
     assert [g.get("id") for g in groups] == ["level-6", "level-3", "level-1"]
     assert [len(g.findall(f"{SVG}path")) for g in groups] == [6, 3, 1]
+    # Inkscape layers, the finest shown: all of them drawn at once doubled every line (the CLI's output).
+    inkscape = "{http://www.inkscape.org/namespaces/inkscape}"
+    assert [(g.get(f"{inkscape}groupmode"), g.get(f"{inkscape}label"), g.get("style")) for g in groups] == [
+        ("layer", "6 strokes", None), ("layer", "3 strokes", "display:none"), ("layer", "1 stroke", "display:none")]
     assert result.options.strokes == 6 and np.array_equal(result.levels[6], result.strokes)
     radius = ladder.SETTLE_RADIUS * 451 / 224 + 1e-6  # canvas px -> photo px
     for finer, coarser in ((6, 3), (3, 1)):

@@ -32,6 +32,7 @@ from clipasso.errors import InputError
 from clipasso.options import SketchOptions
 
 SVG = "{http://www.w3.org/2000/svg}"
+INKSCAPE = "{http://www.inkscape.org/namespaces/inkscape}"
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,11 @@ def test_svg_output(cat):
         assert np.allclose(np.array(nums).reshape(4, 2), stroke, atol=1e-3)
         assert p.get("fill") == "none" and p.get("stroke") == "#000000"
         assert p.get("stroke-linecap") == "round" and p.get("stroke-linejoin") == "round"
-    meta = json.loads(root.find(f"{SVG}metadata")[0].text)
+    meta = json.loads(root.find(f"{SVG}metadata").text)
     assert meta["encoder"] == "lite0" and meta["options"]["strokes"] == 5
+    # The strokes are a layer in Inkscape.
+    (group,) = root.findall(f"{SVG}g")
+    assert group.get(f"{INKSCAPE}groupmode") == "layer" and group.get(f"{INKSCAPE}label") == "5 strokes"
 
 
 def test_strokes_sit_on_ink_not_on_paper(cat):
