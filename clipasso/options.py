@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError
 from .images import Letterbox
-from .paths import DrawnPath, read_paths
+from .paths import DrawnPath, drawing_notes, read_paths
 from .svg import strokes_to_svg
 
 MAX_STROKES = 512
@@ -287,6 +287,8 @@ class SketchOptions:
                 which = "its path does not lie" if len(paths) == 1 else f"none of its {len(paths)} paths lies"
                 raise InputError(f"{name}: {which} on the {width}x{height} photo; its coordinates must be the "
                                  "photo's pixels")
+            if paths:
+                warnings += [f"{name}: {note}" for note in drawing_notes(text, width, height)]
             if len(on) < len(paths):
                 off = len(paths) - len(on)
                 warnings.append(f"{name}: {off} of its {len(paths)} paths {'lies' if off == 1 else 'lie'} off the "

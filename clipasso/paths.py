@@ -119,6 +119,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     to_viewbox = ~se.Matrix(viewbox) if viewbox else se.Matrix()
     paths, levels = [], []
     for element in svg.elements():
+        if element.values.get("visibility") in ("hidden", "collapse"):  # inherited: a hidden path or group
+            continue
         if isinstance(element, SHAPES):  # drawn with an editor's ellipse, rectangle or line tool: its outline
             element = se.Path(element)
             d = element.d(transformed=False)
@@ -183,3 +185,50 @@ def _check_copies(root: ET.Element) -> None:
     added = size(root, 0) - sum(1 for _ in root.iter())
     if added > MAX_USE_COPIES:
         raise InputError(f"its <use> references stand for {added:,} more elements; at most {MAX_USE_COPIES:,} are read")
+
+
+#: Elements whose content is not drawn where it stands (a clip's or mask's shapes, definitions).
+_NOT_DRAWN = {"defs", "clipPath", "mask", "symbol", "marker", "pattern"}
+_LENGTH = re.compile(r"\s*([0-9.eE+-]+)\s*(px)?\s*")
+
+
+@functools.lru_cache(maxsize=8)
+def drawing_notes(svg_text: str, width: int, height: int) -> tuple[str, ...]:
+    """What of a (readable) SVG given as keep, refine or subject is not used as drawn, a line each: clips and
+    masks (its paths are used whole), and a document whose size is not the photo's pixels (a millimetre
+    page, say: its coordinates are taken as pixels all the same)."""
+    root = ET.fromstring(svg_text)
+    notes = []
+    if _clipped(root):
+        notes.append("its clips and masks are not applied: its paths are used whole")
+    size = _size(root)
+    if size is not None and (abs(size[0] - width) > 0.01 * width or abs(size[1] - height) > 0.01 * height):
+        notes.append(f"it is {size[0]:g}x{size[1]:g} where the photo is {width}x{height} pixels: its coordinates "
+                     "are taken as the photo's pixels all the same")
+    return tuple(notes)
+
+
+def _clipped(element: ET.Element) -> bool:
+    """Whether a drawn element (not a definition's) has a clip or a mask."""
+    for child in element:
+        tag = child.tag.rpartition("}")[2]
+        if tag in _NOT_DRAWN:
+            continue
+        style = child.get("style") or ""
+        if child.get("clip-path") or child.get("mask") or re.search(r"(?:^|;)\s*(clip-path|mask)\s*:\s*url", style):
+            return True
+        if _clipped(child):
+            return True
+    return False
+
+
+def _size(root: ET.Element) -> tuple[float, float] | None:
+    """The document's size in user units: its viewBox's, else its width and height where given in px."""
+    box = re.split(r"[\s,]+", (root.get("viewBox") or "").strip())
+    if len(box) == 4:
+        try:
+            return float(box[2]), float(box[3])
+        except ValueError:
+            return None
+    w, h = (_LENGTH.fullmatch(root.get(k) or "") for k in ("width", "height"))
+    return (float(w.group(1)), float(h.group(1))) if w and h else None

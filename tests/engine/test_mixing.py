@@ -260,6 +260,24 @@ def test_bad_mixing_options(options, message):
         fast(**options).validated()
 
 
+def test_what_of_an_inkscape_drawing_is_not_used_as_drawn_is_said():
+    """A QA pass with Inkscape-made files: a path hidden with visibility was kept and drawn, a clip was
+    dropped without a word (the kept circle came out whole), and an A4 page in millimetres was read as
+    pixels (its roof landed as a wedge in the corner) without a word."""
+    keep = ('<svg xmlns="http://www.w3.org/2000/svg" width="210mm" height="297mm" viewBox="0 0 210 297">'
+            '<defs><clipPath id="c"><rect width="50" height="50"/></clipPath></defs>'
+            '<g clip-path="url(#c)"><path d="M 0 0 L 90 90"/></g>'
+            '<g style="visibility:hidden"><path d="M 0 90 L 90 0"/></g></svg>')
+    options = fast(keep=keep)
+    assert len(options.drawn_on_photo(451, 300)[0]) == 1  # the hidden one is left out
+    assert options.warnings(451, 300) == [
+        "keep: its clips and masks are not applied: its paths are used whole",
+        "keep: it is 210x297 where the photo is 451x300 pixels: its coordinates are taken as the photo's pixels "
+        "all the same"]
+    # A file in the photo's pixels, as the extension sends, has nothing to say.
+    assert fast(keep=MINE).warnings(451, 300) == []
+
+
 def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():
     half = ('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 10 10 L 50 50"/>'
             '<path d="M 900 900 L 990 990"/></svg>')
