@@ -3,7 +3,7 @@
 Every error is JSON `{"error": "one line"}` with these statuses: 400 bad input (missing or malformed
 field, value out of range, unknown encoder or preset, not an image, corrupt image, too many pixels),
 401 missing or wrong token, 404 unknown job or path, 405 wrong method, 409 no result yet / already
-finished, 413 upload too large, 429 too many queued jobs, 503 decoder busy or shutting down.
+finished, 413 upload too large, 429 too many queued jobs, 503 decoder busy, too many event streams or shutting down.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import InputError
 from ..images import DecoderBusy
 from ..options import DEFAULT_MAX_UPLOAD_MB, MAX_DRAWN_SVG_BYTES
-from .jobs import JobStateError, JobStore, QueueFull, ShuttingDown, StorageError, UnknownJob
+from .jobs import JobStateError, JobStore, QueueFull, ShuttingDown, StorageError, TooManyStreams, UnknownJob
 from .middleware import BearerAuth, BrowserGuard, UploadLimit, error_response
 from .routes import router
 from .worker import Worker
@@ -150,6 +150,10 @@ async def decoder_busy(request: Request, exc: DecoderBusy) -> JSONResponse:
     return error_response(503, str(exc), {"Retry-After": "5"})
 
 
+async def too_many_streams(request: Request, exc: TooManyStreams) -> JSONResponse:
+    return error_response(503, str(exc), {"Retry-After": "10"})
+
+
 async def shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
     return error_response(503, str(exc), {"Retry-After": "10"})
 
@@ -173,6 +177,7 @@ ERROR_HANDLERS: dict[type[Exception], Callable] = {
     InputError: input_error,
     QueueFull: queue_full,
     ShuttingDown: shutting_down,
+    TooManyStreams: too_many_streams,
     DecoderBusy: decoder_busy,
     StorageError: storage_error,
     JobStateError: conflict,

@@ -143,7 +143,7 @@ async def get_job(job_id: str, store: JobStore = Store) -> dict:
 
 
 @router.get("/jobs/{job_id}/events",
-            responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404)})
+            responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 404, 503)})
 async def job_events(job_id: str, request: Request, store: JobStore = Store) -> StreamingResponse:
     """Server-sent events, one `data:` line of the same JSON as GET /jobs/{id} per change.
 
@@ -152,6 +152,7 @@ async def job_events(job_id: str, request: Request, store: JobStore = Store) -> 
     of it opens within the grace period.
     """
     store.snapshot(job_id)  # 404 before the stream starts
+    store.may_stream()  # 503 where too many are open
     return StreamingResponse(
         _events(store, job_id, request), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -15,6 +15,7 @@ from PIL import Image
 from clipasso.engine import sketch
 from clipasso.images import load_photo
 from clipasso.options import SketchOptions, SketchResult
+from clipasso.server import jobs
 from clipasso.server.jobs import (
     ATTACH_GRACE_SECONDS,
     Job,
@@ -220,6 +221,20 @@ def test_cancel_while_running_keeps_the_best_strokes(store, server_photo_png, mo
     cancelled_at = next(i for i, _ in seen if i >= 3)
     assert view["state"] == "cancelled" and view["iteration"] == cancelled_at
     assert store.result_svg(job_id).count("<path") == 4
+
+
+def test_event_streams_are_bounded(store, server_photo_png, monkeypatch):
+    """2000 streams of one job slowed /health from 3 ms to over a second: past MAX_EVENT_STREAMS the next is
+    refused (503) until one closes, of any job."""
+    monkeypatch.setattr(jobs, "MAX_EVENT_STREAMS", 3)
+    first, second = (store.submit(server_photo_png, QUICK)["id"] for _ in range(2))
+    for job_id in (first, first, second):
+        store.may_stream()
+        store.watch(job_id)
+    with pytest.raises(jobs.TooManyStreams, match=r"too many event streams open \(3\); poll GET /jobs/\{id\}"):
+        store.may_stream()
+    store.unwatch(second)
+    store.may_stream()
 
 
 def test_attached_jobs_are_abandoned_only_when_nobody_follows_them(store, server_photo_png):
