@@ -10,8 +10,10 @@ install: $(STAMP)
 
 # Re-installs only when the project's metadata changes; torch comes from the local wheel cache where
 # pip is configured with one, otherwise from PyPI.
+# A .venv without pip (what `python3 -m venv` leaves where Debian's python3-venv is missing) is made again.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) || \
+		{ echo "make: $(PYTHON) -m venv failed; on Debian or Ubuntu install python3-venv first" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64,<81" wheel
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
@@ -34,4 +36,4 @@ gallery: $(STAMP)
 	$(BIN)/python benchmarks/gallery.py -o out/gallery.png
 
 clean:
-	rm -rf out build *.egg-info
+	rm -rf out build dist *.egg-info .pytest_cache
