@@ -1,9 +1,10 @@
 """`clipasso install-inkscape`: put the extension into Inkscape, tied to this installation's backend.
 
 The extension files go into a `clipasso` folder inside Inkscape's user extensions folder (Inkscape finds
-.inx files in sub-folders), so an upgrade replaces them and removing that folder uninstalls. Next to
-them, `clipasso_backend.json` records how to start this installation's backend, for the extension to
-start it when it does not answer (Inkscape's own Python has no torch and cannot run it).
+.inx files in sub-folders), so installing again after an upgrade replaces them (and removes those a
+release no longer has), and `--remove` takes the folder away. Next to them, `clipasso_backend.json`
+records how to start this installation's backend and its version, for the extension to start it when it
+does not answer (Inkscape's own Python has no torch and cannot run it) and to tell an upgraded backend.
 """
 
 from __future__ import annotations
@@ -34,18 +35,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Inkscape's extensions folder (default: the user extensions folder that Inkscape reports, or the "
         "platform's usual one)",
     )
+    parser.add_argument("--remove", action="store_true",
+                        help="remove the extension from Inkscape (before `pip uninstall`); jobs stay in the "
+                             "backend's data folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Copy the extension and write its backend config; print where, and what to do next."""
+    """Copy the extension and write its backend config (or with --remove take them away); print where,
+    and what to do next."""
     extensions = (args.dir or user_extensions_dir()).expanduser()
     target = extensions / FOLDER
+    if args.remove:
+        return remove(target)
     sources = extension_files()
     try:
         target.mkdir(parents=True, exist_ok=True)
         for source in sources:
             write_atomic(target / source.name, source.read_bytes())
             shutil.copymode(source, target / source.name)  # temp files are private; these need not be
+        shipped = {source.name for source in sources}
+        for old in target.iterdir():  # a file an earlier release had: an old .inx would stay in the menu
+            if old.suffix in SHIPPED_SUFFIXES and old.name not in shipped:
+                old.unlink()
         write_atomic(target / CONFIG, json.dumps(backend_config(), indent=2) + "\n")
         os.chmod(target / CONFIG, 0o644)
     except OSError as exc:
@@ -55,9 +66,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def remove(target: Path) -> int:
+    """Take the extension's folder (its files, backend config, log and pid file) out of Inkscape."""
+    from .server.command import default_data_dir  # the serve command's module, only here
+
+    if not (target / CONFIG).exists() and not any(target.glob("*.inx")):
+        print(f"There is no CLIPasso extension in {target}: nothing to remove")
+        return 0
+    try:
+        shutil.rmtree(target)
+    except OSError as exc:
+        raise InputError(f"cannot remove {target}: {exc.strerror or exc}") from None
+    print(f"Removed the CLIPasso extension from {target}; restart Inkscape.")
+    print(f"Jobs, with copies of their photos, stay in {default_data_dir()} (a backend started with --data-dir "
+          "keeps them there): remove it too to delete them.")
+    return 0
+
+
+#: The kinds of file the extension is made of (extension_files).
+SHIPPED_SUFFIXES = (".inx", ".py", ".ui")
+
+
 def extension_files() -> list[Path]:
     """The .inx, the Python files Inkscape runs and the window's GTK Builder file."""
-    files = sorted(SOURCE_DIR.glob("*.inx")) + sorted(SOURCE_DIR.glob("*.py")) + sorted(SOURCE_DIR.glob("*.ui"))
+    files = [f for suffix in SHIPPED_SUFFIXES for f in sorted(SOURCE_DIR.glob(f"*{suffix}"))]
     if not any(f.suffix == ".inx" for f in files):
         raise InputError(
             f"the extension files are not in {SOURCE_DIR}; install clipasso from its source folder (pip install -e .)"

@@ -242,15 +242,31 @@ def _multipart(fields: dict, file_field: str, filename: str, mime: str, data: by
 # ----- starting the local backend ---------------------------------------------------------------------
 
 
-def read_config(path: str) -> list[str] | None:
-    """The backend command that `clipasso install-inkscape` recorded next to the extension, if any."""
+def _config(path: str) -> dict:
+    """What `clipasso install-inkscape` recorded next to the extension ({} where nothing readable is)."""
     try:
         with open(path, encoding="utf-8") as f:
-            command = json.load(f).get("command")
-    except (OSError, ValueError, AttributeError):
-        return None
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def read_config(path: str) -> list[str] | None:
+    """The backend command that `clipasso install-inkscape` recorded next to the extension, if any."""
+    command = _config(path).get("command")
     if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
         return command
+    return None
+
+
+def version_note(health: dict, config_path: str) -> str | None:
+    """A line where the backend is another version than the one that installed this extension (clipasso
+    upgraded without installing the extension again, whose files then stay as they were)."""
+    installed, running = _config(config_path).get("version"), health.get("version")
+    if isinstance(installed, str) and isinstance(running, str) and installed != running:
+        return (f"the backend is clipasso {running} but this extension was installed by {installed}: run "
+                "`clipasso install-inkscape` again to update it")
     return None
 
 
@@ -294,6 +310,12 @@ def ensure_backend(backend: Backend, config_path: str, log_path: str, pid_path: 
     refused = _refusal(backend, failure or "")
     if refused:
         raise BackendError(refused)
+    if failure and ("No module named clipasso" in failure or not os.path.exists(command[0])):
+        raise BackendError(
+            f"The CLIPasso backend that `clipasso install-inkscape` recorded is no longer installed ({command[0]} "
+            "has no clipasso module, or is gone). Install clipasso again and run `clipasso install-inkscape`, or "
+            f"remove this extension: delete the folder {os.path.dirname(os.path.abspath(config_path))}."
+        )
     if failure:
         raise BackendError(
             f"The CLIPasso backend does not answer at {backend.url} and starting it failed: {failure}\n"

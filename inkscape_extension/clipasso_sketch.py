@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 import inkex
 
-from clipasso_client import Backend, BackendError, NotFound, ensure_backend, unready_encoder
+from clipasso_client import Backend, BackendError, NotFound, ensure_backend, unready_encoder, version_note
 from clipasso_geometry import AspectRatio, parse_aspect_ratio, viewbox_to_viewport
 from clipasso_images import ImageError, Picture, load_picture
 from clipasso_jobs import Phase, Photo, SketchRun
@@ -127,6 +127,8 @@ class Sketch(inkex.EffectExtension):
             ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
                            os.path.join(HERE, "clipasso_backend.pid"))
             health = backend.health()
+            if note := version_note(health, CONFIG):
+                sys.stderr.write(f"CLIPasso: {note}\n")
             if job_id:
                 check_made_from(backend, job_id, images[0], pictures[0])
             unready = None if job_id else unready_encoder(health, opts.encoder)

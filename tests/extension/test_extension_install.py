@@ -38,6 +38,61 @@ def test_install_copies_the_extension_and_records_the_backend(tmp_path: Path, ca
     assert (target / "clipasso_sketch.py").read_bytes() == (EXTENSION_DIR / "clipasso_sketch.py").read_bytes()
 
 
+def test_install_again_drops_what_a_release_no_longer_has_and_remove_takes_it_away(tmp_path: Path, capsys) -> None:
+    """An upgrade's install left an old release's .inx in Inkscape's menu; pip uninstall left the whole
+    extension, which then failed to start a backend that was gone."""
+    extensions = tmp_path / "extensions"
+    assert main(["install-inkscape", "--dir", str(extensions)]) == 0
+    (extensions / FOLDER / "clipasso_old.inx").write_text("<inkscape-extension/>")
+    (extensions / FOLDER / "clipasso_backend.log").write_text("the backend's log stays")
+    assert main(["install-inkscape", "--dir", str(extensions)]) == 0
+    assert not (extensions / FOLDER / "clipasso_old.inx").exists()
+    assert (extensions / FOLDER / "clipasso_backend.log").exists()
+    capsys.readouterr()
+    assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
+    out = capsys.readouterr().out
+    assert not (extensions / FOLDER).exists() and extensions.exists()
+    assert out.startswith(f"Removed the CLIPasso extension from {extensions / FOLDER}; restart Inkscape.\n")
+    assert "Jobs, with copies of their photos, stay in " in out
+    assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_a_backend_uninstalled_since_is_said_so(tmp_path: Path) -> None:
+    """After `pip uninstall`, the extension's recorded backend fails with "No module named clipasso": the
+    message said to start it in a terminal the same way, which cannot work."""
+    import_extension()
+    from inkex.utils import ABORT_STATUS
+
+    assert main(["install-inkscape", "--dir", str(tmp_path)]) == 0
+    config = tmp_path / FOLDER / CONFIG
+    recorded = json.loads(config.read_text())
+    python = tmp_path / "venv-gone" / "bin" / "python3"  # the environment removed with the package
+    config.write_text(json.dumps({**recorded, "command": [str(python), "-m", "clipasso", "serve"]}))
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / FOLDER / "clipasso_sketch.py"), "--id=cat",
+         f"--backend_url=http://127.0.0.1:{free_port()}", str(DATA / "linked.svg")],
+        capture_output=True, text=True, timeout=300, env=extension_env(), cwd=tmp_path / FOLDER,
+    )
+    assert done.returncode == ABORT_STATUS % 256
+    assert "The CLIPasso backend that `clipasso install-inkscape` recorded is no longer installed" in done.stderr
+    assert f"delete the folder {tmp_path / FOLDER}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_backend_of_another_version_is_said(tmp_path: Path) -> None:
+    """clipasso upgraded without installing the extension again: its files stay those of the old release."""
+    import_extension()
+    from clipasso_client import version_note
+
+    config = tmp_path / CONFIG
+    config.write_text(json.dumps({"command": ["python3"], "version": "0.1.0"}))
+    assert version_note({"version": "0.1.0"}, str(config)) is None
+    assert version_note({"version": "0.2.0"}, str(config)) == (
+        "the backend is clipasso 0.2.0 but this extension was installed by 0.1.0: run `clipasso install-inkscape` "
+        "again to update it")
+    assert version_note({"version": "0.2.0"}, str(tmp_path / "none.json")) is None  # not installed that way
+
+
 def test_default_folder_is_inkscapes_user_folder(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("INKSCAPE_PROFILE_DIR", str(tmp_path / "profile"))
     assert user_extensions_dir() == tmp_path / "profile" / "extensions"
