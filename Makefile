@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) || \
 		{ echo "make: $(PYTHON) -m venv failed; on Debian or Ubuntu install python3-venv first" >&2; exit 1; }
-	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64,<81" wheel
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77,<81" wheel
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
