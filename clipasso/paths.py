@@ -104,7 +104,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     Cached: the service reads the same text when it checks a job, runs it and draws its previews.
     """
     try:
-        _check_copies(ET.fromstring(svg_text))
+        root = ET.fromstring(svg_text)
+        _check_copies(root)
         svg = se.SVG.parse(io.StringIO(svg_text), reify=False)
     except InputError:
         raise
@@ -157,6 +158,9 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             opacity=1.0 if stroke is None else round(stroke.opacity, 4),
         ))
     if not paths:
+        if any(el.tag.rpartition("}")[2] in ("clipPath", "mask") and len(el) for el in root.iter()):
+            raise InputError("has no <path> or shape that is drawn; those inside a clip or mask are not read "
+                             "(in Inkscape: Object > Clip > Release, then save)")
         raise InputError("has no <path> with path data in it, nor a shape")
     if any(n is not None for n in levels):  # our own ladder: its coarser levels repeat the finest one's strokes
         finest = max(n for n in levels if n is not None)

@@ -249,6 +249,9 @@ def test_a_sketch_without_each_stroke_is_what_drawing_the_others_gives(backend):
      "keep: a path's coordinates are not finite numbers"),  # was a 500: svgelements' NaN outside the checks
     (dict(subject='<svg xmlns="http://www.w3.org/2000/svg"><g id="a"><path d="M 1 1 L 9 9"/><use href="#a"/></g></svg>'),
      "subject: its groups or <use> references nest over 200 deep"),
+    (dict(subject='<svg xmlns="http://www.w3.org/2000/svg"><defs><clipPath id="c"><path d="M 1 1 L 9 9 L 1 9 Z"/>'
+                  '</clipPath></defs><image href="cat.png" width="9" height="9" clip-path="url(#c)"/></svg>'),
+     r"subject: has no <path> or shape that is drawn; those inside a clip or mask are not read \(in Inkscape"),
     (dict(levels=(8, 8)), "may appear once"),
     (dict(levels=(0, 8)), "between 1 and 512"),
     (dict(levels=(513,)), "between 1 and 512"),
