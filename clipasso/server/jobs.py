@@ -2,7 +2,7 @@
 
 Each job lives in `DATA/jobs/<id>/`: `photo.png` (the upload decoded once, at working size; `alpha.png` its transparency, if any), `job.json`
 (parameters and state), `preview.svg` (the strokes at the last checkpoint) and `result.svg` (the final
-sketch). Every file is
+sketch); a job cancelled before it started keeps its job.json alone. Every file is
 written atomically, so a crash leaves either the old or the new version. After a restart, finished jobs
 are served as they were; queued jobs are queued again; a job that was stopped by a clean shutdown is
 queued again too, while one that was running when the process died is marked failed with the reason
@@ -478,6 +478,8 @@ class JobStore:
                 job.version += 1
         if queued:
             self._persist(job)
+            for name in (PHOTO, ALPHA):  # nothing will read them: a client submitting and cancelling in a
+                (self.job_dir(job_id) / name).unlink(missing_ok=True)  # loop filled 10 MB/s of disk
         log.info("job %s: cancel requested (%s)", job_id, "cancelled" if queued else "stopping")
         return self.snapshot(job_id)[1]
 

@@ -194,8 +194,15 @@ def test_a_job_whose_preparation_ahead_failed_is_prepared_again(store, server_ph
 
 def test_cancel_queued_and_finished(store, server_photo_png):
     job_id = store.submit(server_photo_png, QUICK)["id"]
+    assert (store.job_dir(job_id) / "photo.png").exists()
     assert store.cancel(job_id)["state"] == "cancelled"
     assert record(store, job_id)["state"] == "cancelled" and store.queued_count() == 0
+    # Its photo goes (submitting and cancelling in a loop filled 10 MB/s of disk); its record stays.
+    assert sorted(p.name for p in store.job_dir(job_id).iterdir()) == ["job.json"]
+    store.close()
+    again = JobStore(store.root.parent, device="cpu")
+    again.load()
+    assert again.snapshot(job_id)[1]["state"] == "cancelled"
     with pytest.raises(JobStateError, match="already finished"):
         store.cancel(job_id)
 
