@@ -56,6 +56,26 @@ MIN_TOKEN_LENGTH = 16
 ADDRESS = "serve.address"
 
 
+#: The open-files limit serve raises its own to, where the system's hard limit allows.
+OPEN_FILES = 65536
+
+
+def _more_open_files() -> None:
+    """Raise this process's soft limit of open files towards OPEN_FILES: each connection holds one, and
+    1,100 half-sent requests under a desktop's usual 1,024 kept the server from accepting any."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it lower than its hard limit says
+            log.info("could not raise the open-files limit from %d: %s", soft, exc)
+
+
 def default_data_dir() -> Path:
     """Where jobs are kept unless --data-dir says otherwise: the platform's per-user data folder."""
     if sys.platform == "win32":
@@ -275,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("clipasso %s serving on http://%s:%d (device %s, %d engine threads, batches of up to %d jobs, "
              "data in %s, token %s)", __version__, host, port, device, args.threads, batch, data_dir,
              "required" if token else "off")
+    _more_open_files()
     config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
     try:
         server = uvicorn.Server(config)
