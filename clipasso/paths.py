@@ -49,6 +49,7 @@ class DrawnPath:
     scale: float  #: how much the transform enlarges lengths (the stroke width drawn is stroke_width * scale)
     colour: str | None = None  #: its stroke colour as #rrggbb, None for black (or none given)
     opacity: float = 1.0  #: its stroke's opacity
+    first_cubics: int = 1  #: how many of `cubics` the path's first segment is (an arc is several)
 
     @property
     def drawn_width(self) -> float:
@@ -56,8 +57,10 @@ class DrawnPath:
         return self.stroke_width * self.scale
 
     def first_stroke(self) -> np.ndarray:
-        """The path's first segment as one cubic (4, 2): where a refined stroke starts."""
-        return self.cubics[0]
+        """The path's first segment as one cubic (4, 2): where a refined stroke starts. An arc, which
+        svgelements splits into cubics of at most 30 degrees, is fitted whole (a door's half circle
+        started from its first sixth)."""
+        return one_cubic(self.cubics[: self.first_cubics])
 
     def outline(self, samples: int = 8) -> np.ndarray:
         """The path as a polygon (P, 2): each cubic segment sampled at `samples` points, for filling it."""
@@ -76,6 +79,28 @@ class DrawnPath:
         p = self.cubics.reshape(-1, 2)
         low, high = p.min(axis=0), p.max(axis=0)
         return bool(low[0] <= width and low[1] <= height and high[0] >= 0 and high[1] >= 0)
+
+
+def _bernstein(t: np.ndarray) -> np.ndarray:
+    """(N, 4) the cubic Bernstein weights at parameters t (N,)."""
+    t = t[:, None]
+    return np.concatenate([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], axis=1)
+
+
+def one_cubic(cubics: np.ndarray, samples: int = 16) -> np.ndarray:
+    """One cubic (4, 2) from the start to the end of consecutive cubics (K, 4, 2), its inner control points
+    fitted by least squares to points along them (parameters by chord length). One cubic is itself."""
+    if len(cubics) == 1:
+        return cubics[0]
+    points = np.concatenate([_bernstein(np.linspace(0, 1, samples)) @ c for c in cubics])
+    chord = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    if chord[-1] == 0:
+        return cubics[0]
+    weights = _bernstein(chord / chord[-1])
+    start, end = points[0], points[-1]
+    rest = points - np.outer(weights[:, 0], start) - np.outer(weights[:, 3], end)
+    inner = np.linalg.lstsq(weights[:, 1:3], rest, rcond=None)[0]
+    return np.stack([start, inner[0], inner[1], end])
 
 
 def _cubics(segment: se.PathSegment) -> list[tuple[complex, ...]]:
@@ -131,7 +156,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             continue
         m = se.Matrix(element.transform) * to_viewbox
         try:
-            cubics = [c for segment in element for c in _cubics(segment)]
+            segments = [found for segment in element if (found := _cubics(segment))]
+            cubics = [c for found in segments for c in found]
         except (ValueError, OverflowError, ZeroDivisionError):  # an arc of radius 1e308, say
             raise InputError("a path's coordinates are not finite numbers (an arc's radius is too large)") from None
         if not cubics:
@@ -156,6 +182,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
             scale=float(np.sqrt(abs(np.linalg.det(affine)))),
             colour=None if stroke is None else stroke.hexrgb,
             opacity=1.0 if stroke is None else round(stroke.opacity, 4),
+            first_cubics=len(segments[0]),
         ))
     if not paths:
         if any(el.tag.rpartition("}")[2] in ("clipPath", "mask") and len(el) for el in root.iter()):

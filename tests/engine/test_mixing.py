@@ -123,6 +123,18 @@ def test_use_references_that_multiply_are_refused_before_they_are_copied():
         read_paths(deep)
 
 
+def test_an_arc_is_refined_from_whole():
+    """svgelements splits an arc into cubics of at most 30 degrees: a door's half circle was refined from its
+    first sixth. Its first stroke now runs from end to end, within 0.5 px of the circle."""
+    (door,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 85,220 A 15,15 0 0 1 115,220 L 115 260"/></svg>')
+    first = door.first_stroke()
+    assert np.allclose(first[[0, 3]], [[85, 220], [115, 220]])
+    t = np.linspace(0, 1, 50)[:, None]
+    along = (1 - t) ** 3 * first[0] + 3 * t * (1 - t) ** 2 * first[1] + 3 * t**2 * (1 - t) * first[2] + t**3 * first[3]
+    radius = np.linalg.norm(along - [100, 220], axis=1)
+    assert np.abs(radius - 15).max() < 0.5 and along[:, 1].min() < 206  # over the top, as the arc goes
+
+
 def test_an_arc_of_radius_0_is_a_line():
     """SVG draws an arc with a radius of 0 as a straight line; it was refused as no path data."""
     (arc,) = read_paths('<svg xmlns="http://www.w3.org/2000/svg"><path d="M 100,100 A 0 0 0 0 0 120,100"/></svg>')
