@@ -330,7 +330,8 @@ def parse_levels(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in re.split(r"[\s,]+", text.strip()))
     except ValueError:
-        raise InputError(f"levels must be stroke counts separated by commas, like 32,16,8,4; got {text!r}") from None
+        shown = text if len(text) <= 60 else text[:60] + "..."  # a field may be 2 MB: the message stays a line
+        raise InputError(f"levels must be stroke counts separated by commas, like 32,16,8,4; got {shown!r}") from None
 
 
 def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] | None:

@@ -113,6 +113,13 @@ def test_levels_that_are_no_list_of_counts_are_refused(text):
         parse_levels(text)
 
 
+def test_a_long_bad_levels_field_is_not_echoed_whole():
+    """A 2 MB `levels` field came back whole in the 400."""
+    with pytest.raises(InputError) as refused:
+        parse_levels("8," + "x" * 2_000_000)
+    assert len(str(refused.value)) < 200 and str(refused.value).endswith("...'")
+
+
 def test_a_photo_too_long_and_narrow_for_the_square_canvas_is_warned_of():
     """A 6000x300 panorama is 11 canvas pixels tall, under strokes as wide as for its 6000 px: unreadable."""
     options = SketchOptions().validated()
