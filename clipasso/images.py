@@ -135,7 +135,8 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
             if cost > MAX_DECODE_BYTES:
                 raise InputError(
                     f"{name}: {width}x{height} {im.mode} needs {cost / 1e6:.0f} MB to decode; the limit is "
-                    f"{MAX_DECODE_BYTES / 1e6:.0f} MB (100 megapixels of RGB, 50 of RGBA, 25 of WebP)"
+                    f"{MAX_DECODE_BYTES / 1e6:.0f} MB (100 megapixels of RGB, 50 of RGBA, 25 of WebP, about 130 of a "
+                    "progressive colour JPEG)"
                 )
             bands = PngBands.of(im, working_side)
             with _BUDGET.take(bands.cost if bands else cost, DECODE_WAIT_SECONDS):
@@ -222,12 +223,16 @@ def decode_cost(im: Image.Image) -> int:
 
 def jpeg_coefficients(im: Image.Image) -> int:
     """Bytes a progressive JPEG's decoder keeps besides its pixels: every DCT coefficient of the whole
-    image (2 bytes each, 64 an 8x8 block of each component), whatever scale it is drafted at. An 8 MB
-    greyscale one of 65500x65500 pixels took 8.3 GB that way where its 1/8-scale pixels were counted as 67
-    MB. A baseline JPEG is decoded a few rows at a time: none."""
+    image (2 bytes each, 64 an 8x8 block of each component at its own sampling: 4:2:0 colour is half as
+    much again as its grey), whatever scale it is drafted at. An 8 MB greyscale one of 65500x65500 pixels
+    took 8.3 GB that way where its 1/8-scale pixels were counted as 67 MB. A baseline JPEG is decoded a
+    few rows at a time: none."""
     if im.format not in ("JPEG", "MPO") or not im.info.get("progressive"):
         return 0
-    return im.width * im.height * 2 * len(im.getbands())
+    layers = getattr(im, "layer", None) or [(None, 1, 1, 0)] * len(im.getbands())  # (id, h, v, table) each
+    most_h, most_v = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+    return sum(math.ceil(im.width * h / most_h / 8) * math.ceil(im.height * v / most_v / 8) * 64 * 2
+               for _, h, v, _ in layers)
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:

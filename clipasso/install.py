@@ -25,6 +25,8 @@ from .files import write_atomic
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "inkscape_extension"
 FOLDER = "clipasso"
 CONFIG = "clipasso_backend.json"
+#: Where the extension writes the pid of a backend it started (clipasso_client).
+PID = "clipasso_backend.pid"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +75,18 @@ def remove(target: Path) -> int:
     if not (target / CONFIG).exists() and not any(target.glob("*.inx")):
         print(f"There is no CLIPasso extension in {target}: nothing to remove")
         return 0
+    try:  # a backend the extension started may still run: its pid goes with the folder, so say it first
+        pid = (target / PID).read_text().strip()
+    except OSError:
+        pid = ""
+    running = f" (a backend it started may still run as process {pid}: stop it first)" if pid.isdigit() else ""
     try:
         shutil.rmtree(target)
     except OSError as exc:
-        raise InputError(f"cannot remove {target}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot remove {target}: {exc.strerror or exc}{running}") from None
     print(f"Removed the CLIPasso extension from {target}; restart Inkscape.")
+    if running:
+        print(f"A backend the extension started may still run as process {pid}; it stops when you end it.")
     print(f"Jobs, with copies of their photos, stay in {default_data_dir()} (a backend started with --data-dir "
           "keeps them there): remove it too to delete them.")
     return 0

@@ -199,28 +199,33 @@ def _check_copies(root: ET.Element) -> None:
     """InputError where `<use>` references would add more than MAX_USE_COPIES elements, or nest deeper than
     MAX_NESTING: counted on the XML tree, each element once, before svgelements copies anything."""
     ids = {el.get("id"): el for el in root.iter() if el.get("id")}
-    sizes: dict[int, int] = {}  # an element's size with what its <use> references add, by id()
+    # An element's size with what its <use> references add, and how deep it nests below itself, by id():
+    # an element reached again (a second <use> of it) is not walked again, but its depth still counts.
+    known: dict[int, tuple[int, int]] = {}
+    too_deep = f"its groups or <use> references nest over {MAX_NESTING} deep (or refer to themselves)"
 
-    def size(el: ET.Element, depth: int) -> int:
-        if id(el) in sizes:
-            return sizes[id(el)]
-        if depth > MAX_NESTING:
-            raise InputError(f"its groups or <use> references nest over {MAX_NESTING} deep (or refer to themselves)")
-        n = 1 + sum(size(child, depth + 1) for child in el)
-        href = el.get(_XLINK_HREF) or el.get("href") or ""
-        if el.tag.rpartition("}")[2] == "use" and href.startswith("#") and href[1:] in ids:
-            n += size(ids[href[1:]], depth + 1)
-        sizes[id(el)] = n
-        return n
+    def walk(el: ET.Element, depth: int) -> tuple[int, int]:
+        if id(el) not in known:
+            if depth > MAX_NESTING:
+                raise InputError(too_deep)
+            href = el.get(_XLINK_HREF) or el.get("href") or ""
+            below = [walk(child, depth + 1) for child in el]
+            if el.tag.rpartition("}")[2] == "use" and href.startswith("#") and href[1:] in ids:
+                below.append(walk(ids[href[1:]], depth + 1))
+            known[id(el)] = (1 + sum(n for n, _ in below), 1 + max((h for _, h in below), default=0))
+        size, height = known[id(el)]
+        if depth + height > MAX_NESTING + 1:
+            raise InputError(too_deep)
+        return size, height
 
-    added = size(root, 0) - sum(1 for _ in root.iter())
+    added = walk(root, 0)[0] - sum(1 for _ in root.iter())
     if added > MAX_USE_COPIES:
         raise InputError(f"its <use> references stand for {added:,} more elements; at most {MAX_USE_COPIES:,} are read")
 
 
 #: Elements whose content is not drawn where it stands (a clip's or mask's shapes, definitions).
 _NOT_DRAWN = {"defs", "clipPath", "mask", "symbol", "marker", "pattern"}
-_LENGTH = re.compile(r"\s*([0-9.eE+-]+)\s*(px)?\s*")
+_LENGTH = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(px)?\s*")
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,16 +244,22 @@ def drawing_notes(svg_text: str, width: int, height: int) -> tuple[str, ...]:
     return tuple(notes)
 
 
+#: The elements read as paths (SHAPES and <path>), by tag.
+_DRAWN_TAGS = {"path", "rect", "circle", "ellipse", "line", "polyline", "polygon"}
+
+
 def _clipped(element: ET.Element) -> bool:
-    """Whether a drawn element (not a definition's) has a clip or a mask."""
+    """Whether a drawn path or shape (not a definition's) is clipped or masked, by itself or a group around
+    it (a clipped photo beside the paths is not)."""
     for child in element:
         tag = child.tag.rpartition("}")[2]
         if tag in _NOT_DRAWN:
             continue
         style = child.get("style") or ""
         if child.get("clip-path") or child.get("mask") or re.search(r"(?:^|;)\s*(clip-path|mask)\s*:\s*url", style):
-            return True
-        if _clipped(child):
+            if tag in _DRAWN_TAGS or any(el.tag.rpartition("}")[2] in _DRAWN_TAGS for el in child.iter()):
+                return True
+        elif _clipped(child):
             return True
     return False
 
@@ -262,4 +273,4 @@ def _size(root: ET.Element) -> tuple[float, float] | None:
         except ValueError:
             return None
     w, h = (_LENGTH.fullmatch(root.get(k) or "") for k in ("width", "height"))
-    return (float(w.group(1)), float(h.group(1))) if w and h else None
+    return (float(w.group(1)), float(h.group(1))) if w and h else None  # a number, as the pattern has it

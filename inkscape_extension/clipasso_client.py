@@ -431,8 +431,11 @@ def _refusal(backend: Backend, failure: str) -> str | None:
 
 
 def _tail(path: str, lines: int = 5) -> str:
+    """The last lines the latest start wrote to the log (not an earlier start's: the log is appended to)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
+            written = f.readlines()
     except OSError:
         return "(no log)"
+    starts = [i for i, line in enumerate(written) if line.startswith("--- ") and " the extension starts: " in line]
+    return "".join(written[starts[-1] + 1 if starts else 0:][-lines:]).rstrip() or "(nothing)"

@@ -9,9 +9,9 @@ capture fails (an operation that cannot be captured), the step runs as it is, sa
 
 The service prepares its next batch in other threads while the worker steps, and their GPU work may run
 during a capture: captures are in CUDA's "thread_local" mode, in which only the capturing thread's unsafe
-calls break them. About one capture in a hundred still failed on an H200, with or without keeping
-preparations out of captures (which cost the service 10-21 % of its pace there), so a failed capture is
-tried again (CAPTURE_TRIES) instead.
+calls break them. Keeping preparations out of captures cost the service 10-21 % of its pace on an H200,
+and about one capture in a hundred failed all the same (none of 24 without it: too few to tell), so a
+failed capture is tried again (CAPTURE_TRIES) instead.
 """
 
 from __future__ import annotations

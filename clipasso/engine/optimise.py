@@ -615,7 +615,8 @@ class _Batch:
                     for k in running:
                         if k != winner:
                             c.end(k)
-        self._collect(compact=True)  # the losers (most of the runs) leave, whatever SHRINK_SHARE says
+        # The losers (most of the runs) leave, whatever SHRINK_SHARE says; so do runs that ended otherwise by now.
+        self._collect(compact=True)
 
     def _cancel_asked(self) -> None:
         """End the runs of sketches whose caller asked to stop (or whose hook failed)."""

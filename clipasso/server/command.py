@@ -58,6 +58,7 @@ ADDRESS = "serve.address"
 
 #: The open-files limit serve raises its own to, where the system's hard limit allows.
 OPEN_FILES = 65536
+MACOS_OPEN_MAX = 10240
 
 
 def _more_open_files() -> None:
@@ -69,11 +70,15 @@ def _more_open_files() -> None:
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < want:
+    # macOS says its hard limit is infinite but refuses more than OPEN_MAX (10,240): then that.
+    for limit in (want, min(want, MACOS_OPEN_MAX)):
+        if soft == resource.RLIM_INFINITY or soft >= limit:
+            return
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError) as exc:  # macOS caps it lower than its hard limit says
-            log.info("could not raise the open-files limit from %d: %s", soft, exc)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            return
+        except (ValueError, OSError) as exc:
+            log.info("could not raise the open-files limit from %d to %d: %s", soft, limit, exc)
 
 
 def default_data_dir() -> Path:

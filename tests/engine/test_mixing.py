@@ -121,6 +121,11 @@ def test_use_references_that_multiply_are_refused_before_they_are_copied():
     deep = '<svg xmlns="http://www.w3.org/2000/svg">' + "<g>" * 5000 + '<path d="M 1 1 L 9 9"/>' + "</g>" * 5000 + "</svg>"
     with pytest.raises(InputError, match="nest over 200 deep"):
         read_paths(deep)
+    # Groups 180 deep, each ending in a <use> of the one before: each is counted once, its depth every time.
+    chain = "".join(f'<g id="g{k}">' + "<g>" * 180 + (f'<use href="#g{k - 1}"/>' if k else '<path d="M 0 0 L 5 5"/>')
+                    + "</g>" * 181 for k in range(8))
+    with pytest.raises(InputError, match="nest over 200 deep"):
+        read_paths(f'<svg xmlns="http://www.w3.org/2000/svg"><defs>{chain}</defs><use href="#g7"/></svg>')
 
 
 def test_an_arc_is_refined_from_whole():
@@ -289,8 +294,16 @@ def test_what_of_an_inkscape_drawing_is_not_used_as_drawn_is_said():
         "keep: its clips and masks are not applied: its paths are used whole",
         "keep: it is 210x297 where the photo is 451x300 pixels: its coordinates are taken as the photo's pixels "
         "all the same"]
-    # A file in the photo's pixels, as the extension sends, has nothing to say.
+    # A file in the photo's pixels, as the extension sends, has nothing to say; nor has one whose size is no
+    # number (it was a ValueError's traceback), nor a clipped photo beside unclipped paths.
     assert fast(keep=MINE).warnings(451, 300) == []
+    for width in (".", "1e", "-", "1.2.3"):
+        assert fast(keep=MINE.replace('width="451"', f'width="{width}"').replace(' viewBox="0 0 451 300"', "")
+                    ).warnings(451, 300) == []
+    photo = '<image href="cat.png" width="451" height="300" clip-path="url(#c)"/></svg>'
+    assert fast(keep=keep.replace("</svg>", "").replace('clip-path="url(#c)"', "") + photo).warnings(451, 300) == [
+        "keep: it is 210x297 where the photo is 451x300 pixels: its coordinates are taken as the photo's pixels "
+        "all the same"]
 
 
 def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():

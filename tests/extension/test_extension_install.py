@@ -48,11 +48,13 @@ def test_install_again_drops_what_a_release_no_longer_has_and_remove_takes_it_aw
     assert main(["install-inkscape", "--dir", str(extensions)]) == 0
     assert not (extensions / FOLDER / "clipasso_old.inx").exists()
     assert (extensions / FOLDER / "clipasso_backend.log").exists()
+    (extensions / FOLDER / "clipasso_backend.pid").write_text("4242\n")  # a backend the extension started
     capsys.readouterr()
     assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
     out = capsys.readouterr().out
     assert not (extensions / FOLDER).exists() and extensions.exists()
-    assert out.startswith(f"Removed the CLIPasso extension from {extensions / FOLDER}; restart Inkscape.\n")
+    assert out.startswith(f"Removed the CLIPasso extension from {extensions / FOLDER}; restart Inkscape.\n"
+                          "A backend the extension started may still run as process 4242")
     assert "Jobs, with copies of their photos, stay in " in out
     assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
     assert "nothing to remove" in capsys.readouterr().out

@@ -297,9 +297,9 @@ def test_serve_raises_its_open_files_limit():
     def low() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    code = ("import resource; from clipasso.server.command import _more_open_files, OPEN_FILES; "
+    code = ("import resource; from clipasso.server.command import _more_open_files, OPEN_FILES, MACOS_OPEN_MAX; "
             "_more_open_files(); soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
-            "print(soft, hard, OPEN_FILES)")
+            "print(soft, hard, MACOS_OPEN_MAX if __import__('sys').platform == 'darwin' else OPEN_FILES)")
     done = subprocess.run([sys.executable, "-c", code], preexec_fn=low, capture_output=True, text=True, timeout=120)
     soft, hard, most = (int(v) for v in done.stdout.split())
     assert soft == (most if hard == resource.RLIM_INFINITY else min(hard, most)) and soft > 256

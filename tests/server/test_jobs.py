@@ -340,8 +340,9 @@ def test_old_and_excess_finished_jobs_are_removed_and_leftovers_cleared(tmp_path
     day = 86400
     store.get(ids[0]).finished -= 8 * day  # finished 8 days ago
     assert store.prune() == [ids[0]] and not (store.root / ids[0]).exists()
-    size = sum(f.stat().st_size for f in (store.root / ids[1]).iterdir())
-    store.max_bytes = 2 * size + size // 2  # room for two jobs and a half: the oldest finished one goes
+    size = sum(f.stat().st_size for f in (store.root / ids[1]).iterdir())  # a job.json: cancelled while queued
+    queued = sum(f.stat().st_size for f in (store.root / ids[3]).iterdir())
+    store.max_bytes = queued + size + size // 2  # room for the queued job and one and a half: the oldest goes
     store.watch(ids[1])  # an event stream of it, open while it goes
     assert store.prune() == [ids[1]]
     store.unwatch(ids[1])  # the stream's end finds it gone: nothing to do, no error
