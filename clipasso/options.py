@@ -414,7 +414,10 @@ class SketchResult:
             "generator": "clipasso-inkscape",
             "encoder": self.encoder,
             "strokes": int(self.strokes.shape[0]),
-            "iterations": self.iterations,
+            # As the command line says them: the kept run's iterations, and the steps of every run (the raced
+            # starts and the seeds it won over); "iterations" was the second, beside options' iterations.
+            "iterations": self.best_iterations,
+            "steps": self.iterations,
             "best_seed": self.best_seed,
             "loss": round(float(self.loss), 6) if np.isfinite(self.loss) else None,
             "cancelled": self.cancelled,

@@ -27,12 +27,15 @@ def test_sketch_command_writes_svg_preview_and_json(photo, tmp_path):
     svg, png = tmp_path / "out.svg", tmp_path / "out.png"
     run = subprocess.run(
         [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--preview", str(png),
-         "--strokes", "6", "--iterations", "4", "--encoder", "lite0", "--json"],
+         "--strokes", "6", "--iterations", "20", "--encoder", "lite0", "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)  # stdout is the JSON line alone
     assert summary["strokes"] == 6 and summary["encoder"] == "lite0" and summary["output"] == str(svg)
+    # The kept run's iterations (20, as asked), and every run's steps with the raced starts (2 more, 15 each):
+    # "iterations" said 50 beside the options' 20.
+    assert (summary["iterations"], summary["steps"], summary["options"]["iterations"]) == (20, 50, 20)
     assert svg.read_text().count("<path") == 6
     with Image.open(png) as im:
         assert im.size == (600, 400)
