@@ -349,14 +349,20 @@ def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] 
 
 
 def shape_warnings(width: int, height: int) -> list[str]:
-    """A line when a photo is too long and narrow for the square canvas (MAX_ASPECT), else none."""
+    """A line when a photo is too long and narrow for the square canvas (MAX_ASPECT), and one when it is so
+    small that the canvas enlarges it over four times (its long side under a quarter of CANVAS); else none."""
+    warnings = []
+    if max(width, height) < CANVAS / 4:
+        warnings.append(f"the photo is only {width}x{height} pixels: the encoder sees it enlarged to {CANVAS} "
+                        "pixels, so expect little detail; a larger photo gives a finer sketch")
     ratio = max(width, height) / min(width, height)
     if ratio <= MAX_ASPECT:
-        return []
+        return warnings
     long, short = ("wide", "tall") if width > height else ("tall", "wide")
-    return [f"the photo is {ratio:.1f} times as {long} as it is {short}: on the square canvas the encoder sees it "
-            f"is {max(1, round(CANVAS / ratio))} of {CANVAS} pixels {short}, and the strokes are as wide as for "
-            "its long side; crop it nearer to a square for a finer sketch"]
+    return warnings + [
+        f"the photo is {ratio:.1f} times as {long} as it is {short}: on the square canvas the encoder sees it "
+        f"is {max(1, round(CANVAS / ratio))} of {CANVAS} pixels {short}, and the strokes are as wide as for "
+        "its long side; crop it nearer to a square for a finer sketch"]
 
 
 def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:

@@ -127,3 +127,11 @@ def test_a_photo_too_long_and_narrow_for_the_square_canvas_is_warned_of():
     assert line.startswith("the photo is 20.0 times as wide as it is tall: on the square canvas the encoder sees "
                            "it is 11 of 224 pixels tall")
     assert options.warnings(451, 300) == [] and options.warnings(300, 900) == []  # 3:1 still passes
+
+
+def test_a_tiny_photo_is_warned_of():
+    """A 20x20 photo sketched without a word, in strokes 0.27 px wide in its own pixels."""
+    assert SketchOptions().validated().warnings(20, 20) == [
+        "the photo is only 20x20 pixels: the encoder sees it enlarged to 224 pixels, so expect little detail; a "
+        "larger photo gives a finer sketch"]
+    assert SketchOptions().validated().warnings(56, 40) == []  # the extension's tests sketch 90x60 photos
