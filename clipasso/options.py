@@ -350,9 +350,9 @@ def check_levels(levels: tuple[int, ...] | list[int] | None) -> tuple[int, ...] 
 
 def shape_warnings(width: int, height: int) -> list[str]:
     """A line when a photo is too long and narrow for the square canvas (MAX_ASPECT), and one when it is so
-    small that the canvas enlarges it over four times (its long side under a quarter of CANVAS); else none."""
+    small that the canvas enlarges it over eight times (its long side under an eighth of CANVAS); else none."""
     warnings = []
-    if max(width, height) < CANVAS / 4:
+    if max(width, height) < CANVAS / 8:
         warnings.append(f"the photo is only {width}x{height} pixels: the encoder sees it enlarged to {CANVAS} "
                         "pixels, so expect little detail; a larger photo gives a finer sketch")
     ratio = max(width, height) / min(width, height)

@@ -134,4 +134,4 @@ def test_a_tiny_photo_is_warned_of():
     assert SketchOptions().validated().warnings(20, 20) == [
         "the photo is only 20x20 pixels: the encoder sees it enlarged to 224 pixels, so expect little detail; a "
         "larger photo gives a finer sketch"]
-    assert SketchOptions().validated().warnings(56, 40) == []  # the extension's tests sketch 90x60 photos
+    assert SketchOptions().validated().warnings(28, 20) == []  # the extension's placement tests sketch 40x30
