@@ -121,13 +121,18 @@ class Sketch(inkex.EffectExtension):
                              "ignored\n")
         if not job_id and opts.paths != PathUse.IGNORE.value and (unused := self.unused_selection()):
             sys.stderr.write(f"CLIPasso: not used as strokes: {unused}\n")
+        clipped = sum(is_clipped(element) for on in drawn for element, _, _ in on)
+        if clipped:
+            sys.stderr.write(f"CLIPasso: {'1 of your paths is' if clipped == 1 else f'{clipped} of your paths are'} "
+                             "clipped or masked; clips and masks are not applied, so the whole of "
+                             f"{'it' if clipped == 1 else 'each'} is used\n")
 
         def prepare() -> None:
             """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
             ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
                            os.path.join(HERE, "clipasso_backend.pid"))
             health = backend.health()
-            if note := version_note(health, CONFIG):
+            if note := version_note(health, CONFIG, os.path.join(HERE, "clipasso_backend.pid")):
                 sys.stderr.write(f"CLIPasso: {note}\n")
             if job_id:
                 check_made_from(backend, job_id, images[0], pictures[0])
@@ -196,7 +201,7 @@ class Sketch(inkex.EffectExtension):
 
     def unused_selection(self) -> str:
         """What of the selection is neither a photo nor a stroke to use, in a few words ('' for nothing):
-        text, shapes without a stroke, hidden paths."""
+        text, shapes and paths without a stroke, hidden paths."""
         kinds: dict[str, int] = {}
         seen: set = set()
         for element in self.svg.selection.values():
@@ -208,7 +213,8 @@ class Sketch(inkex.EffectExtension):
                         else "hidden" if is_hidden(item) else None)
                 if kind:
                     kinds[kind] = kinds.get(kind, 0) + 1
-        names = {"text": ("text", "texts"), "shape": ("shape without a stroke", "shapes without a stroke"),
+        names = {"text": ("text", "texts"),
+                 "shape": ("shape or path without a stroke", "shapes or paths without a stroke"),
                  "hidden": ("hidden path", "hidden paths")}
         return ", ".join(f"{n} {names[kind][n > 1]}" for kind, n in kinds.items())
 
@@ -317,10 +323,17 @@ def is_hidden(element) -> bool:
 
 
 def is_drawn(element) -> bool:
-    """Whether a selected element is one of the artist's strokes: any path, or a shape with a stroke."""
-    if isinstance(element, inkex.PathElement):
-        return True
-    return isinstance(element, SHAPES) and element.specified_style().get("stroke", "none") not in ("none", "")
+    """Whether a selected element is one of the artist's strokes: a path or a shape with a stroke. A filled
+    path without one (lettering turned into paths, a traced bitmap) is no stroke: the letters of a word
+    were refined into six scribbles across it."""
+    return (isinstance(element, (inkex.PathElement, *SHAPES))
+            and element.specified_style().get("stroke", "none") not in ("none", ""))
+
+
+def is_clipped(element) -> bool:
+    """Whether a clip or mask on the element or a group above it hides part of it (not applied to strokes)."""
+    return any(e.get("clip-path") or e.get("mask") for e in (element, *element.iterancestors())
+               if isinstance(e, inkex.BaseElement))
 
 
 def drawn_paths(paths: list, image, picture: Picture, viewport: tuple) -> list:

@@ -471,7 +471,7 @@ def test_shapes_drawn_with_inkscapes_tools_are_strokes_too(backend) -> None:
     status, err, out = run_sketch("drawn.svg", "--id=cat", "--id=backdrop", "--id=frame", "--id=eye", "--id=box",
                                   "--paths=keep", *FAST, "--strokes=1", f"--backend_url={backend.url}")
     assert status == 0 and err == ("CLIPasso: 1 of the 3 selected paths lies off the photo and is ignored\n"
-                                   "CLIPasso: not used as strokes: 1 shape without a stroke\n"), err
+                                   "CLIPasso: not used as strokes: 1 shape or path without a stroke\n"), err
     sent = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     boxes = [inkex.Path(p.get("d")).bounding_box() for p in sent]
     assert [v for b in boxes for v in (b.left, b.top, b.right, b.bottom)] == pytest.approx(
@@ -491,9 +491,19 @@ def test_a_selection_is_read_as_inkscape_draws_it(backend) -> None:
     status, err, out = run_sketch("selection.svg", "--id=cat", "--id=across", "--id=arc", "--id=mixed-group",
                                   "--id=unstroked", "--id=label", "--paths=keep", *FAST, "--strokes=1",
                                   f"--backend_url={backend.url}")
-    assert status == 0 and err == "CLIPasso: not used as strokes: 2 hidden paths, 2 shapes without a stroke, 1 text\n", err
+    assert status == 0 and err == "CLIPasso: not used as strokes: 2 hidden paths, 2 shapes or paths without a stroke, 1 text\n", err
     across, arc, shown = (inkex.Path(p.get("d")) for p in etree.fromstring(newest_job(backend)["keep"].encode())
                           .findall("{http://www.w3.org/2000/svg}path"))
+    # Lettering turned into a filled path is no stroke (a word was refined into six scribbles across it); a
+    # clipped group's path is used whole, and said to be (the command line said it, the extension did not).
+    status, err, out = run_sketch("selection.svg", "--id=cat", "--id=letters", "--id=whiskers", "--paths=keep", *FAST,
+                                  "--strokes=1", f"--backend_url={backend.url}")
+    assert status == 0 and err == (
+        "CLIPasso: not used as strokes: 1 shape or path without a stroke\n"
+        "CLIPasso: 1 of your paths is clipped or masked; clips and masks are not applied, so the whole of it is "
+        "used\n"), err
+    (whisker,) = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
+    assert numbers(whisker.get("d"))[:2] == pytest.approx([35, 35])  # (80, 90) in the photo's pixels, unclipped
     assert numbers(str(across))[:2] == pytest.approx([-5, 40]) and numbers(str(across))[-2:] == pytest.approx([125, 40])
     assert numbers(str(arc))[-2:] == pytest.approx([65, 20])
     top = arc.bounding_box()
