@@ -79,14 +79,15 @@ def remove(target: Path) -> int:
         pid = (target / PID).read_text().strip()
     except OSError:
         pid = ""
-    running = f" (a backend it started may still run as process {pid}: stop it first)" if pid.isdigit() else ""
+    stop = f"taskkill /PID {pid}" if sys.platform == "win32" else f"kill {pid}"
+    running = f" (a backend it started may still run as process {pid}: stop it first with `{stop}`)" if pid.isdigit() else ""
     try:
         shutil.rmtree(target)
     except OSError as exc:
         raise InputError(f"cannot remove {target}: {exc.strerror or exc}{running}") from None
     print(f"Removed the CLIPasso extension from {target}; restart Inkscape.")
     if running:
-        print(f"A backend the extension started may still run as process {pid}; it stops when you end it.")
+        print(f"A backend the extension started may still run as process {pid}; stop it with `{stop}`.")
     print(f"Jobs, with copies of their photos, stay in {default_data_dir()} (a backend started with --data-dir "
           "keeps them there): remove it too to delete them.")
     return 0

@@ -260,14 +260,35 @@ def read_config(path: str) -> list[str] | None:
     return None
 
 
-def version_note(health: dict, config_path: str) -> str | None:
-    """A line where the backend is another version than the one that installed this extension (clipasso
-    upgraded without installing the extension again, whose files then stay as they were)."""
+def version_note(health: dict, config_path: str, pid_path: str) -> str | None:
+    """A line where the backend is another version than the one that installed this extension: an older
+    backend still running after an upgrade (stop it: the extension starts the new one), or clipasso upgraded
+    without installing the extension again (whose files then stay as they were)."""
     installed, running = _config(config_path).get("version"), health.get("version")
-    if isinstance(installed, str) and isinstance(running, str) and installed != running:
-        return (f"the backend is clipasso {running} but this extension was installed by {installed}: run "
-                "`clipasso install-inkscape` again to update it")
-    return None
+    if not (isinstance(installed, str) and isinstance(running, str)) or installed == running:
+        return None
+    if _release(running) < _release(installed):
+        try:
+            with open(pid_path, encoding="utf-8") as f:
+                pid = f.read().strip()
+        except OSError:
+            pid = ""
+        which = f"process {pid}" if pid.isdigit() else "it"
+        how = f" ({stop_command(pid)})" if pid.isdigit() else ""
+        return (f"the running backend is clipasso {running}, older than this extension's {installed}: stop {which}"
+                f"{how} and run the extension again, which then starts the new one")
+    return (f"the backend is clipasso {running} but this extension was installed by {installed}: run "
+            "`clipasso install-inkscape` again to update it")
+
+
+def _release(version: str) -> tuple:
+    """A version's numbers, for comparing releases (`0.10.1` after `0.9`); text parts count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in re.split(r"[.+-]", version))
+
+
+def stop_command(pid: str) -> str:
+    """The command that stops process `pid` on this system."""
+    return f"taskkill /PID {pid}" if sys.platform == "win32" else f"kill {pid}"
 
 
 def start_command(backend: Backend, command: list[str]) -> list[str]:

@@ -53,8 +53,9 @@ def test_install_again_drops_what_a_release_no_longer_has_and_remove_takes_it_aw
     assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
     out = capsys.readouterr().out
     assert not (extensions / FOLDER).exists() and extensions.exists()
+    stop = "taskkill /PID 4242" if sys.platform == "win32" else "kill 4242"
     assert out.startswith(f"Removed the CLIPasso extension from {extensions / FOLDER}; restart Inkscape.\n"
-                          "A backend the extension started may still run as process 4242")
+                          f"A backend the extension started may still run as process 4242; stop it with `{stop}`.\n")
     assert "Jobs, with copies of their photos, stay in " in out
     assert main(["install-inkscape", "--dir", str(extensions), "--remove"]) == 0
     assert "nothing to remove" in capsys.readouterr().out
@@ -86,13 +87,19 @@ def test_a_backend_of_another_version_is_said(tmp_path: Path) -> None:
     import_extension()
     from clipasso_client import version_note
 
-    config = tmp_path / CONFIG
-    config.write_text(json.dumps({"command": ["python3"], "version": "0.1.0"}))
-    assert version_note({"version": "0.1.0"}, str(config)) is None
-    assert version_note({"version": "0.2.0"}, str(config)) == (
-        "the backend is clipasso 0.2.0 but this extension was installed by 0.1.0: run `clipasso install-inkscape` "
+    config, pid = tmp_path / CONFIG, tmp_path / "clipasso_backend.pid"
+    config.write_text(json.dumps({"command": ["python3"], "version": "0.10.0"}))
+    assert version_note({"version": "0.10.0"}, str(config), str(pid)) is None
+    assert version_note({"version": "0.11.0"}, str(config), str(pid)) == (
+        "the backend is clipasso 0.11.0 but this extension was installed by 0.10.0: run `clipasso install-inkscape` "
         "again to update it")
-    assert version_note({"version": "0.2.0"}, str(tmp_path / "none.json")) is None  # not installed that way
+    # Installed again after an upgrade while the old backend runs: installing again would not help.
+    pid.write_text("4242\n")
+    stop = "taskkill /PID 4242" if sys.platform == "win32" else "kill 4242"
+    assert version_note({"version": "0.9.1"}, str(config), str(pid)) == (
+        f"the running backend is clipasso 0.9.1, older than this extension's 0.10.0: stop process 4242 ({stop}) "
+        "and run the extension again, which then starts the new one")
+    assert version_note({"version": "0.2.0"}, str(tmp_path / "none.json"), str(pid)) is None  # not installed so
 
 
 def test_default_folder_is_inkscapes_user_folder(tmp_path: Path, monkeypatch) -> None:
