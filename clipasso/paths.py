@@ -22,6 +22,10 @@ from .errors import InputError, one_line
 
 #: A kept path's width when the file gives none: SVG's own default.
 DEFAULT_STROKE_WIDTH = 1.0
+#: The id of an invisible rectangle the size of the photo in our own SVG output (svg.py): imported into a
+#: document, the sketch's box is then the photo's, so that Align or the W and H fields put it exactly over
+#: the photo (the strokes' own box is smaller). It is not read as a path.
+FRAME_ID = "clipasso-frame"
 #: The id of a stroke in a ladder's level, as svg.py writes it: only the finest level's are read.
 LADDER_STROKE = re.compile(r"level-(\d+)-stroke-\d+")
 #: Points sampled along each cubic to tell whether a path passes over the photo (the extension's own check
@@ -146,6 +150,8 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     paths, levels = [], []
     for element in svg.elements():
         if element.values.get("visibility") in ("hidden", "collapse"):  # inherited: a hidden path or group
+            continue
+        if element.id == FRAME_ID:  # our own output's frame: no one's stroke
             continue
         if isinstance(element, SHAPES):  # drawn with an editor's ellipse, rectangle or line tool: its outline
             element = se.Path(element)

@@ -9,10 +9,11 @@ from typing import Sequence
 import numpy as np
 from lxml import etree
 
-from .paths import DrawnPath
+from .paths import FRAME_ID, DrawnPath
 
 SVG_NS = "http://www.w3.org/2000/svg"
 INKSCAPE_NS = "http://www.inkscape.org/namespaces/inkscape"
+SODIPODI_NS = "http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd"
 #: Colour of the artist's kept paths in live previews (the new strokes are black).
 KEPT_PREVIEW_COLOUR = "#999999"
 #: The id of the `<metadata>` whose text is the sketch's settings as JSON (an element of our own namespace
@@ -40,13 +41,14 @@ def strokes_to_svg(
 
     The artist's `kept` paths come first (group `clipasso-kept`, their path data, transforms, widths and
     colours as they were, or all in `kept_colour`: the previews' grey), then the strokes (group
-    `clipasso-strokes`), or with `levels` one group `level-N` per level, finest first. Each group is an
+    `clipasso-strokes`), or with `levels` one group `level-N` per level, the finest last. Each group is an
     Inkscape layer ("16 strokes"); of the levels only the finest is shown, as the extension places them.
+    An invisible, locked rectangle (FRAME_ID) before them all is the photo's frame.
     """
     strokes = np.asarray(strokes, dtype=np.float64).reshape(-1, 4, 2)
     root = etree.Element(
         f"{{{SVG_NS}}}svg",
-        nsmap={None: SVG_NS, "inkscape": INKSCAPE_NS},
+        nsmap={None: SVG_NS, "inkscape": INKSCAPE_NS, "sodipodi": SODIPODI_NS},
         width=str(int(width)),
         height=str(int(height)),
         viewBox=f"0 0 {int(width)} {int(height)}",
@@ -55,6 +57,9 @@ def strokes_to_svg(
     if metadata is not None:
         meta = etree.SubElement(root, f"{{{SVG_NS}}}metadata", id=SETTINGS_ID)
         meta.text = json.dumps(metadata, sort_keys=True)
+    etree.SubElement(root, f"{{{SVG_NS}}}rect", id=FRAME_ID, width=str(int(width)), height=str(int(height)),
+                     fill="none", stroke="none", attrib={f"{{{INKSCAPE_NS}}}label": "photo frame",
+                                                         f"{{{SODIPODI_NS}}}insensitive": "true"})
     if kept:
         group = _layer(root, "clipasso-kept", "kept paths")
         for i, path in enumerate(kept):
@@ -70,9 +75,10 @@ def strokes_to_svg(
         for i, stroke in enumerate(strokes):
             etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"stroke-{i + 1}", d=path_data(stroke), attrib=style)
     else:
-        for k, (n, level) in enumerate(sorted(levels.items(), reverse=True)):
+        finest = max(levels)
+        for n, level in sorted(levels.items()):  # the finest last: on top, and Inkscape's current layer
             group = _layer(root, f"level-{n}", _strokes(n))
-            if k:
+            if n != finest:
                 group.set("style", "display:none")
             for i, stroke in enumerate(np.asarray(level, dtype=np.float64).reshape(-1, 4, 2)):
                 etree.SubElement(group, f"{{{SVG_NS}}}path", id=f"level-{n}-stroke-{i + 1}", d=path_data(stroke),

@@ -205,12 +205,18 @@ def test_ladder_levels_are_subsets_of_the_finer_level(cat, monkeypatch):
     result = sketch(cat, fast(levels=(1, 6, 3), iterations=2))
     root = etree.fromstring(result.svg.encode())
     groups = root.findall(f"{SVG}g")
-    assert [g.get("id") for g in groups] == ["level-6", "level-3", "level-1"]
-    assert [len(g.findall(f"{SVG}path")) for g in groups] == [6, 3, 1]
-    # Inkscape layers, the finest shown: all of them drawn at once doubled every line (the CLI's output).
+    assert [g.get("id") for g in groups] == ["level-1", "level-3", "level-6"]
+    assert [len(g.findall(f"{SVG}path")) for g in groups] == [1, 3, 6]
+    # Inkscape layers, the finest shown and last (on top, and the current layer: a hidden one was, and what
+    # the artist drew went into it unseen); all of them drawn at once doubled every line (the CLI's output).
     inkscape = "{http://www.inkscape.org/namespaces/inkscape}"
     assert [(g.get(f"{inkscape}groupmode"), g.get(f"{inkscape}label"), g.get("style")) for g in groups] == [
-        ("layer", "6 strokes", None), ("layer", "3 strokes", "display:none"), ("layer", "1 stroke", "display:none")]
+        ("layer", "1 stroke", "display:none"), ("layer", "3 strokes", "display:none"), ("layer", "6 strokes", None)]
+    # Before them, the photo's frame: invisible and locked, so that an imported sketch's box is the photo's.
+    frame = root.find(f"{SVG}rect")
+    assert (frame.get("id"), frame.get("width"), frame.get("height"), frame.get("fill"), frame.get("stroke")) == (
+        "clipasso-frame", "451", "300", "none", "none")
+    assert read_paths(result.svg)[0].cubics.shape == (1, 4, 2) and len(read_paths(result.svg)) == 6  # no frame
     assert result.options.strokes == 6 and np.array_equal(result.levels[6], result.strokes)
     radius = ladder.SETTLE_RADIUS * 451 / 224 + 1e-6  # canvas px -> photo px
     for finer, coarser in ((6, 3), (3, 1)):

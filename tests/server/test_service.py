@@ -168,7 +168,7 @@ def test_keep_refine_and_ladder_fields(server_main: ServerProcess, server_photo_
         root = etree.fromstring(client.get(f"/jobs/{job['id']}/result.svg").content)
         preview = etree.fromstring(client.get(f"/jobs/{job['id']}/preview.svg").content)
     groups = {g.get("id"): g.findall(f"{SVG}path") for g in root.findall(f"{SVG}g")}
-    assert list(groups) == ["clipasso-kept", "level-3", "level-1"]
+    assert list(groups) == ["clipasso-kept", "level-1", "level-3"]  # the finest last: on top in Inkscape
     assert [p.get("d") for p in groups["clipasso-kept"]] == ["M 60 40 Q 110 0 160 40 A 50 50 0 0 1 160 110",
                                                              "M 60 40 L 60 120 M 90 70 l 10 0"]
     assert [len(groups["level-3"]), len(groups["level-1"])] == [3, 1]  # 2 refined + 1 new, then the best one
