@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", metavar="SVG", help="an SVG whose paths' first segments are the strokes to start "
                    "from (a previous result, say); they are moved, and --strokes more are added")
     p.add_argument("--subject", metavar="SVG", help="an SVG of closed paths in the photo's pixels drawn around its "
-                   "subject: strokes stay within them (instead of the subject found from transparency or segmentation)")
+                   "subject: strokes start inside them and the loss weighs them most (instead of the subject found "
+                   "from transparency or segmentation)")
     p.add_argument("--levels", metavar="N,N,...", help="an abstraction ladder, e.g. 32,16,8,4: "
                    "one group per level, each coarser level a subset of the finer one, settled again")
     p.add_argument("--preview", help="also write a PNG of the strokes")

@@ -193,8 +193,9 @@ def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, s
                 # A JPEG decodes at a reduced scale (1/2 to 1/8, in its DCT), so what bounds it is what that
                 # decode costs (load_photo); a 108-megapixel phone photo takes 7 there.
                 if w * h > max_pixels and im.format not in ("JPEG", "MPO"):
+                    near = w * h < max_pixels + 500_000  # "100 megapixels; the limit is 100" said nothing
                     raise InputError(
-                        f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels; the limit is "
+                        f"{name}: {w}x{h} is {w * h / 1e6:.{2 if near else 0}f} megapixels; the limit is "
                         f"{max_pixels / 1e6:.0f} megapixels"
                     )
                 if w < MIN_SIDE or h < MIN_SIDE:

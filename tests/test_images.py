@@ -137,6 +137,11 @@ def test_too_small(size):
 def test_over_the_pixel_limit_is_refused_with_the_limit():
     with pytest.raises(InputError, match="limit is 100 megapixels"):
         load_image(raw_png(12000, 9000))
+    # Just over it, the figure says so ("100 megapixels; the limit is 100 megapixels" did not).
+    with pytest.raises(InputError, match=r"10001x10001 is 100.02 megapixels; the limit is 100 megapixels"):
+        load_image(raw_png(10001, 10001))
+    with pytest.raises(InputError, match="limit is 100 megapixels"):
+        load_image(raw_png(12000, 9000))
 
 
 def test_a_phone_photo_over_the_pixel_limit_decodes_at_a_reduced_scale():

@@ -75,7 +75,7 @@ async def list_jobs(store: JobStore = Store) -> dict:
     return {"jobs": store.list()}
 
 
-@router.post("/jobs", status_code=202, response_model=JobView, responses=error_responses(400, 401, 413, 429))
+@router.post("/jobs", status_code=202, response_model=JobView, responses=error_responses(400, 401, 403, 413, 429, 503, 507))
 async def submit(
     request: Request,
     store: JobStore = Store,
