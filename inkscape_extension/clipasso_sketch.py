@@ -210,7 +210,7 @@ class Sketch(inkex.EffectExtension):
                     continue
                 seen.add(id(item))
                 kind = ("text" if isinstance(item, inkex.TextElement) else "shape" if not is_drawn(item)
-                        else "hidden" if is_hidden(item) else None)
+                        else "hidden" if is_hidden(item) and not in_ladder_level(item) else None)
                 if kind:
                     kinds[kind] = kinds.get(kind, 0) + 1
         names = {"text": ("text", "texts"),
@@ -328,6 +328,12 @@ def is_drawn(element) -> bool:
     were refined into six scribbles across it."""
     return (isinstance(element, (inkex.PathElement, *SHAPES))
             and element.specified_style().get("stroke", "none") not in ("none", ""))
+
+
+def in_ladder_level(element) -> bool:
+    """Whether the element is in a level of a sketch's abstraction ladder (insert_sketch's sub-layers): its
+    hidden levels are left out as a matter of course, and naming them brought up Inkscape's message dialog."""
+    return any((e.get("id") or "").startswith("clipasso-level-") for e in element.iterancestors())
 
 
 def is_clipped(element) -> bool:

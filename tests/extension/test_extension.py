@@ -504,6 +504,12 @@ def test_a_selection_is_read_as_inkscape_draws_it(backend) -> None:
         "used\n"), err
     (whisker,) = etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")
     assert numbers(whisker.get("d"))[:2] == pytest.approx([35, 35])  # (80, 90) in the photo's pixels, unclipped
+    # An earlier sketch's ladder: its shown level is used, its hidden levels without a word (naming them
+    # brought up Inkscape's message dialog, which reads like an error).
+    status, err, out = run_sketch("selection.svg", "--id=cat", "--id=clipasso-sketch-1", "--paths=keep", *FAST,
+                                  "--strokes=1", f"--backend_url={backend.url}")
+    assert status == 0 and err == "", err
+    assert len(etree.fromstring(newest_job(backend)["keep"].encode()).findall("{http://www.w3.org/2000/svg}path")) == 2
     assert numbers(str(across))[:2] == pytest.approx([-5, 40]) and numbers(str(across))[-2:] == pytest.approx([125, 40])
     assert numbers(str(arc))[-2:] == pytest.approx([65, 20])
     top = arc.bounding_box()
