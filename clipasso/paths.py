@@ -246,7 +246,8 @@ def drawing_notes(svg_text: str, width: int, height: int) -> tuple[str, ...]:
     size = _size(root)
     if size is not None and (abs(size[0] - width) > 0.01 * width or abs(size[1] - height) > 0.01 * height):
         notes.append(f"it is {size[0]:g}x{size[1]:g} where the photo is {width}x{height} pixels: its coordinates "
-                     "are taken as the photo's pixels all the same")
+                     "are taken as the photo's pixels all the same (draw over the photo opened at its own size, "
+                     "or use the Inkscape extension, which maps your paths onto the photo)")
     return tuple(notes)
 
 

@@ -299,7 +299,8 @@ def test_what_of_an_inkscape_drawing_is_not_used_as_drawn_is_said():
     assert options.warnings(451, 300) == [
         "keep: its clips and masks are not applied: its paths are used whole",
         "keep: it is 210x297 where the photo is 451x300 pixels: its coordinates are taken as the photo's pixels "
-        "all the same"]
+        "all the same (draw over the photo opened at its own size, or use the Inkscape extension, which maps your "
+        "paths onto the photo)"]
     # A file in the photo's pixels, as the extension sends, has nothing to say; nor has one whose size is no
     # number (it was a ValueError's traceback), nor a clipped photo beside unclipped paths.
     assert fast(keep=MINE).warnings(451, 300) == []
@@ -309,7 +310,8 @@ def test_what_of_an_inkscape_drawing_is_not_used_as_drawn_is_said():
     photo = '<image href="cat.png" width="451" height="300" clip-path="url(#c)"/></svg>'
     assert fast(keep=keep.replace("</svg>", "").replace('clip-path="url(#c)"', "") + photo).warnings(451, 300) == [
         "keep: it is 210x297 where the photo is 451x300 pixels: its coordinates are taken as the photo's pixels "
-        "all the same"]
+        "all the same (draw over the photo opened at its own size, or use the Inkscape extension, which maps your "
+        "paths onto the photo)"]
 
 
 def test_paths_off_the_photo_are_ignored_with_a_warning_or_refused():
