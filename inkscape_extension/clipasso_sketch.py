@@ -166,12 +166,13 @@ class Sketch(inkex.EffectExtension):
             raise BackendError(run.error)
         if run.phase != Phase.DONE:
             return  # cancelled: the document stays as it was, and inkex writes nothing back
-        done = [(img, pic, vp, photo.strokes) for img, pic, vp, photo in zip(images, pictures, viewports, run.photos)
-                if photo.strokes is not None]
+        refined = [opts.paths == PathUse.REFINE.value and bool(on) for on in drawn]
+        done = [(img, pic, vp, photo.strokes, was) for img, pic, vp, photo, was
+                in zip(images, pictures, viewports, run.photos, refined) if photo.strokes is not None]
         if not done:
             raise BackendError("Stopped before the backend had drawn any strokes: nothing was placed")
-        for img, pic, viewport, strokes in done:
-            self.insert_sketch(img, pic, viewport, strokes)
+        for img, pic, viewport, strokes, was in done:
+            self.insert_sketch(img, pic, viewport, strokes, refined=was)
         for photo in run.photos:  # the backend's own (a photo too narrow for its canvas, say)
             for warning in photo.view.get("warnings") or []:
                 sys.stderr.write(f"CLIPasso: {photo.name}: {warning}\n")
@@ -239,9 +240,10 @@ class Sketch(inkex.EffectExtension):
             )
         return found
 
-    def insert_sketch(self, image, picture: Picture, viewport: tuple, strokes: Strokes) -> None:
+    def insert_sketch(self, image, picture: Picture, viewport: tuple, strokes: Strokes, refined: bool = False) -> None:
         """A new layer right above the image's layer, with the strokes placed exactly over the image; for a
-        ladder, one sub-layer per level, the finest shown and the others hidden."""
+        ladder, one sub-layer per level, the finest shown and the others hidden. A sketch `refined` from the
+        artist's paths says so in its name (it had its source's name, over it)."""
         anchor = layer_anchor(image, self.svg)
         parent = anchor.getparent()
         aspect = parse_aspect_ratio(image.get("preserveAspectRatio"))
@@ -267,7 +269,7 @@ class Sketch(inkex.EffectExtension):
                 group.append(path)
             return group
 
-        of = photo_name(image)
+        of = photo_name(image) if not refined else f"refined - {photo_name(image)}"
         if strokes.levels:
             counts = "/".join(str(n) for n, _ in strokes.levels)
             plural = "" if counts == "1" else "s"

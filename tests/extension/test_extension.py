@@ -595,3 +595,7 @@ def test_selected_paths_reach_the_backend_in_the_photo_pixels(use: str, backend)
     layer = result.xpath("//*[starts-with(@inkscape:label, 'CLIPasso sketch')]",
                          namespaces={"inkscape": "http://www.inkscape.org/namespaces/inkscape"})[0]
     assert len(layer.findall(".//{http://www.w3.org/2000/svg}path")) == (1 if use == "keep" else 3)
+    # A refined sketch says so: it had the name of the sketch it was refined from, over it.
+    label = layer.get("{http://www.inkscape.org/namespaces/inkscape}label")
+    assert label == ("CLIPasso sketch - 1 stroke - cat.jpg" if use == "keep" else
+                     "CLIPasso sketch - 3 strokes - refined - cat.jpg")
