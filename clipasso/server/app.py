@@ -89,12 +89,23 @@ def create_app(
     app.include_router(router)
     app.add_middleware(UploadLimit, limit=max_upload_bytes)
     app.add_middleware(BrowserGuard, check_host=not token)
+    schema = app.openapi()
+    _without_422(schema)
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: nothing is read before the token is checked
-        schema = app.openapi()
         schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
     return app
+
+
+def _without_422(schema: dict) -> None:
+    """Take FastAPI's own 422 out of the schema: every invalid request gets a 400 with one line here
+    (validation_error), and a client generated from the schema should not expect another shape."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
 
 
 async def cancel_abandoned(store: JobStore) -> None:

@@ -104,6 +104,9 @@ def test_health_and_schema(server_main: ServerProcess) -> None:
     assert {"/health", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/result.svg"} <= set(
         schema["paths"]
     )
+    # Invalid requests get 400 with one line, never FastAPI's 422: the schema says no other.
+    statuses = {code for operations in schema["paths"].values() for op in operations.values() for code in op["responses"]}
+    assert "422" not in statuses and "400" in statuses and "HTTPValidationError" not in schema["components"]["schemas"]
     page = httpx.get(server_main.url + "/")
     assert page.status_code == 200 and "/jobs/${id}/events" in page.text
 
