@@ -166,7 +166,7 @@ class Sketch(inkex.EffectExtension):
             raise BackendError(run.error)
         if run.phase != Phase.DONE:
             return  # cancelled: the document stays as it was, and inkex writes nothing back
-        refined = [opts.paths == PathUse.REFINE.value and bool(on) for on in drawn]
+        refined = [not job_id and opts.paths == PathUse.REFINE.value and bool(on) for on in drawn]
         done = [(img, pic, vp, photo.strokes, was) for img, pic, vp, photo, was
                 in zip(images, pictures, viewports, run.photos, refined) if photo.strokes is not None]
         if not done:
