@@ -68,17 +68,30 @@ def test_the_captured_step_changes_state_in_place_and_gives_the_same_sketches(ca
     run as they are; 0 and 3 are captured in the first layout, 5 to 7 in the second."""
     monkeypatch.setattr(optimise, "CHECK_EVERY", {"cpu": 2})
     monkeypatch.setattr(optimise, "LEAVE_AT_ONCE", set())
+    eager, graphed = stepped_both_ways(cat, monkeypatch, InPlaceGraph)
+    assert InPlaceGraph.steps == 5 and len(InPlaceGraph.layouts) == 2
+    assert_same_sketches(graphed, eager)
+
+
+def stepped_both_ways(cat, monkeypatch, graph: type) -> tuple[list, list]:
+    """Two sketches of 4 and 8 iterations drawn by the fixed rasterizer, stepped as they are and then as on a
+    GPU with `graph` standing in for StepGraph (its counts reset first); a failed check inside the stand-in
+    fails the graphed sketches, which is asserted here."""
     monkeypatch.setattr(optimise, "raster_for", lambda *args: "fixed")
     requests = [SketchRequest(cat, SketchOptions(strokes=4, iterations=n, encoder="lite0", device="cpu"))
                 for n in (4, 8)]
     eager = sketch_batch(requests)
     monkeypatch.setattr(optimise, "available", lambda device: True)
-    monkeypatch.setattr(optimise, "StepGraph", InPlaceGraph)
-    InPlaceGraph.steps, InPlaceGraph.layouts = 0, []
+    monkeypatch.setattr(optimise, "StepGraph", graph)
+    InPlaceGraph.steps, InPlaceGraph.layouts, FailsOnce.failed, NeverCaptures.calls = 0, [], 0, 0
     graphed = sketch_batch(requests)
-    assert not [o for o in graphed if isinstance(o, Exception)]  # a failed check inside fails the sketches
-    assert InPlaceGraph.steps == 5 and len(InPlaceGraph.layouts) == 2
-    for g, e in zip(graphed, eager):  # as close as two runs as they are (a first run's arithmetic can differ)
+    assert not [o for o in graphed if isinstance(o, Exception)]
+    return eager, graphed
+
+
+def assert_same_sketches(graphed: list, eager: list) -> None:
+    """As close as two runs as they are (a first run's arithmetic can differ)."""
+    for g, e in zip(graphed, eager):
         assert g.loss == pytest.approx(e.loss, rel=1e-3) and g.iterations == e.iterations
         assert np.abs(g.strokes - e.strokes).max() < 0.5
 
@@ -156,19 +169,9 @@ class NeverCaptures(InPlaceGraph):
 @pytest.mark.parametrize("graph", [FailsOnce, NeverCaptures], ids=["fails once", "never captures"])
 def test_a_failed_capture_leaves_the_sketches_as_they_are(cat, monkeypatch, graph):
     """The batch goes on with the graph after a failed capture (until it gives up), and each step runs once."""
-    monkeypatch.setattr(optimise, "raster_for", lambda *args: "fixed")
-    requests = [SketchRequest(cat, SketchOptions(strokes=4, iterations=n, encoder="lite0", device="cpu"))
-                for n in (4, 8)]
-    eager = sketch_batch(requests)
-    monkeypatch.setattr(optimise, "available", lambda device: True)
-    monkeypatch.setattr(optimise, "StepGraph", graph)
-    InPlaceGraph.steps, InPlaceGraph.layouts, FailsOnce.failed, NeverCaptures.calls = 0, [], 0, 0
-    graphed = sketch_batch(requests)
-    assert not [o for o in graphed if isinstance(o, Exception)]
+    eager, graphed = stepped_both_ways(cat, monkeypatch, graph)
     if graph is FailsOnce:
         assert FailsOnce.failed == 1 and InPlaceGraph.steps == 4  # 5 steps without re-laying, one run as it is
     else:
         assert NeverCaptures.calls == 2  # then the batch stepped without it
-    for g, e in zip(graphed, eager):
-        assert g.loss == pytest.approx(e.loss, rel=1e-3) and g.iterations == e.iterations
-        assert np.abs(g.strokes - e.strokes).max() < 0.5
+    assert_same_sketches(graphed, eager)
