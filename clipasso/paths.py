@@ -133,7 +133,7 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     Cached: the service reads the same text when it checks a job, runs it and draws its previews.
     """
     try:
-        root = ET.fromstring(svg_text)
+        root = _xml(svg_text)
         _check_copies(root)
         svg = se.SVG.parse(io.StringIO(svg_text), reify=False)
     except InputError:
@@ -201,6 +201,12 @@ def read_paths(svg_text: str) -> tuple[DrawnPath, ...]:
     return tuple(paths)
 
 
+@functools.lru_cache(maxsize=8)
+def _xml(svg_text: str) -> ET.Element:
+    """The SVG's XML tree, parsed once for read_paths and drawing_notes (which only read it)."""
+    return ET.fromstring(svg_text)
+
+
 def _check_copies(root: ET.Element) -> None:
     """InputError where `<use>` references would add more than MAX_USE_COPIES elements, or nest deeper than
     MAX_NESTING: counted on the XML tree, each element once, before svgelements copies anything."""
@@ -239,7 +245,7 @@ def drawing_notes(svg_text: str, width: int, height: int) -> tuple[str, ...]:
     """What of a (readable) SVG given as keep, refine or subject is not used as drawn, a line each: clips and
     masks (its paths are used whole), and a document whose size is not the photo's pixels (a millimetre
     page, say: its coordinates are taken as pixels all the same)."""
-    root = ET.fromstring(svg_text)
+    root = _xml(svg_text)
     notes = []
     if _clipped(root):
         notes.append("its clips and masks are not applied: its paths are used whole")
