@@ -33,6 +33,8 @@ MAX_PIXELS = 100_000_000
 #: ones are what a crafted upload would aim at. (JPEG's opener also opens MPO: a phone's JPEG with a second
 #: picture in it.)
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
+#: What Pillow calls the JPEGs it opens: those are decoded at a reduced scale (draft).
+JPEGS = ("JPEG", "MPO")
 MIN_SIDE = 2
 #: The longest side a decoded photo is kept at. The engine draws on a 224 px canvas; 1024 px keeps every
 #: detail that survives that, and a 100-megapixel upload then costs megabytes once decoded.
@@ -129,7 +131,7 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
         try:
             im.seek(0)
             coefficients = jpeg_coefficients(im)  # at full size, whatever the draft below
-            if im.format in ("JPEG", "MPO"):
+            if im.format in JPEGS:
                 im.draft(im.mode, (working_side, working_side))
             cost = decode_cost(im) + coefficients
             if cost > MAX_DECODE_BYTES:
@@ -192,7 +194,7 @@ def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, s
                 w, h = im.size
                 # A JPEG decodes at a reduced scale (1/2 to 1/8, in its DCT), so what bounds it is what that
                 # decode costs (load_photo); a 108-megapixel phone photo takes 7 there.
-                if w * h > max_pixels and im.format not in ("JPEG", "MPO"):
+                if w * h > max_pixels and im.format not in JPEGS:
                     near = w * h < max_pixels + 500_000  # "100 megapixels; the limit is 100" said nothing
                     raise InputError(
                         f"{name}: {w}x{h} is {w * h / 1e6:.{2 if near else 0}f} megapixels; the limit is "
@@ -228,7 +230,7 @@ def jpeg_coefficients(im: Image.Image) -> int:
     much again as its grey), whatever scale it is drafted at. An 8 MB greyscale one of 65500x65500 pixels
     took 8.3 GB that way where its 1/8-scale pixels were counted as 67 MB. A baseline JPEG is decoded a
     few rows at a time: none."""
-    if im.format not in ("JPEG", "MPO") or not im.info.get("progressive"):
+    if im.format not in JPEGS or not im.info.get("progressive"):
         return 0
     layers = getattr(im, "layer", None) or [(None, 1, 1, 0)] * len(im.getbands())  # (id, h, v, table) each
     most_h, most_v = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
