@@ -41,6 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = (inkex.Circle, inkex.Ellipse, inkex.Rectangle, inkex.Line, inkex.Polyline, inkex.Polygon)
 #: Written by `clipasso install-inkscape` next to this file: how to start the backend it belongs to.
 CONFIG = os.path.join(HERE, "clipasso_backend.json")
+#: Where a backend the extension starts has its pid written (beside its log; clipasso_client).
+PID_FILE = os.path.join(HERE, "clipasso_backend.pid")
 SVG_NS = "http://www.w3.org/2000/svg"
 #: Points sampled along each cubic to tell whether a path passes over the photo: as many as the backend
 #: samples (clipasso/paths.py), so that both judge a path alike.
@@ -129,10 +131,9 @@ class Sketch(inkex.EffectExtension):
 
         def prepare() -> None:
             """Reach (or start) the backend, and refuse an encoder it cannot use before any job is sent."""
-            ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"),
-                           os.path.join(HERE, "clipasso_backend.pid"))
+            ensure_backend(backend, CONFIG, os.path.join(HERE, "clipasso_backend.log"), PID_FILE)
             health = backend.health()
-            if note := version_note(health, CONFIG, os.path.join(HERE, "clipasso_backend.pid")):
+            if note := version_note(health, CONFIG, PID_FILE):
                 sys.stderr.write(f"CLIPasso: {note}\n")
             if job_id:
                 check_made_from(backend, job_id, images[0], pictures[0])
