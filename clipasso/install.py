@@ -21,8 +21,10 @@ from . import __version__
 from .errors import InputError
 from .files import write_atomic
 
-#: The extension's source files, next to this package (a source checkout or an editable install).
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "inkscape_extension"
+#: The extension's source files: inside the package where it was installed from a wheel (pyproject.toml maps
+#: the folder there), else the source checkout's folder beside the package (a checkout, an editable install).
+_PACKAGED = Path(__file__).resolve().parent / "extension"
+SOURCE_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "inkscape_extension"
 FOLDER = "clipasso"
 CONFIG = "clipasso_backend.json"
 #: Where the extension writes the pid of a backend it started (clipasso_client).
@@ -102,7 +104,7 @@ def extension_files() -> list[Path]:
     files = [f for suffix in SHIPPED_SUFFIXES for f in sorted(SOURCE_DIR.glob(f"*{suffix}"))]
     if not any(f.suffix == ".inx" for f in files):
         raise InputError(
-            f"the extension files are not in {SOURCE_DIR}; install clipasso from its source folder (pip install -e .)"
+            f"the extension files are not in {SOURCE_DIR}; install clipasso again (pip install from its source folder or its wheel)"
         )
     return files
 
