@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--preset", default="default", choices=tuple(PRESETS), help="default (fast) or paper")
     p.add_argument("--stroke-width", type=float, help="stroke width in the photo's pixels "
-                   "(default: 3 px per 224 px of the photo's longest side)")
+                   "(default: the median width of the --keep or --refine paths, within half to twice 3 px per 224 px of the "
+                   "photo's longest side; without them, that)")
     p.add_argument("--renderer", default="auto", choices=RENDERERS,
                    help="the rasterizer: auto or torch (ours, the default: fastest, installs with pip), or "
                    "diffvg (the reference's, where pydiffvg is installed)")

@@ -50,6 +50,9 @@ MAX_ASPECT = 3.0
 CANVAS = 224
 #: Stroke width at the 224 px canvas; it scales with the image (3 px at 224 px, as in the paper's SVGs).
 CANVAS_STROKE_WIDTH = 3.0
+#: Where no width is asked, new strokes beside the artist's paths take their width, held within these
+#: multiples of the default (image_stroke_width).
+MATCHED_WIDTH = (0.5, 2.0)
 
 CLIP_ARCHS = ("RN101", "RN50", "ViT-B/32")
 ENCODER_NAMES = ("auto", "lite0") + tuple(f"clip:{a}" for a in CLIP_ARCHS)
@@ -203,7 +206,7 @@ class SketchOptions:
     device: str = "auto"
     preset: str = "default"
     weights: str | None = None
-    #: Stroke width in the input image's pixels; None scales 3 px at 224 px to the image size.
+    #: Stroke width in the input image's pixels; None: the artist's, or 3 px at 224 px scaled (image_stroke_width).
     stroke_width: float | None = None
     renderer: str = Renderer.AUTO.value
     #: SVG text of the artist's paths that stay as drawn and take part in the loss (`strokes` are added).
@@ -366,10 +369,18 @@ def shape_warnings(width: int, height: int) -> list[str]:
 
 
 def image_stroke_width(options: SketchOptions, width: int, height: int) -> float:
-    """Stroke width in the image's pixels: the asked one, or 3 px at 224 px scaled to the image."""
+    """Stroke width in the image's pixels: the asked one; else, beside the artist's paths (keep, refine),
+    the width they are drawn with (their median), so that new and moved strokes look like theirs; else 3 px
+    at 224 px scaled to the image. The artist's width is held within MATCHED_WIDTH of that default: a
+    hairline the encoder barely sees would leave the loss nothing to pull on."""
     if options.stroke_width is not None:
         return float(options.stroke_width)
-    return CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
+    default = CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
+    drawn = [p.drawn_width for name in ("keep", "refine") for p in drawn_paths(name, getattr(options, name))]
+    if not drawn:
+        return default
+    low, high = MATCHED_WIDTH
+    return float(np.clip(np.median(drawn), low * default, high * default))
 
 
 @dataclass

@@ -85,7 +85,8 @@ async def submit(
     seed: int | None = Form(None, json_schema_extra={"minimum": 0, "maximum": MAX_SEED}),
     seeds: int | None = Form(None, json_schema_extra={"minimum": 1, "maximum": MAX_SEEDS}),
     stroke_width: float | None = Form(None, json_schema_extra={"exclusiveMinimum": 0, "maximum": MAX_STROKE_WIDTH},
-                                      description="in the photo's pixels (default: 3 px per 224 px of its longest side)"),
+                                      description="in the photo's pixels (default: the keep or refine paths' median width, within half to "
+                                      "twice 3 px per 224 px of its longest side; without them, that)"),
     encoder: str | None = Form(None, json_schema_extra={"enum": list(ENCODER_NAMES)}),
     preset: str | None = Form(None, json_schema_extra={"enum": list(PRESETS)}),
     attach: bool = Form(False, description=(

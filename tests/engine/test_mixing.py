@@ -17,7 +17,7 @@ from clipasso.engine.render import render_batch
 from clipasso.engine.target import prepare_target
 from clipasso.errors import InputError
 from clipasso.images import Photo
-from clipasso.options import SketchOptions
+from clipasso.options import CANVAS_STROKE_WIDTH, SketchOptions, image_stroke_width
 from clipasso.paths import read_paths
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -165,7 +165,7 @@ def test_kept_paths_take_part_in_every_render(cat):
     on_path = target.box.to_canvas(np.array([290.0, 240.0])).astype(int)  # on the 6 px path's last line
     assert float(kept[on_path[1], on_path[0]]) < 0.5 and float(kept[5, 112]) == 1.0
     points = torch.tensor([[[20.0, 20], [40, 30], [60, 30], [80, 20]]])
-    plain = prepare_target(Photo.of(cat), encoder, fast().validated())
+    plain = prepare_target(Photo.of(cat), encoder, fast(stroke_width=4.0).validated())  # the kept paths' width
     assert torch.allclose(target.render(points), plain.render(points) * kept)
     assert torch.allclose(target.render_batch(points[None])[0], target.render(points))
     # The width is honoured: the 6 px path covers about three times the ink of the 2 px one per length.
@@ -173,6 +173,23 @@ def test_kept_paths_take_part_in_every_render(cat):
     assert float((1 - kept).sum()) > float((1 - prepare_target(
         Photo.of(cat), encoder, fast(keep=MINE.replace('stroke-width="6"', 'stroke-width="2"')).validated()
     ).kept).sum()) * 1.5 and len(thick) == 2
+
+
+def test_new_strokes_take_the_artists_width_unless_one_is_asked(cat):
+    """Beside kept or refined paths (6 and 2 px here) the strokes are drawn with their median width, held
+    within half to twice the default; an asked width wins; without the artist's paths, the default."""
+    default = image_stroke_width(fast(), 451, 300)
+    assert default == pytest.approx(CANVAS_STROKE_WIDTH * 451 / 224, rel=1e-3)
+    assert image_stroke_width(fast(keep=MINE), 451, 300) == 4.0
+    assert image_stroke_width(fast(refine=MINE), 451, 300) == 4.0
+    assert image_stroke_width(fast(keep=MINE, stroke_width=9.0), 451, 300) == 9.0
+    hairline = MINE.replace('stroke-width="6"', 'stroke-width="0.1"').replace("stroke-width:2", "stroke-width:0.1")
+    assert image_stroke_width(fast(keep=hairline), 451, 300) == pytest.approx(default / 2)
+    result = sketch(cat, fast(keep=MINE))
+    assert result.stroke_width == 4.0
+    new = etree.fromstring(result.svg.encode()).find(f".//{SVG}g[@id='clipasso-strokes']")
+    widths = {p.get("stroke-width") for p in new.iter(f"{SVG}path")}
+    assert widths == {"4"}, widths
 
 
 def test_keep_writes_the_artist_paths_first_then_the_new_strokes(cat):
