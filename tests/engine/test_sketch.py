@@ -121,9 +121,21 @@ def test_cancel_before_the_first_step(cat):
     assert "<path" in result.svg
 
 
-def test_seeds_keep_the_best(cat):
+def test_seeds_keep_the_best(cat, monkeypatch):
+    """Of the seeds' runs (their raced starts among them), the one with the lowest loss is the result."""
+    ended = []
+    result_of = optimise.Prepared.result
+
+    def spied(self):
+        ended.extend((run.seed, run.loss) for run in self.runs)
+        return result_of(self)
+
+    monkeypatch.setattr(optimise.Prepared, "result", spied)
     result = sketch(cat, fast(iterations=3, seeds=2, seed=7))
-    assert result.best_seed in (7, 1007) and result.iterations == 6
+    assert {seed for seed, _ in ended} == {7, 1007} and result.iterations == 6
+    assert len({loss for _, loss in ended}) > 1  # the choice matters
+    best_seed, best_loss = min(ended, key=lambda e: e[1])
+    assert result.best_seed == best_seed and result.loss == pytest.approx(best_loss)
 
 
 def test_same_seed_same_sketch(cat):
@@ -379,7 +391,20 @@ def test_raced_starts_go_on_with_the_best(cat, monkeypatch):
         return call(self, sketches, plain, picks, owners)
 
     monkeypatch.setattr(SketchLoss, "__call__", counted)
+    race, survivors = optimise._Batch._race, []
+
+    def judged(self):  # which start has the lowest loss when the race ends, and which goes on
+        (cohort,) = self.cohorts
+        losses = cohort.best_loss.tolist()
+        seeds = [run.generator.initial_seed() for run in cohort.runs]
+        race(self)
+        survivors.append((seeds[min(range(len(losses)), key=losses.__getitem__)],
+                          [run.generator.initial_seed() for run in self.cohorts[0].runs], sorted(set(losses))))
+
+    monkeypatch.setattr(optimise._Batch, "_race", judged)
     raced = sketch(cat, options, on_progress=lambda i, n, loss, s: seen.append((i, n)))
+    (lowest, going_on, losses), = survivors
+    assert going_on == [lowest] and len(losses) == 3  # three different losses; the lowest's start goes on
     assert raced.iterations == 3 + 3 + 7  # two starts ended after the race, the best ran on
     # The race compares its starts on the plain view alone; the winner goes on with the preset's views.
     assert passes == [(3, 0)] * 3 + [(1, options.validated().recipe.augmentations)] * 4
