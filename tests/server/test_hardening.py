@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,10 +16,11 @@ from typing import Iterator
 
 import httpx
 import pytest
+from PIL import Image
 from images_support import huge_png
 from servers import SERVE, ServerProcess
 
-from clipasso.images import DECODE_BUDGET
+from clipasso.images import DECODE_BUDGET, WORKING_SIDE
 
 QUICK = {"encoder": "lite0", "strokes": "4", "iterations": "2"}
 ENDLESS = {"encoder": "lite0", "strokes": "4", "iterations": "10000"}
@@ -74,9 +76,21 @@ def test_a_text_field_over_the_svg_limit_is_one_line(server, server_photo_png):
 
 
 def test_uploads_are_decoded_once_and_kept_small(server, server_photo_png):
+    """The job keeps the upload decoded, as a PNG at working size, never the upload's bytes; the job's
+    size stays the upload's, for the strokes' coordinates."""
+    photo = Image.open(io.BytesIO(server_photo_png)).convert("RGB").resize((3000, 2000))
+    upload = io.BytesIO()
+    photo.save(upload, format="JPEG", quality=90)
     with server.client() as client:
-        job = submit(client, server_photo_png, data=QUICK).json()
+        response = client.post("/jobs", files={"image": ("photo.jpg", upload.getvalue(), "image/jpeg")}, data=QUICK)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["width"], job["height"]) == (3000, 2000)
     folder = server.data_dir / "jobs" / job["id"]
+    kept = (folder / "photo.png").read_bytes()
+    assert kept != upload.getvalue()
+    with Image.open(io.BytesIO(kept)) as stored:
+        assert stored.format == "PNG" and stored.size == (WORKING_SIDE, round(WORKING_SIDE * 2000 / 3000))
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) in (
         ["job.json", "photo.png"], ["job.json", "photo.png", "preview.svg"],
         ["job.json", "photo.png", "preview.svg", "result.svg"], ["job.json", "photo.png", "result.svg"])
