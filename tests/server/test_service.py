@@ -32,6 +32,8 @@ from servers import SERVE, ServerProcess, free_port
 SVG = "{http://www.w3.org/2000/svg}"
 QUICK = {"encoder": "lite0", "strokes": "4", "iterations": "3"}
 ENDLESS = {"encoder": "lite0", "strokes": "4", "iterations": "10000"}
+#: How long a test waits for what must happen (polled, so a quick machine does not wait it out).
+WAIT_S = 120.0
 TOKEN = "test-token-0123456789abcdef"
 
 
@@ -266,7 +268,8 @@ def test_cancel_queue_limit_and_a_failing_job(server_main: ServerProcess, server
 def test_attached_jobs_are_cancelled_when_their_client_goes_away(server_main: ServerProcess,
                                                                  server_photo_png: bytes) -> None:
     """attach=true: a running job whose only event stream closes, and a queued one whose stream never opened,
-    are both cancelled within 5 s (the grace is 2 s); the running one keeps its best strokes."""
+    are both cancelled for that reason (after a grace of 2 s); the running one keeps its best strokes. The
+    running job has 10,000 iterations: left alone it would outlast the bounded wait by far."""
     with server_main.client() as client:
         running = submit(client, server_photo_png, attach="true", **ENDLESS)
         assert running["attached"] and running["queue_position"] == 0
@@ -276,7 +279,7 @@ def test_attached_jobs_are_cancelled_when_their_client_goes_away(server_main: Se
         assert waiting["queue_position"] == 0 and client.get(f"/jobs/{running['id']}").json()["queue_position"] is None
         stream.close()  # the client goes away after the second job was queued, which must never start
         ended = {}
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + WAIT_S
         while len(ended) < 2 and time.monotonic() < deadline:
             for job in (running, waiting):
                 view = client.get(f"/jobs/{job['id']}").json()
@@ -284,7 +287,7 @@ def test_attached_jobs_are_cancelled_when_their_client_goes_away(server_main: Se
                     ended.setdefault(job["id"], view)
             time.sleep(0.1)
         best_so_far = client.get(f"/jobs/{running['id']}/result.svg")
-    assert set(ended) == {running["id"], waiting["id"]}, "not cancelled within 5 s of the client going away"
+    assert set(ended) == {running["id"], waiting["id"]}, f"not cancelled within {WAIT_S} s of the client going away"
     assert ended[running["id"]]["state"] == "cancelled" and ended[running["id"]]["iteration"] >= 1
     why = " (no client followed this attached job any more)"  # it said only "cancelled at iteration 59 of 230"
     assert ended[waiting["id"]]["state"] == "cancelled" and ended[waiting["id"]]["error"] == "cancelled before it started" + why
