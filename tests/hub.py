@@ -34,9 +34,12 @@ class Served:
 class HubServer:
     files: dict[str, Served] = field(default_factory=dict)  # URL path -> what to serve
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: requests that came while a file's body was being sent (two clients downloading at once)
+    overlapping: list[tuple[str, str]] = field(default_factory=list)
+    sending: int = 0  # bodies being sent now
 
     def __post_init__(self) -> None:
-        hub = self
+        hub, lock = self, threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
@@ -49,7 +52,10 @@ class HubServer:
                 self._answer(body=True)
 
             def _answer(self, body: bool) -> None:
-                hub.requests.append((self.command, self.path))
+                with lock:
+                    hub.requests.append((self.command, self.path))
+                    if hub.sending:
+                        hub.overlapping.append((self.command, self.path))
                 served = hub.files.get(self.path)
                 if served is None or served.status != 200:
                     self.send_response(404 if served is None else served.status)
@@ -73,11 +79,17 @@ class HubServer:
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.end_headers()
                 if body:
-                    with open(served.path, "rb") as f:
-                        f.seek(start)
-                        while chunk := f.read(64 << 10 if served.pace else 1 << 20):
-                            self.wfile.write(chunk)
-                            time.sleep(served.pace)
+                    with lock:
+                        hub.sending += 1
+                    try:
+                        with open(served.path, "rb") as f:
+                            f.seek(start)
+                            while chunk := f.read(64 << 10 if served.pace else 1 << 20):
+                                self.wfile.write(chunk)
+                                time.sleep(served.pace)
+                    finally:
+                        with lock:
+                            hub.sending -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

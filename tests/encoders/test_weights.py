@@ -179,10 +179,15 @@ def test_a_cache_without_symlinks_is_verified_and_used_offline(env, hub, small_f
     assert len(unknown.stderr.strip().splitlines()) == 1 and snapshot.is_file()  # kept, to be checked later
 
 
-def test_two_processes_fetching_at_once_end_with_one_good_copy(env, small_file):
+def test_two_processes_fetching_at_once_end_with_one_good_copy(env, hub, small_file):
+    """The file is sent slowly (about 12 s), so that the second process asks while the first downloads; it
+    waits for that download instead of fetching the file again."""
+    hub.add_hub_file(RN50.repo_id, RN50.filename, small_file, pace=0.25)
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: clipasso("models", "download", "clip:RN50", env=env), range(2)))
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert hub.overlapping, f"the two downloads did not overlap: {hub.requests}"
+    assert [method for method, _ in hub.requests].count("GET") == 1  # the second waited for the first's file
     assert [b.name for b in blobs(env, RN50)] == [sha256_of(small_file)]
     assert sha256_of(blobs(env, RN50)[0]) == sha256_of(small_file)
 
