@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,19 @@ def stroke_shapes(data: bytes) -> bytes:
     number = rb"-?[0-9.]+"
     point = number + b"," + number
     return re.sub(rb'd="M ' + point + rb" C " + point + b" " + point + b" " + point + b'"', b'd="M x,y C x,y x,y x,y"', data)
+
+
+def stop_backend(pid_file: Path) -> None:
+    """Stop the backend the extension started (not our child: signal it and wait until it is gone)."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

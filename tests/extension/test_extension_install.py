@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from extension_support import DATA, EXTENSION_DIR, FAST, INKSCAPE, extension_env, import_extension
+from extension_support import DATA, EXTENSION_DIR, FAST, INKSCAPE, extension_env, import_extension, stop_backend
 from servers import free_port
 
 from clipasso import __version__
@@ -176,9 +174,7 @@ def test_a_second_port_names_the_backend_that_holds_the_data_folder(tmp_path: Pa
         assert b"\0" not in log and log.count(b"the extension starts: ") == 2
         assert (folder / "clipasso_backend.pid").read_text() == pid
     finally:
-        pid_file = folder / "clipasso_backend.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        stop_backend(folder / "clipasso_backend.pid")
 
 
 def test_the_log_goes_to_the_users_state_folder_when_the_extension_folder_is_read_only(tmp_path, monkeypatch):

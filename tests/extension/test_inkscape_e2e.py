@@ -15,12 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from extension_support import DATA, INKSCAPE, XVFB_RUN, import_extension, missing
+from extension_support import DATA, INKSCAPE, XVFB_RUN, import_extension, missing, stop_backend
 from servers import free_port
 
 import_extension()
@@ -45,22 +44,6 @@ def preferences(port: int, effect: str = SKETCH, **extra: object) -> str:
         '<inkscape version="1" xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape">\n'
         f'  <group id="extensions" {attributes}/>\n</inkscape>\n'
     )
-
-
-def stop_backend(pid_file: Path) -> None:
-    """Stop the backend the extension started (not our child: signal it and wait until it is gone)."""
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run_inkscape(tmp_path: Path, document: str, ids: str, before: str = "", effect: str = SKETCH,
