@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from tqdm import tqdm
 
@@ -26,7 +27,9 @@ from .server import command
 
 
 #: What shells and Python give a run stopped by Ctrl-C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
+#: Stopping signals the sketch command handles alike: it stops after the current step and writes the best
+#: strokes so far (SIGHUP, a closed terminal, is not on Windows).
+STOPPING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.output}: the output must be an .svg file")
     if args.preview and Path(args.preview).suffix.lower() != ".png":
         raise InputError(f"{args.preview}: the preview must be a .png file")
-    for folder in {out.parent for out in outputs}:
+    for folder in {Path(os.path.realpath(out)).parent for out in outputs}:  # where a link's file is written
         _check_writable(folder)
     check_weights(args.weights, args.encoder)
     files = {"keep": args.keep, "refine": args.refine, "subject": args.subject}
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"clipasso: warning: {warning}", file=sys.stderr)
 
-    stop = {"asked": False, "stepping": False}
+    stop: dict = {"asked": None, "stepping": False}  # asked: the first stopping signal's number
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
@@ -150,11 +153,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    def on_sigint(signum: int, frame: object) -> None:
-        if stop["asked"] or not stop["stepping"]:  # before the first step (a download, say) nothing is kept
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        say("clipasso: stopping after this step (Ctrl-C again to abort)")
+    def on_signal(signum: int, frame: object) -> None:
+        """Ctrl-C, SIGTERM (`timeout`, a service manager) or SIGHUP (the terminal closed): stop after this
+        step and write the best strokes; before the first step, a second time, or while writing, abort
+        (write_atomic then removes its temporary file)."""
+        if stop["asked"] is not None or not stop["stepping"]:
+            raise Interrupted(signum)
+        stop["asked"] = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        say(f"clipasso: stopping after this step ({again} again to abort)")
 
     def on_activity(text: str) -> None:
         if not args.quiet:
@@ -175,19 +182,19 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             bar.refresh()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"],
-                        on_encoder=on_encoder, on_activity=on_activity)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if bar is not None:
-            bar.close()
-    _write(args.output, result.svg)
-    if args.preview:
-        buf = io.BytesIO()
-        preview_image(result).save(buf, format="PNG")
-        _write(args.preview, buf.getvalue(), f" (the SVG is written: {args.output})")
+    with _handling(STOPPING_SIGNALS, on_signal):
+        try:
+            result = sketch(photo, options, on_progress=on_progress, should_stop=lambda: stop["asked"] is not None,
+                            on_encoder=on_encoder, on_activity=on_activity)
+        finally:
+            stop["stepping"] = False  # a signal now aborts the writing
+            if bar is not None:
+                bar.close()
+        _write(args.output, result.svg)
+        if args.preview:
+            buf = io.BytesIO()
+            preview_image(result).save(buf, format="PNG")
+            _write(args.preview, buf.getvalue(), f" (the SVG is written: {args.output})")
     if not args.quiet:
         state = "cancelled, best so far" if result.cancelled else "done"
         steps = result.best_iterations
@@ -196,7 +203,30 @@ def run(args: argparse.Namespace) -> int:
               f"{result.timings['total']:.1f} s -> {args.output}", file=sys.stderr)
     if args.json:
         print(json.dumps({**result.summary(), "output": args.output, "preview": args.preview}))
-    return EXIT_INTERRUPTED if stop["asked"] else 0
+    return 0 if stop["asked"] is None else 128 + stop["asked"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stopping signal that aborts: the command exits with 128 + its number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _handling(signums: tuple[int, ...], handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for these signals inside, the previous handlers after. A signal the command was started
+    with ignored (`nohup`, a background job of a script) stays ignored."""
+    previous = {n: signal.getsignal(n) for n in signums}
+    for n, before in previous.items():
+        if before is not signal.SIG_IGN:
+            signal.signal(n, handler)
+    try:
+        yield
+    finally:
+        for n, before in previous.items():
+            signal.signal(n, before)
 
 
 def _naming(message: str, files: dict[str, str | None]) -> str:
@@ -260,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"clipasso: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("clipasso: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

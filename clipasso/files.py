@@ -26,9 +26,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = 
     """Write a file so that readers see either the old file or the whole new one, never a part.
 
     The new file gets `mode`, else the old one's read and write permissions (never its setuid, setgid or
-    sticky bits), else those of a plain open(); the umask applies to all three.
+    sticky bits), else those of a plain open(); the umask applies to all three. A symbolic link is written
+    through: the file it points to is replaced, and the link stays.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if mode is None:
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o666

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from clipasso.cli import main
+from clipasso.cli import STOPPING_SIGNALS, main
 
 
 @pytest.fixture(scope="module")
@@ -180,22 +180,73 @@ def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path, capsys
     assert capsys.readouterr().err == f"clipasso: error: {out}: could not be written (No space left on device)\n"
 
 
-def test_ctrl_c_writes_the_best_strokes_and_exits_130(photo, tmp_path):
-    svg = tmp_path / "stopped.svg"
+def _sketching(photo: Path, svg: Path, **popen) -> subprocess.Popen:
+    """`clipasso sketch` of 10,000 iterations, once its first step is done."""
     run = subprocess.Popen(
         [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--strokes", "4", "--iterations",
-         "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True)
+         "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True, **popen)
+    encoder = run.stderr.readline()  # as soon as the encoder is loaded, before any step
+    assert encoder == "clipasso: encoder lite0 (as asked)\n", encoder
+    first = run.stderr.readline()  # printed once the first step is done
+    assert first.startswith("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far"), first
+    return run
+
+
+@pytest.mark.parametrize("signum", STOPPING_SIGNALS, ids=lambda n: signal.Signals(n).name)
+def test_a_stopping_signal_writes_the_best_strokes_and_exits_128_plus_it(photo, tmp_path, signum):
+    """Ctrl-C, `timeout`'s SIGTERM and a closed terminal's SIGHUP alike: exit 130, 143 and 129."""
+    svg = tmp_path / "stopped.svg"
+    run = _sketching(photo, svg)
     try:
-        encoder = run.stderr.readline()  # as soon as the encoder is loaded, before any step
-        assert encoder == "clipasso: encoder lite0 (as asked)\n", encoder
-        first = run.stderr.readline()  # printed once the first step is done
-        assert first.startswith("clipasso: sketching; Ctrl-C stops and keeps the best strokes so far"), first
-        run.send_signal(signal.SIGINT)
+        run.send_signal(signum)
         rest = run.communicate(timeout=300)[1]
     finally:
         run.kill()
-    assert run.returncode == 130, rest
+    assert run.returncode == 128 + signum, rest
     assert "cancelled, best so far: 4 strokes" in rest and svg.read_text().count("<path") == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped.svg"]
+
+
+def test_ctrl_c_ignored_when_started_stays_ignored(photo, tmp_path):
+    """A background job of a script starts with SIGINT ignored: the Ctrl-C meant for the script must not stop
+    the sketch (it did once the steps began). SIGTERM still does."""
+    run = _sketching(photo, tmp_path / "o.svg", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        run.send_signal(signal.SIGINT)
+        run.send_signal(signal.SIGTERM)
+        rest = run.communicate(timeout=300)[1]
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, rest
+    assert rest.count("stopping after this step") == 1 and "Ctrl-C again" not in rest
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to tell the output's file")
+def test_a_signal_while_writing_leaves_the_old_file_and_no_temporary_one(photo, tmp_path, capsys, monkeypatch):
+    """Once the sketch is done a stopping signal aborts the writing: the SVG from before stays whole and the
+    temporary file is removed (it was left behind)."""
+    out = tmp_path / "o.svg"
+    out.write_text("before")
+    fsync = os.fsync
+
+    def interrupted(fd: int) -> None:
+        fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+
+    def unhandled(signum: int, frame: object) -> None:  # (without it a SIGTERM the command missed ends pytest)
+        raise AssertionError("the sketch command did not handle SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code = main(["sketch", str(photo), "-o", str(out), "--iterations", "1", "--strokes", "2", "--encoder",
+                     "lite0", "--quiet"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert (code, capsys.readouterr().err) == (128 + signal.SIGTERM, "clipasso: interrupted\n")
+    assert out.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["o.svg"]
 
 
 def test_options_that_do_not_apply_are_named(photo, tmp_path, capsys):
@@ -251,3 +302,18 @@ def test_outputs_have_ordinary_permissions(tmp_path):
     write_atomic(private, "{}", mode=0o600)
     assert private.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.svg", "kept.svg", "private.json", "risky.svg"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
+def test_an_output_that_is_a_link_is_written_through(photo, tmp_path):
+    """`-o out.svg` where out.svg links to the artist's file elsewhere: the file is replaced, the link stays
+    (before, the link itself was replaced by a file and the target kept its old content)."""
+    elsewhere = tmp_path / "real"
+    elsewhere.mkdir()
+    (elsewhere / "target.svg").write_text("old")
+    link = tmp_path / "out.svg"
+    link.symlink_to(elsewhere / "target.svg")
+    assert main(["sketch", str(photo), "-o", str(link), "--iterations", "1", "--strokes", "2", "--encoder", "lite0",
+                 "--quiet"]) == 0
+    assert link.is_symlink() and (elsewhere / "target.svg").read_text().count("<path") == 2
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["target.svg"]
