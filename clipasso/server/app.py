@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..images import DecoderBusy
 from ..options import DEFAULT_MAX_UPLOAD_MB, MAX_DRAWN_SVG_BYTES
 from .jobs import JobStateError, JobStore, QueueFull, ShuttingDown, StorageError, TooManyStreams, UnknownJob
-from .middleware import BearerAuth, BrowserGuard, UploadLimit, error_response
+from .middleware import RETRY_AFTER_SHUTDOWN, BearerAuth, BrowserGuard, UploadLimit, error_response
 from .routes import router
 from .worker import Worker
 
@@ -87,7 +87,7 @@ def create_app(
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
-    app.add_middleware(UploadLimit, limit=max_upload_bytes)
+    app.add_middleware(UploadLimit, limit=max_upload_bytes, closing=lambda: store.closed)
     app.add_middleware(BrowserGuard, check_host=not token)
     schema = app.openapi()
     _without_422(schema)
@@ -166,7 +166,7 @@ async def too_many_streams(request: Request, exc: TooManyStreams) -> JSONRespons
 
 
 async def shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
-    return error_response(503, str(exc), {"Retry-After": "10"})
+    return error_response(503, str(exc), {"Retry-After": RETRY_AFTER_SHUTDOWN})
 
 
 async def conflict(request: Request, exc: JobStateError) -> JSONResponse:

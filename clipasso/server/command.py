@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from ..encoders import resolve_device
     from .app import create_app
     from .jobs import JobStore
+    from .routes import SHUTDOWN_GRACE_SECONDS
     from .worker import Worker
 
     token = args.token or None
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
              "data in %s, token %s)", __version__, host, port, device, args.threads, batch, data_dir,
              "required" if token else "off")
     _more_open_files()
-    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=3, lifespan="on")
+    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, lifespan="on")
     try:
         server = uvicorn.Server(config)
         _close_store_first(server, store)

@@ -12,7 +12,7 @@ An *attached* job (submitted with attach=true) belongs to the client that follow
 once no stream of it has been open for ATTACH_GRACE_SECONDS, it is cancelled like DELETE would, so a
 client that is killed (Inkscape's Cancel kills the extension) leaves no work behind. Other jobs run to
 the end whoever watches. The grace lets a client reconnect, and covers the moment between submitting and
-opening the stream.
+opening the stream. A clean shutdown ends every stream, so it cancels the attached jobs (see close).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ JOB_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 CHECKPOINT_SECONDS = 2.0
 #: How long an attached job may go without an open event stream before it is cancelled.
 ATTACH_GRACE_SECONDS = 2.0
+#: Why an attached job ends when the server stops.
+SERVER_STOPPED = "the server stopped, ending the event stream that kept this attached job"
 
 #: Event streams the server keeps open at once. Each looks for changes 10 times a second on the event loop:
 #: 2000 of them slowed /health from 3 ms to over a second. The extension opens one a sketch, the page one.
@@ -71,6 +73,9 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The server is stopping and takes no new job; a restarted one will (HTTP 503)."""
+
+    def __init__(self, message: str = "the server is shutting down; submit the job again once it has restarted") -> None:
+        super().__init__(message)
 
 
 class UnknownJob(LookupError):
@@ -389,7 +394,7 @@ class JobStore:
         opts = self.check_options(options)
         with self._lock:
             if self._closed:
-                raise ShuttingDown("the server is shutting down; submit the job again once it has restarted")
+                raise ShuttingDown()
             waiting = len(self._queue) + self._reserved
             if waiting >= self.max_queued:
                 raise QueueFull(f"too many queued jobs ({waiting}); wait for some to finish or cancel some")
@@ -640,8 +645,9 @@ class JobStore:
                 result, error = None, f"the result could not be saved: {storage_error(self.root, exc)}"
         with self._lock:
             self._last_checkpoint.pop(job.id, None)
-            if requeue:
+            if requeue:  # in the queue again, first: its view (and the event stream) tell its place
                 job.state, job.started, job.iteration, job.loss, job.strokes = JobState.QUEUED, None, 0, None, None
+                self._queue.appendleft(job.id)
             elif result is None:
                 job.state, job.error, job.finished = JobState.FAILED, error, time.time()
             else:
@@ -661,10 +667,20 @@ class JobStore:
             self.prune(spare=job.id)
 
     def close(self) -> None:
-        """Stop handing out jobs and ask the running one to stop (it is queued again, see finish)."""
+        """Stop handing out jobs and ask the running one to stop (it is queued again, see finish). Attached
+        jobs are cancelled instead: the event streams that keep them end with the server, so after a restart
+        they would start over only to be cancelled for want of a client (a running one keeps its best
+        strokes)."""
         with self._wake:
             self._closed = True
             self._wake.notify_all()
+            attached = [job.id for job in self._jobs.values()
+                        if job.attached and not job.state.final and not job.cancel_requested]
+        for job_id in attached:
+            try:
+                self.cancel(job_id, SERVER_STOPPED)
+            except (UnknownJob, JobStateError):  # finished or pruned meanwhile
+                pass
 
     @property
     def closed(self) -> bool:

@@ -3,7 +3,9 @@ send, and the headers that keep the live page out of other pages' frames."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
@@ -11,6 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .hosts import is_loopback_host
+from .jobs import ShuttingDown
+
+
+#: How often an upload that waits for its next chunk looks whether the server is stopping.
+CLOSING_POLL_SECONDS = 0.25
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -47,16 +54,32 @@ class UploadTooLarge(StarletteHTTPException):
         super().__init__(413, f"upload too large: the limit is {limit / 1e6:g} MB")
 
 
+#: Retry-After (seconds) of the 503 for what comes while the server stops.
+RETRY_AFTER_SHUTDOWN = "10"
+
+
+class UploadCutShort(StarletteHTTPException):
+    """An upload still arriving when the server starts to stop (an HTTPException: FastAPI passes those on
+    from the form parsing, where it turns other errors into a 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, str(ShuttingDown()), headers={"Retry-After": RETRY_AFTER_SHUTDOWN})
+
+
 class UploadLimit:
-    """Refuse request bodies over `limit` bytes while they arrive, never buffering more than that.
+    """Refuse request bodies over `limit` bytes while they arrive, never buffering more than that; and
+    bodies still arriving when the server starts to stop.
 
     A declared Content-Length over the limit is refused before reading; a chunked body is counted
-    and refused at the first chunk past the limit (raised from `receive`, so the handler stops).
+    and refused at the first chunk past the limit (raised from `receive`, so the handler stops). A slow
+    upload would hold the shutdown until uvicorn cancels it (a 500 and a traceback): once `closing()` says
+    the server stops, reading the body ends with UploadCutShort (503, try again later).
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, closing: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.limit = limit
+        self.closing = closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,17 +89,32 @@ class UploadLimit:
         if declared.isdigit() and int(declared) > self.limit:
             await error_response(413, UploadTooLarge(self.limit).detail)(scope, receive, send)
             return
-        seen = 0
+        seen, whole = 0, False
 
         async def counting_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, whole
+            if whole:  # the body has come: what follows is the wait for a disconnect (event streams)
+                return await receive()
+            message = await self._receive_unless_closing(receive)
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise UploadTooLarge(self.limit)
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, counting_receive, send)
+
+    async def _receive_unless_closing(self, receive: Receive) -> dict:
+        """The next part of the body; UploadCutShort once the server stops, whether the parts keep coming or
+        the next one is slow to."""
+        if self.closing():
+            raise UploadCutShort()
+        arriving = asyncio.ensure_future(receive())
+        while not (await asyncio.wait({arriving}, timeout=CLOSING_POLL_SECONDS))[0]:
+            if self.closing():
+                arriving.cancel()
+                raise UploadCutShort()
+        return arriving.result()
 
 
 #: On every response: no other page may frame the live page (and trick a click on its Cancel), browsers take

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from importlib import resources
 from typing import AsyncIterator
 
@@ -20,7 +21,7 @@ from ..options import (
     RENDERERS, SketchOptions, available_renderers, parse_levels,
 )
 from .jobs import ATTACH_GRACE_SECONDS, JobStore, UnknownJob
-from .schemas import FINAL_STATES, Health, JobList, JobView, error_responses
+from .schemas import FINAL_STATES, Health, JobList, JobState, JobView, error_responses
 
 #: How an uploaded photo is turned: as its EXIF orientation says (the default), or as stored (Inkscape's way
 #: with a PNG or WebP; images.load_photo).
@@ -28,6 +29,10 @@ ORIENTATIONS = ("exif", "stored")
 #: How often an event stream looks for changes, and how long it stays silent before a keep-alive.
 EVENT_POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
+#: How long uvicorn lets open connections finish once the server is asked to stop (then it cancels them,
+#: with a traceback in the log), and how long an event stream waits meanwhile to tell what became of its job.
+SHUTDOWN_GRACE_SECONDS = 3.0
+CLOSING_STREAM_SECONDS = SHUTDOWN_GRACE_SECONDS - 1.0
 
 PAGE = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
 
@@ -148,7 +153,8 @@ async def get_job(job_id: str, store: JobStore = Store) -> dict:
 async def job_events(job_id: str, request: Request, store: JobStore = Store) -> StreamingResponse:
     """Server-sent events, one `data:` line of the same JSON as GET /jobs/{id} per change.
 
-    The stream ends after the event with a final state (succeeded, failed or cancelled).
+    The stream ends after the event with a final state (succeeded, failed or cancelled), or, when the server
+    stops, after the event that says what became of the job (queued again; an attached job cancelled).
     Disconnecting does not cancel the job, unless it was submitted with attach=true and no other stream
     of it opens within the grace period.
     """
@@ -161,11 +167,15 @@ async def job_events(job_id: str, request: Request, store: JobStore = Store) -> 
 
 
 async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterator[str]:
-    last, quiet = None, 0.0
+    last, quiet, closing = None, 0.0, None
     store.watch(job_id)  # here, so that it is undone in `finally` however the stream ends
     try:
-        # Noticed even while the job waits and nothing is sent; a server stopping ends the stream.
-        while not store.closed and not await request.is_disconnected():
+        # Noticed even while the job waits and nothing is sent. A server stopping ends the stream once the
+        # job's view says what became of it (queued again, or cancelled where attached), or after
+        # CLOSING_STREAM_SECONDS, before uvicorn's grace for open connections runs out.
+        while not await request.is_disconnected():
+            if store.closed and closing is None:
+                closing = time.monotonic()
             try:
                 version, view = store.snapshot(job_id)
             except UnknownJob:  # removed meanwhile (the data folder's size limit): the stream ends
@@ -175,6 +185,9 @@ async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterat
                 yield f"id: {version}\ndata: {json.dumps(view)}\n\n"
                 if view["state"] in FINAL_STATES:
                     return
+            if closing is not None and (view["state"] == JobState.QUEUED
+                                        or time.monotonic() - closing >= CLOSING_STREAM_SECONDS):
+                return
             elif quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0
                 yield ": keep-alive\n\n"

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -485,21 +486,24 @@ def test_restart_keeps_results_and_accounts_for_unfinished_jobs(server_factory, 
     assert "1 interrupted marked failed" in log and "1 queued again" in log and "Application shutdown complete" in log
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_ends_the_event_streams_without_a_traceback(server_factory, tmp_path: Path, server_photo_png: bytes,
-                                                             sig: int) -> None:
-    """A client following a running job while the server stops: its stream ends, the server stops within its
-    grace period, and the log has no traceback (uvicorn cancelled the open stream after 3 s: 'Exception in
-    ASGI application ... CancelledError')."""
+@pytest.mark.parametrize(("sig", "attached"), [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM, a job", "Ctrl-C, an attached job"])
+def test_stopping_ends_the_event_streams_with_the_jobs_fate(server_factory, tmp_path: Path, server_photo_png: bytes,
+                                                          sig: int, attached: bool) -> None:
+    """A client following a running job while the server stops: its stream's last event says what became of
+    the job (queued again; an attached one, whose stream ends with the server, cancelled with its best
+    strokes: after a restart it would have started over only to be cancelled), then the stream ends, the
+    server stops within its grace period, and the log has no traceback (uvicorn had cancelled the open
+    stream after 3 s: 'Exception in ASGI application ... CancelledError')."""
     server = server_factory(tmp_path / "data")
     with server.client() as client:
-        job = submit(client, server_photo_png, **ENDLESS)
+        job = submit(client, server_photo_png, **ENDLESS, **({"attach": "true"} if attached else {}))
         wait_until_running(client, job["id"])
-        ended: list[str] = []
+        ended: list = []
 
         def watch() -> None:
             with client.stream("GET", f"/jobs/{job['id']}/events") as stream:
-                ended.extend(line for line in stream.iter_lines() if line.startswith("data:"))
+                ended.extend(json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:"))
             ended.append("end")
 
         watcher = threading.Thread(target=watch)
@@ -511,9 +515,47 @@ def test_stopping_ends_the_event_streams_without_a_traceback(server_factory, tmp
         assert server.stop(sig) in (0, -sig, 128 + sig)  # 130 after Ctrl-C, as shells expect
         watcher.join(60)
     assert ended[-1] == "end" and not watcher.is_alive()
+    last = ended[-2]
+    record = json.loads((tmp_path / "data" / "jobs" / job["id"] / "job.json").read_text())
+    if attached:
+        assert last["state"] == record["state"] == "cancelled" and last["result"] is True
+        assert last["error"].endswith("(the server stopped, ending the event stream that kept this attached job)")
+        assert (tmp_path / "data" / "jobs" / job["id"] / "result.svg").read_text().count("<path") == 4  # ENDLESS draws 4
+    else:
+        assert last["state"] == record["state"] == "queued" and last["queue_position"] == 0
     log = (tmp_path / "data" / "serve.log").read_text()
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
-    assert json.loads((tmp_path / "data" / "jobs" / job["id"] / "job.json").read_text())["state"] == "queued"
+
+
+def test_an_upload_still_arriving_when_the_server_stops_gets_503(server_factory, tmp_path: Path,
+                                                                  server_photo_png: bytes) -> None:
+    """A slow upload held the shutdown until uvicorn cancelled it: a 500 in plain text and a traceback. Now it
+    is answered as any submit during shutdown: 503 with Retry-After, in JSON."""
+    server = server_factory(tmp_path / "data")
+    boundary = "clipasso-test"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + server_photo_png[:100]
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST /jobs HTTP/1.1\r\nHost: {host}:{port}\r\nExpect: 100-continue\r\n"
+                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                     f"Content-Length: {len(head) + 10_000_000}\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 100")  # sent once the service starts reading the body
+        sock.sendall(head)  # ... and the rest never comes
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        stopping.join(60)
+    status, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status == b"HTTP/1.1 503 Service Unavailable", answer
+    assert b"retry-after: 10" in headers.lower()
+    assert json.loads(body) == {"error": "the server is shutting down; submit the job again once it has restarted"}
+    log = (tmp_path / "data" / "serve.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert not list((tmp_path / "data" / "jobs").iterdir())
 
 
 def test_engine_failures_fail_only_their_job(tmp_path: Path, server_photo_png: bytes) -> None:
