@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from disks import fill, tmpfs
 from PIL import Image
 from skimage import data
 
@@ -166,18 +167,24 @@ def test_a_folder_that_cannot_be_written_is_refused_before_the_sketch(photo, tmp
     assert err.startswith(f"clipasso: error: {folder}: cannot write there (") and "\n" not in err  # denied, read-only
 
 
-def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path, capsys, monkeypatch):
-    """The disk filling up meanwhile cannot be arranged here: the write is made to fail as it would."""
-    import clipasso.cli
-
-    def full(path, data, mode=None):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(clipasso.cli, "write_atomic", full)
-    out = tmp_path / "o.svg"
-    assert main(["sketch", str(photo), "-o", str(out), "--iterations", "1", "--strokes", "2", "--encoder", "lite0",
-                 "--quiet"]) == 2
-    assert capsys.readouterr().err == f"clipasso: error: {out}: could not be written (No space left on device)\n"
+def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path):
+    """A real disk (a 1 MB tmpfs) that fills up after the folder was checked, while the sketch runs: the
+    SVG cannot be written, which is one line and exit 2, and nothing is left on the disk but the filler."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        out = disk / "o.svg"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(out), "--strokes", "2",
+             "--iterations", "40", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True)
+        try:
+            while not (line := run.stderr.readline()).startswith("clipasso: sketching;"):
+                assert line, "the sketch ended before its first step"
+            fill(disk)
+            rest = run.communicate(timeout=300)[1]
+        finally:
+            run.kill()
+        assert run.returncode == 2, rest
+        assert rest.splitlines()[-1] == f"clipasso: error: {out}: could not be written (No space left on device)"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
 def _sketching(photo: Path, svg: Path, **popen) -> subprocess.Popen:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 from PIL import Image
+from disks import fill, tmpfs
 from images_support import huge_png
 from servers import SERVE, ServerProcess
 
@@ -96,32 +96,6 @@ def test_uploads_are_decoded_once_and_kept_small(server, server_photo_png):
         ["job.json", "photo.png", "preview.svg", "result.svg"], ["job.json", "photo.png", "result.svg"])
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
     assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {"0o600"}
-
-
-@contextmanager
-def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
-    """A small tmpfs at `path` (root only): a disk that fills up, or one that cannot be written."""
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill `disk` to its last byte (unbuffered: no write is left to fail on close); the filler file."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while f.write(b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-    return filler
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
