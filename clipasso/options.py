@@ -376,7 +376,8 @@ def image_stroke_width(options: SketchOptions, width: int, height: int) -> float
     if options.stroke_width is not None:
         return float(options.stroke_width)
     default = CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
-    drawn = [p.drawn_width for name in ("keep", "refine") for p in drawn_paths(name, getattr(options, name))]
+    drawn = [p.drawn_width for name in ("keep", "refine") for p in drawn_paths(name, getattr(options, name))
+             if p.inside(width, height)]  # those off the photo are ignored (drawn_on_photo)
     if not drawn:
         return default
     low, high = MATCHED_WIDTH

@@ -34,9 +34,8 @@ class Served:
 class HubServer:
     files: dict[str, Served] = field(default_factory=dict)  # URL path -> what to serve
     requests: list[tuple[str, str]] = field(default_factory=list)
-    #: requests that came while a file's body was being sent (two clients downloading at once)
-    overlapping: list[tuple[str, str]] = field(default_factory=list)
-    sending: int = 0  # bodies being sent now
+    #: how many requests had come when each file's body was sent whole
+    sent_after: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         hub, lock = self, threading.Lock()
@@ -54,8 +53,6 @@ class HubServer:
             def _answer(self, body: bool) -> None:
                 with lock:
                     hub.requests.append((self.command, self.path))
-                    if hub.sending:
-                        hub.overlapping.append((self.command, self.path))
                 served = hub.files.get(self.path)
                 if served is None or served.status != 200:
                     self.send_response(404 if served is None else served.status)
@@ -79,17 +76,13 @@ class HubServer:
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.end_headers()
                 if body:
+                    with open(served.path, "rb") as f:
+                        f.seek(start)
+                        while chunk := f.read(64 << 10 if served.pace else 1 << 20):
+                            self.wfile.write(chunk)
+                            time.sleep(served.pace)
                     with lock:
-                        hub.sending += 1
-                    try:
-                        with open(served.path, "rb") as f:
-                            f.seek(start)
-                            while chunk := f.read(64 << 10 if served.pace else 1 << 20):
-                                self.wfile.write(chunk)
-                                time.sleep(served.pace)
-                    finally:
-                        with lock:
-                            hub.sending -= 1
+                        hub.sent_after.append(len(hub.requests))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

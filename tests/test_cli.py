@@ -187,11 +187,16 @@ def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path):
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
-def _sketching(photo: Path, svg: Path, **popen) -> subprocess.Popen:
-    """`clipasso sketch` of 10,000 iterations, once its first step is done."""
+def _sketching(photo: Path, svg: Path, ignored: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`clipasso sketch` of 10,000 iterations, once its first step is done; started with the stopping signals
+    at their defaults, whatever this test run inherited (`nohup` ignores SIGHUP), but `ignored`."""
+    def signals() -> None:
+        for n in STOPPING_SIGNALS:
+            signal.signal(n, signal.SIG_IGN if n in ignored else signal.SIG_DFL)
+
     run = subprocess.Popen(
         [sys.executable, "-m", "clipasso", "sketch", str(photo), "-o", str(svg), "--strokes", "4", "--iterations",
-         "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True, **popen)
+         "10000", "--encoder", "lite0"], stderr=subprocess.PIPE, text=True, preexec_fn=signals)
     encoder = run.stderr.readline()  # as soon as the encoder is loaded, before any step
     assert encoder == "clipasso: encoder lite0 (as asked)\n", encoder
     first = run.stderr.readline()  # printed once the first step is done
@@ -217,7 +222,7 @@ def test_a_stopping_signal_writes_the_best_strokes_and_exits_128_plus_it(photo, 
 def test_ctrl_c_ignored_when_started_stays_ignored(photo, tmp_path):
     """A background job of a script starts with SIGINT ignored: the Ctrl-C meant for the script must not stop
     the sketch (it did once the steps began). SIGTERM still does."""
-    run = _sketching(photo, tmp_path / "o.svg", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    run = _sketching(photo, tmp_path / "o.svg", ignored=(signal.SIGINT,))
     try:
         run.send_signal(signal.SIGINT)
         run.send_signal(signal.SIGTERM)
