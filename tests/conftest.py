@@ -34,11 +34,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """start(data_dir=None, *args, token=None): a running server; every one is stopped at the end."""
+    """start(data_dir=None, *args, token=None, port=None): a running server; every one is stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path | None = None, *args: str, token: str | None = None) -> ServerProcess:
-        server = ServerProcess(data_dir or tmp_path_factory.mktemp("serve") / "data", *args, token=token)
+    def start(data_dir: Path | None = None, *args: str, token: str | None = None,
+              port: int | None = None) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path_factory.mktemp("serve") / "data", *args, token=token, port=port)
         started.append(server)
         return server
 

@@ -26,10 +26,10 @@ def free_port() -> int:
 class ServerProcess:
     """A `clipasso serve` subprocess on a free loopback port; output goes to `output.log` beside the data."""
 
-    def __init__(self, data_dir: Path, *args: str, token: str | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, token: str | None = None, port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()  # a given one: a restart where clients (the live page) expect it
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.output = self.data_dir.parent / f"{self.data_dir.name}-output-{self.port}.log"
