@@ -85,15 +85,17 @@ class UploadLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             await error_response(413, UploadTooLarge(self.limit).detail)(scope, receive, send)
             return
-        seen, whole = 0, False
+        # Without a body (an event stream's GET, say) every receive is the wait for a disconnect.
+        seen, whole = 0, declared in (b"", b"0") and b"transfer-encoding" not in headers
 
         async def counting_receive() -> dict:
             nonlocal seen, whole
-            if whole:  # the body has come: what follows is the wait for a disconnect (event streams)
+            if whole:  # the body has come: what follows is the wait for a disconnect
                 return await receive()
             message = await self._receive_unless_closing(receive)
             seen += len(message.get("body", b""))
