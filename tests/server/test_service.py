@@ -111,7 +111,7 @@ def test_health_and_schema(server_main: ServerProcess) -> None:
     statuses = {code for operations in schema["paths"].values() for op in operations.values() for code in op["responses"]}
     assert "422" not in statuses and "400" in statuses and "HTTPValidationError" not in schema["components"]["schemas"]
     page = httpx.get(server_main.url + "/")
-    assert page.status_code == 200 and "/jobs/${id}/events" in page.text
+    assert page.status_code == 200 and "/jobs/${encodeURIComponent(id)}/events" in page.text  # (test_page.py drives it)
 
 
 def test_job_runs_to_result_even_after_client_disconnects(server_main: ServerProcess, server_photo_png: bytes) -> None:
