@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -15,6 +16,17 @@ import httpx
 SERVE = [sys.executable, "-m", "clipasso", "serve"]
 #: How long a server may take to answer /health after it was started (imports torch, loads lite0).
 SERVER_START_SECONDS = 90.0
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = 120.0) -> object:
+    """Poll `condition` until it returns something true; bounded, and says what it waited for."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what} ({seconds:.0f} s)")
 
 
 def free_port() -> int:

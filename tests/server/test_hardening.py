@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 from disks import fill, tmpfs
 from images_support import huge_png
-from servers import SERVE, ServerProcess
+from servers import SERVE, ServerProcess, wait_for
 
 from clipasso.images import DECODE_BUDGET, WORKING_SIDE
 
@@ -35,17 +34,6 @@ def server(server_factory, tmp_path_factory) -> Iterator[ServerProcess]:
 
 def submit(client: httpx.Client, png: bytes, **extra) -> httpx.Response:
     return client.post("/jobs", files={"image": ("photo.png", png, "image/png")}, **extra)
-
-
-def wait_for(condition, what: str, seconds: float = 120.0):
-    """Poll `condition` until it returns something true; bounded, and says what it waited for."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def test_web_pages_cannot_drive_the_backend(server, server_photo_png):

@@ -9,17 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
-#: How long the page may take to show what a test waits for (polled; a quick machine does not wait it out).
-WAIT_S = 120.0
 
 if not (CHROMIUM and DRIVER):
     if IN_CI:
@@ -31,6 +28,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from servers import wait_for  # noqa: E402
 
 
 @pytest.fixture()
@@ -53,16 +51,6 @@ def text(driver: webdriver.Chrome, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).text
 
 
-def until(condition: Callable[[], object], what: str) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"the page did not show {what} within {WAIT_S:.0f} s")
-
-
 def submit_from_the_page(driver: webdriver.Chrome, photo: Path, iterations: int) -> None:
     driver.find_element(By.NAME, "image").send_keys(str(photo))
     driver.find_element(By.NAME, "strokes").clear()
@@ -83,16 +71,16 @@ def test_a_photo_sketched_from_the_page_and_its_link(server_factory, browser, ph
     in another tab shows it; a link to a job the server does not have says so, in the job's panel."""
     server = server_factory()
     browser.get(server.url + "/")
-    until(lambda: "queued" in text(browser, "health"), "the server's health")
+    wait_for(lambda: "queued" in text(browser, "health"), "the server's health")
     submit_from_the_page(browser, photo, 2)
-    until(lambda: text(browser, "info").startswith("succeeded"), "the job succeeded")
+    wait_for(lambda: text(browser, "info").startswith("succeeded"), "the job succeeded")
     assert browser.find_element(By.ID, "download").is_displayed()
     job = browser.execute_script("return location.hash").removeprefix("#job=")
     assert text(browser, "title") == f"Job {job}" and browser.find_elements(By.CSS_SELECTOR, "#canvas img")
     browser.get(server.url + "/#job=" + job)
-    until(lambda: text(browser, "info").startswith("succeeded"), "the linked job")
+    wait_for(lambda: text(browser, "info").startswith("succeeded"), "the linked job")
     browser.execute_script("location.hash = '#job=no-such-job'")  # a link followed on the open page
-    until(lambda: text(browser, "problem") == "The server has no job no-such-job.", "that the job is unknown")
+    wait_for(lambda: text(browser, "problem") == "The server has no job no-such-job.", "that the job is unknown")
     assert text(browser, "info") == "" and text(browser, "message") == ""
 
 
@@ -102,20 +90,20 @@ def test_the_page_follows_its_job_across_a_server_restart(server_factory, browse
     on "queued" with a red 'Failed to fetch' before."""
     first = server_factory(tmp_path / "data")
     browser.get(first.url + "/")
-    until(lambda: "queued" in text(browser, "health"), "the server's health")
+    wait_for(lambda: "queued" in text(browser, "health"), "the server's health")
     submit_from_the_page(browser, photo, 10000)
-    until(lambda: text(browser, "info").startswith("running"), "the job running")
+    wait_for(lambda: text(browser, "info").startswith("running"), "the job running")
     assert first.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
-    until(lambda: "trying again" in text(browser, "problem"), "that it is trying again")
+    wait_for(lambda: "trying again" in text(browser, "problem"), "that it is trying again")
     job = browser.execute_script("return location.hash").removeprefix("#job=")
     second = server_factory(tmp_path / "data", port=first.port)
     # (The page may still show "running" from before the stop, where the stream ended before the job was
     # queued again: what counts is that it hears from the job again, which clears the problem line.)
-    until(lambda: not text(browser, "problem") and text(browser, "info").startswith(("queued", "running")),
+    wait_for(lambda: not text(browser, "problem") and text(browser, "info").startswith(("queued", "running")),
           "the job followed again after the restart")
     with second.client() as client:
         assert client.delete(f"/jobs/{job}").status_code == 202  # stops at its next step
-    until(lambda: text(browser, "info").startswith("cancelled"), "the job's end")
+    wait_for(lambda: text(browser, "info").startswith("cancelled"), "the job's end")
 
 
 def test_the_token_in_the_address(server_factory, browser) -> None:
@@ -123,8 +111,8 @@ def test_the_token_in_the_address(server_factory, browser) -> None:
     kept out of the address, and a stray % in it does not break the page."""
     server = server_factory(token="right-token-0123456789")
     browser.get(server.url + "/#token=wrong%zz-token")
-    until(lambda: text(browser, "health") == "wrong or missing token: open this page as /#token=YOUR_TOKEN",
+    wait_for(lambda: text(browser, "health") == "wrong or missing token: open this page as /#token=YOUR_TOKEN",
           "the token's problem")
     browser.execute_script("location.hash = '#token=right-token-0123456789'")
-    until(lambda: "queued" in text(browser, "health"), "the server's health with the right token")
+    wait_for(lambda: "queued" in text(browser, "health"), "the server's health with the right token")
     assert "token" not in browser.current_url
