@@ -33,6 +33,7 @@ import errno
 import logging
 import math
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -269,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_days <= 0 or (args.max_data_gb is not None and args.max_data_gb <= 0):
         raise InputError("--keep-days and --max-data-gb must be above 0")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
+    fresh = not data_dir.exists()  # made by this start: not left behind when the start fails below
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         check_writable(data_dir)
@@ -285,7 +287,13 @@ def run(args: argparse.Namespace) -> int:
                          "use that one, stop it, or give this one its own --data-dir") from None
     _private(data_dir / "serve.lock")  # one an older version made, readable by all
 
-    sock = _bind(args.host, args.port)
+    try:
+        sock = _bind(args.host, args.port)
+    except InputError:
+        lock.release()
+        if fresh and {p.name for p in data_dir.iterdir()} <= {"serve.lock"}:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     host, port = sock.getsockname()[:2]
     try:  # for a second start on this folder to name (the extension then says where this one answers)
         here = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # where this machine reaches it

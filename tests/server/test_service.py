@@ -449,9 +449,11 @@ def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, option: str, va
 
 
 def test_port_in_use_is_a_clear_error(server_main: ServerProcess, tmp_path: Path) -> None:
-    cmd = [*SERVE, "--port", str(server_main.port), "--data-dir", str(tmp_path)]
+    """One line, exit 2, and the data folder this start made is not left behind with a lock file in it."""
+    cmd = [*SERVE, "--port", str(server_main.port), "--data-dir", str(tmp_path / "new" / "data")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "another server" in done.stderr, done.stderr
+    assert not (tmp_path / "new" / "data").exists()
 
 
 def test_restart_keeps_results_and_accounts_for_unfinished_jobs(server_factory, tmp_path: Path,
