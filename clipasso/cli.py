@@ -27,6 +27,10 @@ from .server import command
 
 
 #: What shells and Python give a run stopped by Ctrl-C (128 + SIGINT).
+#: The input name that reads the photo from standard input, and how much of it is read at most (held in
+#: memory: a file's name has no such bound).
+STDIN = "-"
+MAX_STDIN_BYTES = 256_000_000
 #: Stopping signals the sketch command handles alike: it stops after the current step and writes the best
 #: strokes so far (SIGHUP, a closed terminal, is not on Windows).
 STOPPING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `clipasso sketch`."""
-    p.add_argument("input", help="the photo (PNG, JPEG, WebP, TIFF, GIF, BMP ...)")
+    p.add_argument("input", help="the photo (PNG, JPEG, WebP, TIFF, GIF, BMP ...), or - to read it from standard input")
     p.add_argument("-o", "--output", required=True, help="the SVG to write")
     p.add_argument("--strokes", type=int, help="number of new strokes, 1..512 (default 16; with --refine, "
                    "how many to add to its strokes: default 0)")
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if out.is_dir():
             raise InputError(f"{out}: is a folder, not a file name")
         for what, given in inputs.items():
-            if given is not None and _same_file(out, Path(given)):
+            if given not in (None, STDIN) and _same_file(out, Path(given)):
                 raise InputError(f"{out}: that is {what}; choose another output name")
     if args.preview and _same_file(*outputs):
         raise InputError(f"{args.preview}: the preview and the SVG cannot be the same file")
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             encoder=args.encoder, device=args.device, preset=args.preset, weights=args.weights,
             stroke_width=args.stroke_width, renderer=args.renderer, focus=args.focus, subject=subject,
         ).validated()
-    photo = load_photo(args.input)
+    photo = load_photo(_read_stdin(), name="standard input") if args.input == STDIN else load_photo(args.input)
     with _naming_files(files):  # (the SVGs are parsed once: read_paths keeps what it read)
         refined = options.drawn_on_photo(photo.width, photo.height)[1]
         warnings = [_naming(warning, files) for warning in options.warnings(photo.width, photo.height)]
@@ -257,6 +261,17 @@ def _read_svg(option: str, name: str | None) -> str | None:
         raise InputError(f"{option} {name}: not an SVG file (not text)") from None
     except OSError as exc:
         raise InputError(f"{option} {name}: cannot be read ({exc.strerror})") from None
+
+
+def _read_stdin() -> bytes:
+    """The photo piped in (`clipasso sketch - ...`), at most MAX_STDIN_BYTES; InputError in one line."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("- reads the photo from standard input, which is a terminal here: pipe one in "
+                         "(clipasso sketch - -o out.svg < photo.jpg)")
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise InputError(f"standard input: over {MAX_STDIN_BYTES / 1e6:.0f} MB; give a file that large by its name")
+    return data
 
 
 def _check_writable(folder: Path) -> None:

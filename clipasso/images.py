@@ -116,7 +116,7 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2
 
 
 def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: int = WORKING_SIDE,
-               orient: bool = True) -> Photo:
+               orient: bool = True, name: str | None = None) -> Photo:
     """Open a file path or bytes as an 8-bit RGB photo on white paper, decoded within the memory budget.
 
     Takes the first frame of animated or multi-page files, applies the EXIF orientation (unless `orient` is
@@ -126,7 +126,7 @@ def load_photo(source: ImageSource, max_pixels: int = MAX_PIXELS, working_side: 
     decoding, before any conversion copies them (8-bit PNGs at least twice that long a band of rows at a
     time: see PngBands).
     """
-    with _open(source, max_pixels) as (im, name):
+    with _open(source, max_pixels, name) as (im, name):
         width, height = _oriented_size(im) if orient else im.size
         try:
             im.seek(0)
@@ -168,15 +168,15 @@ def _give_back_freed_memory() -> None:
 
 
 @contextmanager
-def _open(source: ImageSource, max_pixels: int) -> Iterator[tuple[Image.Image, str]]:
+def _open(source: ImageSource, max_pixels: int, name: str | None = None) -> Iterator[tuple[Image.Image, str]]:
     """The image opened lazily (header only) after the checks every caller needs; one InputError line for
-    anything Pillow cannot read."""
+    anything Pillow cannot read. Messages name a file by its path, bytes as `name`."""
     if isinstance(source, bytes) or hasattr(source, "read"):
-        name = "the uploaded image"
+        name = name or "the uploaded image"
         stream: BinaryIO | Path = io.BytesIO(source) if isinstance(source, bytes) else source
         stream.seek(0, os.SEEK_END)
         if stream.tell() == 0:
-            raise InputError("the uploaded image is empty")
+            raise InputError(f"{name} is empty")
         stream.seek(0)
     else:
         path = Path(source)

@@ -167,6 +167,18 @@ def test_a_folder_that_cannot_be_written_is_refused_before_the_sketch(photo, tmp
     assert err.startswith(f"clipasso: error: {folder}: cannot write there (") and "\n" not in err  # denied, read-only
 
 
+def test_a_photo_piped_in(photo, tmp_path):
+    """`-` reads the photo from standard input; nothing piped in is one line and exit 2."""
+    out = tmp_path / "piped.svg"
+    args = [sys.executable, "-m", "clipasso", "sketch", "-", "-o", str(out), "--strokes", "3", "--iterations", "1",
+            "--encoder", "lite0", "--quiet"]
+    done = subprocess.run(args, input=photo.read_bytes(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().count("<path") == 3 and 'viewBox="0 0 600 400"' in out.read_text()
+    empty = subprocess.run(args, input=b"", capture_output=True, timeout=300)
+    assert (empty.returncode, empty.stderr) == (2, b"clipasso: error: standard input is empty\n")
+
+
 def test_a_disk_that_fills_during_the_sketch_is_one_line(photo, tmp_path):
     """A real disk (a 1 MB tmpfs) that fills up after the folder was checked, while the sketch runs: the
     SVG cannot be written, which is one line and exit 2, and nothing is left on the disk but the filler."""
