@@ -79,6 +79,8 @@ def test_a_photo_sketched_from_the_page_and_its_link(server_factory, browser, ph
     assert text(browser, "title") == f"Job {job}" and browser.find_elements(By.CSS_SELECTOR, "#canvas img")
     browser.get(server.url + "/#job=" + job)
     wait_for(lambda: text(browser, "info").startswith("succeeded"), "the linked job")
+    browser.execute_script("location.hash = '#token=unused-token-0123456789'")  # a token leaves the job shown
+    wait_for(lambda: browser.execute_script("return location.hash") == "#job=" + job, "the job's address again")
     browser.execute_script("location.hash = '#job=no-such-job'")  # a link followed on the open page
     wait_for(lambda: text(browser, "problem") == "The server has no job no-such-job.", "that the job is unknown")
     assert text(browser, "info") == "" and text(browser, "message") == ""
