@@ -284,8 +284,7 @@ class SketchOptions:
         subject outline counts as on the photo where its extent overlaps it (it may surround the photo)."""
         found, warnings = [], []
         for name, text in (("keep", self.keep), ("refine", self.refine), ("subject", self.subject)):
-            paths = drawn_paths(name, text)
-            on = tuple(p for p in paths if (p.overlaps if name == "subject" else p.inside)(width, height))
+            paths, on = self.paths_on_photo(name, width, height)
             if paths and not on:
                 which = "its path does not lie" if len(paths) == 1 else f"none of its {len(paths)} paths lies"
                 raise InputError(f"{name}: {which} on the {width}x{height} photo; its coordinates must be the "
@@ -298,6 +297,12 @@ class SketchOptions:
                                 f"{width}x{height} photo and {'is' if off == 1 else 'are'} ignored")
             found.append(on)
         return found[0], found[1], warnings
+
+    def paths_on_photo(self, name: str, width: int, height: int) -> tuple[tuple[DrawnPath, ...], tuple[DrawnPath, ...]]:
+        """The paths of one of the artist's SVGs (keep, refine or subject), and those of them that lie on a
+        photo of this size (a subject outline where its extent overlaps it: it may surround the photo)."""
+        paths = drawn_paths(name, getattr(self, name))
+        return paths, tuple(p for p in paths if (p.overlaps if name == "subject" else p.inside)(width, height))
 
     @property
     def recipe(self) -> Preset:
@@ -376,8 +381,7 @@ def image_stroke_width(options: SketchOptions, width: int, height: int) -> float
     if options.stroke_width is not None:
         return float(options.stroke_width)
     default = CANVAS_STROKE_WIDTH / min(Letterbox(width, height, CANVAS).scale)
-    drawn = [p.drawn_width for name in ("keep", "refine") for p in drawn_paths(name, getattr(options, name))
-             if p.inside(width, height)]  # those off the photo are ignored (drawn_on_photo)
+    drawn = [p.drawn_width for name in ("keep", "refine") for p in options.paths_on_photo(name, width, height)[1]]
     if not drawn:
         return default
     low, high = MATCHED_WIDTH

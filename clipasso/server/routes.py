@@ -188,7 +188,7 @@ async def _events(store: JobStore, job_id: str, request: Request) -> AsyncIterat
             if closing is not None and (view["state"] == JobState.QUEUED
                                         or time.monotonic() - closing >= CLOSING_STREAM_SECONDS):
                 return
-            elif quiet >= KEEPALIVE_SECONDS:
+            if quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0
                 yield ": keep-alive\n\n"
             await asyncio.sleep(EVENT_POLL_SECONDS)
