@@ -26,7 +26,6 @@ from .options import ENCODER_NAMES, FOCUSES, PRESETS, RENDERERS, SketchOptions, 
 from .server import command
 
 
-#: What shells and Python give a run stopped by Ctrl-C (128 + SIGINT).
 #: The input name that reads the photo from standard input, and how much of it is read at most (held in
 #: memory: a file's name has no such bound).
 STDIN = "-"
